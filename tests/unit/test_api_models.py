@@ -1,0 +1,154 @@
+"""The pydantic models: the original KubeTask YAML round-trips, new fields validate, bad input is refused."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from kubetask_dagster.api import (
+    Batch,
+    BatchRun,
+    ContextType,
+    Task,
+    TaskPhase,
+    WorkspaceConfig,
+    parse_duration,
+)
+from kubetask_dagster.api.cron import is_valid_cron, to_five_fields
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+MODELS = {"Task": Task, "WorkspaceConfig": WorkspaceConfig, "Batch": Batch, "BatchRun": BatchRun}
+
+
+def _kubetask_documents(path: Path):
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["apiVersion"].startswith("kubetask.io/"):
+            yield doc
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_round_trips(path):
+    for doc in _kubetask_documents(path):
+        model = MODELS[doc["kind"]].model_validate(doc)
+        assert model.to_k8s() == doc, f"{path.name}: {doc['kind']} changed in a round trip"
+
+
+ORIGINAL = """
+apiVersion: kubetask.io/v1alpha1
+kind: WorkspaceConfig
+metadata: {name: default, namespace: team-a}
+spec:
+  agentImage: quay.io/example/agent:v1
+  serviceAccountName: kubetask-agent
+  credentials:
+    - name: gh
+      secretRef: {name: github-token, key: token}
+      env: GITHUB_TOKEN
+  scheduling: {nodeSelector: {workload-type: ai-agent}}
+---
+apiVersion: kubetask.io/v1alpha1
+kind: Batch
+metadata: {name: update-deps, namespace: team-a}
+spec:
+  commonContext:
+    - type: File
+      file: {filePath: /workspace/task.md, source: {inline: "Update dependencies."}}
+  variableContexts:
+    - - type: File
+        file: {filePath: /workspace/task.md, source: {configMapKeyRef: {name: repos, key: service-a.md}}}
+    - - type: File
+        file: {filePath: /workspace/task.md, source: {configMapKeyRef: {name: repos, key: service-b.md}}}
+---
+apiVersion: kubetask.io/v1alpha1
+kind: BatchRun
+metadata: {name: update-deps-001, namespace: team-a}
+spec: {batchRef: update-deps}
+"""
+
+
+def test_the_original_example_round_trips_and_keeps_its_meaning():
+    ws, batch, run = (MODELS[d["kind"]].model_validate(d) for d in yaml.safe_load_all(ORIGINAL))
+    assert ws.spec.credentials[0].env == "GITHUB_TOKEN"
+    assert ws.spec.scheduling.node_selector == {"workload-type": "ai-agent"}
+    assert len(batch.spec.variable_contexts) == 2
+    assert batch.spec.variable_contexts[1][0].file.source.config_map_key_ref.key == "service-b.md"
+    assert run.spec.batch_ref == "update-deps" and run.spec.batch_spec is None
+    for model, doc in zip((ws, batch, run), yaml.safe_load_all(ORIGINAL)):
+        assert model.to_k8s() == doc
+
+
+def test_defaults_are_unset_not_invented():
+    task = Task.model_validate(
+        {"metadata": {"name": "t"}, "spec": {"contexts": [{"type": "File", "file": {"filePath": "/a", "source": {"inline": "x"}}}]}}
+    )
+    assert task.api_version == "kubetask.io/v1alpha1" and task.kind == "Task"
+    assert task.spec.workspace_config_ref is None and task.spec.retries is None and task.status is None
+    assert task.spec.contexts[0].type is ContextType.FILE and task.spec.contexts[0].file_path == "/a"
+    assert TaskPhase.STOPPED.terminal and not TaskPhase.QUEUED.terminal
+
+
+def _task(context):
+    return {"metadata": {"name": "t"}, "spec": {"contexts": [context]}}
+
+
+@pytest.mark.parametrize(
+    "context, message",
+    [
+        ({"type": "File", "file": {"filePath": "/a", "source": {}}}, "exactly one of inline"),
+        ({"type": "File", "file": {"filePath": "/a", "source": {"inline": "x", "secretKeyRef": {"name": "s", "key": "k"}}}}, "exactly one of inline"),
+        ({"type": "File", "file": {"filePath": "a/b", "source": {"inline": "x"}}}, "absolute, normalised"),
+        ({"type": "File", "file": {"filePath": "/a/../b", "source": {"inline": "x"}}}, "absolute, normalised"),
+        ({"type": "File", "file": {"filePath": "/a//b", "source": {"inline": "x"}}}, "absolute, normalised"),
+        ({"type": "File", "file": {"filePath": "/a/", "source": {"inline": "x"}}}, "absolute, normalised"),
+        ({"type": "File", "remoteFile": {"filePath": "/a", "url": "https://x"}}, "needs `file`"),
+        ({"type": "Repository"}, "Input should be 'File', 'RemoteFile' or 'Git'"),
+        ({"type": "RemoteFile", "remoteFile": {"filePath": "/a", "url": "ftp://x"}}, "http:// or https://"),
+        ({"type": "RemoteFile", "remoteFile": {"filePath": "/a", "url": "https://x", "headers": [{"name": "A"}]}}, "exactly one of value, valueFrom"),
+    ],
+)
+def test_bad_contexts_are_refused_with_a_message(context, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
+        Task.model_validate(_task(context))
+
+
+def test_task_timeout_retries_and_ttl():
+    doc = _task({"type": "File", "file": {"filePath": "/a", "source": {"inline": "x"}}})
+    doc["spec"].update(timeout="1h30m", retries={"limit": 3, "backoff": {"initialDelay": "5s", "factor": 2.5, "maxDelay": "2m"}}, ttlSecondsAfterFinished=60)
+    task = Task.model_validate(doc)
+    assert parse_duration(task.spec.timeout).total_seconds() == 5400
+    assert task.spec.retries.backoff.factor == 2.5
+    for bad in ({"timeout": "30 minutes"}, {"timeout": "0s"}, {"retries": {"limit": -1}}, {"ttlSecondsAfterFinished": -5}):
+        with pytest.raises(ValidationError):
+            Task.model_validate({**doc, "spec": {**doc["spec"], **bad}})
+
+
+def test_batchrun_needs_exactly_one_of_ref_and_spec():
+    inline = {"commonContext": [], "variableContexts": []}
+    BatchRun.model_validate({"spec": {"batchRef": "b"}})
+    BatchRun.model_validate({"spec": {"batchSpec": inline}})
+    for spec in ({}, {"batchRef": "b", "batchSpec": inline}):
+        with pytest.raises(ValidationError, match="exactly one of batchRef, batchSpec"):
+            BatchRun.model_validate({"spec": spec})
+
+
+@pytest.mark.parametrize("expr", ["*/5 * * * *", "0 3 * * MON-FRI", "0 0 1,15 * *", "@daily", "5 4 * * sun", "0-30/10 8-18 * 1-6 *"])
+def test_valid_cron(expr):
+    assert is_valid_cron(expr)
+
+
+@pytest.mark.parametrize("expr", ["", "61 * * * *", "* * *", "0 24 * * *", "@often", " 0 * * * *", "0 0 32 * *", "* * * * * *"])
+def test_invalid_cron(expr):
+    assert not is_valid_cron(expr)
+
+
+def test_cron_macros_expand():
+    assert to_five_fields("@hourly") == "0 * * * *" and to_five_fields("1 2 3 4 5") == "1 2 3 4 5"
+
+
+def test_schedule_validation():
+    base = {"commonContext": [], "variableContexts": []}
+    Batch.model_validate({"spec": {**base, "schedule": {"cron": "@daily", "timeZone": "Europe/Berlin", "concurrencyPolicy": "Forbid"}}})
+    for schedule in ({"cron": "every day"}, {"cron": "@daily", "timeZone": "Mars/Olympus"}, {"cron": "@daily", "concurrencyPolicy": "Sometimes"}):
+        with pytest.raises(ValidationError):
+            Batch.model_validate({"spec": {**base, "schedule": schedule}})
