@@ -1,0 +1,295 @@
+"""The one adapter over Kubernetes: the kubernetes client and dagster-k8s's DagsterKubernetesClient.
+
+Everything that talks to the API server from the run's ops goes through ``Kube``; the domain modules
+(contexts, manifests, status) stay pure.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import kubernetes
+from dagster_k8s.client import DagsterK8sUnrecoverableAPIError, DagsterKubernetesClient
+from kubernetes.client.rest import ApiException
+
+from .api import GROUP, VERSION
+from .contexts import HttpFetcher
+
+log = logging.getLogger(__name__)
+
+# A pod waiting for one of these will not start without a person fixing something.
+_STUCK_WAITING_REASONS = {
+    "ErrImagePull": "ImagePullFailed",
+    "ImagePullBackOff": "ImagePullFailed",
+    "InvalidImageName": "ImagePullFailed",
+    "CreateContainerConfigError": "ContainerConfigError",
+    "CreateContainerError": "ContainerConfigError",
+    "RunContainerError": "ContainerConfigError",
+}
+
+
+def load_kube_config(kubeconfig: str | None = None) -> None:
+    """In-cluster config inside a pod, else the kubeconfig file (argument, $KUBECONFIG or ~/.kube/config)."""
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config(config_file=kubeconfig)
+
+
+@dataclass
+class PodOutcome:
+    """How one attempt's pod ended."""
+
+    succeeded: bool
+    reason: str
+    message: str
+    pod_name: str | None = None
+    exit_code: int | None = None
+
+
+class Kube:
+    """Kubernetes calls of the task ops."""
+
+    def __init__(self, kubeconfig: str | None = None, fetcher: HttpFetcher | None = None):
+        load_kube_config(kubeconfig)
+        self.client = DagsterKubernetesClient.production_client()
+        self.core = self.client.core_api
+        self.batch = self.client.batch_api
+        self.custom = kubernetes.client.CustomObjectsApi()
+        self._fetcher = fetcher or HttpFetcher()
+
+    # --- custom resources -----------------------------------------------------------------------
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the status subresource; None when the object is gone."""
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    # --- context readers (contexts.ContextReader) ------------------------------------------------
+
+    def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return self.core.read_namespaced_config_map(name, namespace).data or {}
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            data = self.core.read_namespaced_secret(name, namespace).data or {}
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in data.items()}
+
+    def fetch(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> str:
+        return self._fetcher.fetch(url, headers, timeout, max_bytes)
+
+    # --- context ConfigMap / Secret and the Job --------------------------------------------------
+
+    def apply_config_map(self, body: dict[str, Any]) -> None:
+        """Create, or replace when it exists (a rerun may resolve new content)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_config_map(ns, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.replace_namespaced_config_map(name, ns, body)
+
+    def apply_secret(self, body: dict[str, Any]) -> None:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            self.core.create_namespaced_secret(ns, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.replace_namespaced_secret(name, ns, body)
+
+    def get_job(self, namespace: str, name: str):
+        try:
+            return self.batch.read_namespaced_job(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def create_job(self, body: dict[str, Any]) -> bool:
+        """Create the Job; False when it already existed (a restarted op resumes instead of duplicating)."""
+        try:
+            self.client.create_namespaced_job_with_retries(body, body["metadata"]["namespace"], wait_time_between_attempts=1.0)
+        except DagsterK8sUnrecoverableAPIError as e:
+            cause = getattr(e, "k8s_api_exception", None) or e.__cause__
+            if isinstance(cause, ApiException) and cause.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def pod_log_tail(self, namespace: str, pod: str, lines: int = 50, container: str = "agent") -> str:
+        try:
+            return self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=lines)
+        except ApiException as e:
+            return f"(log unavailable: {e.status} {e.reason})"
+
+    # --- waiting ------------------------------------------------------------------------------
+
+    def wait_for_pod_end(
+        self,
+        namespace: str,
+        job_name: str,
+        *,
+        deadline_seconds: float | None,
+        on_running: Callable[[str], None] | None = None,
+        no_pod_grace: float = 60.0,
+    ) -> PodOutcome:
+        """Watch the Job's pod until it terminates, fails to start, or the Job disappears.
+
+        Reacts within a watch event of the pod ending; the Job is re-read only when the pod stream
+        is quiet, so the API cost is a watch per attempt, not a poll loop.
+        """
+        started = time.monotonic()
+        seen_running: str | None = None
+        last_pod: str | None = None
+        while True:
+            if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
+                return PodOutcome(False, "Timeout", f"the attempt ran longer than {int(deadline_seconds)} s", last_pod)
+            for pod in self._current_pods(namespace, job_name):
+                last_pod = pod.metadata.name
+                outcome = _pod_outcome(pod)
+                if outcome is not None:
+                    return outcome
+                if pod.status.phase == "Running" and seen_running != last_pod:
+                    seen_running = last_pod
+                    if on_running:
+                        on_running(last_pod)
+            job_outcome = self._job_outcome(namespace, job_name, started, no_pod_grace, last_pod)
+            if job_outcome is not None:
+                return job_outcome
+            watch = kubernetes.watch.Watch()
+            try:
+                for event in watch.stream(
+                    self.core.list_namespaced_pod,
+                    namespace,
+                    label_selector=f"batch.kubernetes.io/job-name={job_name}",
+                    timeout_seconds=15,
+                ):
+                    pod = event["object"]
+                    last_pod = pod.metadata.name
+                    if event["type"] == "DELETED":
+                        break  # re-read the Job: deleted by hand, or killed for its deadline
+                    outcome = _pod_outcome(pod)
+                    if outcome is not None:
+                        return outcome
+                    if pod.status.phase == "Running" and seen_running != last_pod:
+                        seen_running = last_pod
+                        if on_running:
+                            on_running(last_pod)
+            finally:
+                watch.stop()
+
+    def _current_pods(self, namespace: str, job_name: str):
+        return self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}").items
+
+    def _job_outcome(self, namespace: str, job_name: str, started: float, no_pod_grace: float, last_pod: str | None) -> PodOutcome | None:
+        job = self.get_job(namespace, job_name)
+        if job is None or job.metadata.deletion_timestamp is not None:
+            return PodOutcome(False, "JobDeleted", f"Job {job_name} was deleted before its pod finished", last_pod)
+        for cond in job.status.conditions or []:
+            if cond.type == "Failed" and cond.status == "True":
+                reason = "Timeout" if cond.reason == "DeadlineExceeded" else (cond.reason or "JobFailed")
+                return PodOutcome(False, reason, f"Job {job_name} failed: {cond.message or cond.reason}", last_pod)
+            if cond.type == "Complete" and cond.status == "True":
+                return PodOutcome(True, "Completed", f"Job {job_name} completed", last_pod, 0)
+        if last_pod is None and time.monotonic() - started > no_pod_grace:
+            events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job_name}").items
+            failed = [e.message for e in events if e.reason == "FailedCreate"]
+            if failed:
+                return PodOutcome(False, "PodCreationFailed", failed[-1])
+        return None
+
+    # --- events -------------------------------------------------------------------------------
+
+    def emit_event(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+        """Record a Kubernetes Event on a kubetask object (best effort: never fails the caller)."""
+        meta = obj["metadata"]
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": obj.get("kind", "Task"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "kubetask-dagster"},
+            "firstTimestamp": _rfc3339_now(),
+            "lastTimestamp": _rfc3339_now(),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as e:  # an Event is a courtesy; the status is the record
+            log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+
+
+def _rfc3339_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _pod_outcome(pod) -> PodOutcome | None:
+    """The attempt's result if the pod has ended or cannot start; None while it may still run."""
+    name = pod.metadata.name
+    status = pod.status
+    for init in status.init_container_statuses or []:
+        term = init.state.terminated if init.state else None
+        if term is not None and term.exit_code != 0:
+            return PodOutcome(False, "InitContainerFailed", f"init container {init.name} exited with {term.exit_code} ({term.reason})", name, term.exit_code)
+        waiting = init.state.waiting if init.state else None
+        if waiting is not None and waiting.reason in _STUCK_WAITING_REASONS:
+            return PodOutcome(False, _STUCK_WAITING_REASONS[waiting.reason], f"init container {init.name}: {waiting.reason}: {waiting.message or ''}".strip(), name)
+    agent = next((c for c in status.container_statuses or [] if c.name == "agent"), None)
+    if agent is not None and agent.state is not None:
+        if agent.state.waiting is not None and agent.state.waiting.reason in _STUCK_WAITING_REASONS:
+            w = agent.state.waiting
+            return PodOutcome(False, _STUCK_WAITING_REASONS[w.reason], f"{w.reason}: {w.message or ''}".strip(), name)
+        term = agent.state.terminated
+        if term is not None and status.phase in ("Succeeded", "Failed"):
+            if term.exit_code == 0:
+                return PodOutcome(True, "Completed", "the agent exited with 0", name, 0)
+            return PodOutcome(False, "AgentFailed", f"the agent exited with {term.exit_code} ({term.reason or 'Error'})", name, term.exit_code)
+    if status.phase == "Failed":
+        return PodOutcome(False, status.reason or "PodFailed", status.message or "the pod failed", name)
+    if status.phase == "Succeeded":
+        return PodOutcome(True, "Completed", "the pod succeeded", name, 0)
+    return None
