@@ -10,7 +10,7 @@ from zoneinfo import available_timezones
 from pydantic import AfterValidator, Field, model_validator
 
 from .base import ApiModel, Condition, Duration, ObjectMeta, cel, k8s_extra
-from .contexts import ContextList
+from .contexts import ContextList, VariableContextSet
 from .cron import CRON_PATTERN, is_valid_cron
 from .task import MAX_TASK_NAME, RetryPolicy
 
@@ -70,7 +70,7 @@ class BatchSchedule(ApiModel):
 
 
 VariableContexts = Annotated[
-    list[ContextList],
+    list[VariableContextSet],
     Field(
         description="One list per Task (the WHERE): Task i gets commonContext + variableContexts[i].",
         max_length=MAX_VARIABLE_CONTEXTS,

@@ -13,6 +13,8 @@ from .base import ApiModel, cel, k8s_extra
 
 FILE_PATH_PATTERN = r"^(/[^/]+)+$"
 _DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
+# The same check in one regular expression without look-ahead: no segment is "." or "..".
+NORMALISED_PATH_PATTERN = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
 
 
 def _normalised_absolute(path: str) -> str:
@@ -35,6 +37,7 @@ FilePath = Annotated[
                 f"self.matches(r'{FILE_PATH_PATTERN}') && !self.matches(r'{_DOT_SEGMENT_PATTERN}')",
                 "{field} must be an absolute, normalised path such as /workspace/task.md "
                 "(no relative, '.', '..', empty or trailing segments)",
+                pattern=NORMALISED_PATH_PATTERN,
             )
         ),
     ),
@@ -55,7 +58,7 @@ class FileSource(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": k8s_extra(
             cel(
-                "[has(self.inline), has(self.configMapKeyRef), has(self.secretKeyRef)].filter(x, x).size() == 1",
+                "(has(self.inline) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + (has(self.secretKeyRef) ? 1 : 0) == 1",
                 "source must set exactly one of inline, configMapKeyRef, secretKeyRef",
             )
         )
@@ -117,9 +120,9 @@ class RemoteFileContext(ApiModel):
     url: str = Field(
         description="http:// or https:// URL to fetch.",
         max_length=2048,
-        json_schema_extra=k8s_extra(cel("self.matches(r'^https?://[^/ ]+')", "{field} must be an http:// or https:// URL")),
+        json_schema_extra=k8s_extra(cel("self.matches(r'^https?://[^/ ]+')", "{field} must be an http:// or https:// URL", pattern=r"^https?://[^/ ]+")),
     )
-    headers: list[HttpHeader] | None = Field(None, description="Headers sent with the request.", max_length=32)
+    headers: list[HttpHeader] | None = Field(None, description="Headers sent with the request.", max_length=16)
 
     @model_validator(mode="after")
     def _http(self) -> RemoteFileContext:
@@ -135,7 +138,11 @@ class GitContext(ApiModel):
         description="Repository URL (https://, http://, ssh:// or git@host:path).",
         max_length=2048,
         json_schema_extra=k8s_extra(
-            cel("self.matches(r'^(https?://|ssh://|git@)[^ ]+$')", "{field} must be an https://, http://, ssh:// or git@ URL")
+            cel(
+                "self.matches(r'^(https?://|ssh://|git@)[^ ]+$')",
+                "{field} must be an https://, http://, ssh:// or git@ URL",
+                pattern=r"^(https?://|ssh://|git@)[^ ]+$",
+            )
         ),
     )
     ref: str | None = Field(None, description="Branch, tag or commit to check out (default: the remote's HEAD).", max_length=256)
@@ -200,3 +207,4 @@ class Context(ApiModel):
 
 
 ContextList = Annotated[list[Context], Field(max_length=64)]
+VariableContextSet = Annotated[list[Context], Field(max_length=16, description="The contexts of one Task of a batch.")]

@@ -16,6 +16,9 @@ from . import batch, task, workspace
 from .base import GROUP, VERSION, cel
 
 _DROP_KEYS = {"title", "default", "$defs"}
+# Above this many possible occurrences of a field in one object, a string rule's CEL cost would
+# exceed the API server's budget, so the generator falls back to the rule's OpenAPI pattern.
+MAX_CEL_STRING_CARDINALITY = 1000
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _resolve(v, defs) for k, v in node.items()}
 
 
-def _structural(node: dict[str, Any], name: str) -> dict[str, Any]:
+def _structural(node: dict[str, Any], name: str, cardinality: int = 1) -> dict[str, Any]:
     """Turn pydantic's JSON schema of one value into a Kubernetes structural schema."""
     node = dict(node)
     any_of = node.pop("anyOf", None)
@@ -149,12 +152,20 @@ def _structural(node: dict[str, Any], name: str) -> dict[str, Any]:
         node.setdefault("type", "object")
         if node.get("additionalProperties") is True:
             del node["additionalProperties"]
-    for rule in node.get("x-kubernetes-validations", []):
-        rule["message"] = rule["message"].replace("{field}", name)
+    rules = []
+    for rule in node.pop("x-kubernetes-validations", []):
+        rule = {**rule, "message": rule["message"].replace("{field}", name)}
+        pattern = rule.pop("pattern", None)
+        if pattern and cardinality > MAX_CEL_STRING_CARDINALITY:
+            node["pattern"] = pattern
+        else:
+            rules.append(rule)
+    if rules:
+        node["x-kubernetes-validations"] = rules
     if "properties" in node:
-        node["properties"] = {k: _structural(v, k) for k, v in node["properties"].items()}
+        node["properties"] = {k: _structural(v, k, cardinality) for k, v in node["properties"].items()}
     if isinstance(node.get("items"), dict):
-        node["items"] = _structural(node["items"], name)
+        node["items"] = _structural(node["items"], name, cardinality * node.get("maxItems", 1_000_000))
         if "description" in node:
             node["items"].setdefault("description", node["description"])
     if isinstance(node.get("additionalProperties"), dict):
