@@ -1,0 +1,154 @@
+"""Settings of the bridge: command-line flags, each with an environment variable as its default.
+
+Precedence: flag > environment variable > built-in default. ``python -m crd_bridge --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_PREFIX = "KUBETASK_BRIDGE_"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Everything the bridge needs to know; immutable once parsed."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig; None: $KUBECONFIG, else in-cluster, else ~/.kube/config."""
+    namespaces: tuple[str, ...] = ()
+    """Watched namespaces; empty: cluster-wide."""
+    dagster_url: str = "http://127.0.0.1:3000"
+    """Base URL of dagster-webserver (GraphQL at ``<url>/graphql``)."""
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+    """Base URL used in ``status.dagsterRunUrl`` (``<url>/runs/<id>``)."""
+    location: str = "kubetask"
+    repository: str = "__repository__"
+    job: str = "task_job"
+    health_host: str = "127.0.0.1"
+    health_port: int = 8081
+    drift_interval: float = 5.0
+    """Seconds between periodic passes (drift check, queue re-check, retries)."""
+    drift_grace: float = 5.0
+    """Seconds after a Dagster run ended before the bridge writes a terminal status the run did not write."""
+    orphan_interval: float = 60.0
+    """Seconds between sweeps for active Dagster runs of deleted Tasks."""
+    relist_interval: float = 300.0
+    """Seconds between full re-lists of Tasks and WorkspaceConfigs (repairs the cache if a watch missed a deletion)."""
+    workers: int = 4
+    """Threads reconciling Tasks."""
+    dagster_timeout: float = 10.0
+    """HTTP timeout of one GraphQL request."""
+    log_level: str = "INFO"
+
+    @property
+    def health_bind(self) -> str:
+        return f"{self.health_host}:{self.health_port}"
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{run_id}"
+
+
+def _split_namespaces(values: Sequence[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values or ():
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return tuple(out)
+
+
+def _bind(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _base_url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if text.endswith("/graphql"):
+        text = text[: -len("/graphql")]
+    return text
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+
+    def e(name: str, default: str | None = None) -> str | None:
+        return env.get(ENV_PREFIX + name, default)
+
+    p = argparse.ArgumentParser(
+        prog="python -m crd_bridge",
+        description=(
+            "Watch kubetask.io Tasks and run each one as a Dagster run of task_job: submit idempotently, "
+            "queue by WorkspaceConfig.maxConcurrentTasks, stop on the kubetask.io/stop annotation or deletion, "
+            "and fail Tasks whose run ended without writing their status."
+        ),
+        epilog=f"Every flag defaults to the environment variable in brackets (prefix {ENV_PREFIX}).",
+    )
+    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG") or None,
+                   help="kubeconfig file [KUBECONFIG]; without it: in-cluster, else ~/.kube/config")
+    p.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                   help="watch only this namespace (repeatable, or a comma list) [NAMESPACES]; default: all")
+    p.add_argument("--dagster-url", default=e("DAGSTER_URL", "http://127.0.0.1:3000"),
+                   help="dagster-webserver base URL [DAGSTER_URL] (default %(default)s)")
+    p.add_argument("--dagster-ui-url", default=e("DAGSTER_UI_URL"),
+                   help="base URL of run links in Task status [DAGSTER_UI_URL] (default: --dagster-url)")
+    p.add_argument("--location", default=e("LOCATION", "kubetask"), help="Dagster code location [LOCATION] (default %(default)s)")
+    p.add_argument("--repository", default=e("REPOSITORY", "__repository__"),
+                   help="Dagster repository [REPOSITORY] (default %(default)s)")
+    p.add_argument("--job", default=e("JOB", "task_job"), help="Dagster job run per Task [JOB] (default %(default)s)")
+    p.add_argument("--health-bind", type=_bind, default=e("HEALTH_BIND", "127.0.0.1:8081"),
+                   help="HOST:PORT of /healthz, /readyz and /metrics [HEALTH_BIND] (default %(default)s)")
+    p.add_argument("--drift-interval", type=_positive_float, default=e("DRIFT_INTERVAL", "5"),
+                   help="seconds between periodic passes [DRIFT_INTERVAL] (default %(default)s)")
+    p.add_argument("--drift-grace", type=float, default=e("DRIFT_GRACE", "5"),
+                   help="seconds after a run ended before the bridge writes the Task's terminal status [DRIFT_GRACE] (default %(default)s)")
+    p.add_argument("--orphan-interval", type=_positive_float, default=e("ORPHAN_INTERVAL", "60"),
+                   help="seconds between sweeps terminating runs of deleted Tasks [ORPHAN_INTERVAL] (default %(default)s)")
+    p.add_argument("--relist-interval", type=_positive_float, default=e("RELIST_INTERVAL", "300"),
+                   help="seconds between full re-lists of Tasks [RELIST_INTERVAL] (default %(default)s)")
+    p.add_argument("--workers", type=int, default=e("WORKERS", "4"), help="reconcile threads [WORKERS] (default %(default)s)")
+    p.add_argument("--dagster-timeout", type=_positive_float, default=e("DAGSTER_TIMEOUT", "10"),
+                   help="HTTP timeout of one GraphQL request, seconds [DAGSTER_TIMEOUT] (default %(default)s)")
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> BridgeConfig:
+    """Parse flags (``argv``, default ``sys.argv[1:]``) over environment variables (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    args = build_parser(env).parse_args(argv)
+    namespaces = _split_namespaces(args.namespaces) or _split_namespaces([env.get(ENV_PREFIX + "NAMESPACES", "")])
+    host, port = args.health_bind if isinstance(args.health_bind, tuple) else _bind(args.health_bind)
+    dagster_url = _base_url(args.dagster_url)
+    return BridgeConfig(
+        kubeconfig=args.kubeconfig,
+        namespaces=namespaces,
+        dagster_url=dagster_url,
+        dagster_ui_url=_base_url(args.dagster_ui_url) if args.dagster_ui_url else dagster_url,
+        location=args.location,
+        repository=args.repository,
+        job=args.job,
+        health_host=host,
+        health_port=port,
+        drift_interval=float(args.drift_interval),
+        drift_grace=max(0.0, float(args.drift_grace)),
+        orphan_interval=float(args.orphan_interval),
+        relist_interval=float(args.relist_interval),
+        workers=max(1, int(args.workers)),
+        dagster_timeout=float(args.dagster_timeout),
+        log_level=str(args.log_level).upper(),
+    )

@@ -1,0 +1,430 @@
+"""The bridge's one adapter over Dagster: raw GraphQL over HTTP to dagster-webserver's ``/graphql``.
+
+``DagsterGraphQLClient`` folds every failure into one exception type, which hides the one distinction
+the bridge needs (unreachable: retry later; rejected: fail the Task), and has no runs-by-tag query;
+so this module speaks GraphQL with ``requests`` directly. Every query names the code location and the
+repository, so no lookup precedes a submission.
+
+Errors:
+
+- ``DagsterUnavailable``: the webserver cannot be reached, answers 5xx, or the code location is not
+  loaded. Requests are retried a few times with exponential backoff; after that the client stays
+  "down" for a capped, growing interval during which calls fail at once (no request), so that a
+  pass over many Tasks costs one timeout, not one per Task. Never fatal: callers try again later.
+- ``DagsterRejected``: Dagster refused the submission for good (invalid run config, unknown job).
+- ``RunNotFound``: Dagster has no run with that id.
+- ``DagsterError``: anything else unexpected (e.g. a GraphQL error: a version mismatch).
+
+A mutation whose request may have reached the server (read timeout) is never re-sent by this client;
+the caller re-checks by tag before submitting again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+FINISHED_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+ACTIVE_STATUSES = ("QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "SUSPENDED", "CANCELING")
+MAX_MESSAGE = 4000
+
+
+class DagsterError(Exception):
+    """An answer from Dagster the bridge did not expect."""
+
+
+class DagsterUnavailable(DagsterError):
+    """Dagster cannot be reached (or cannot serve the job right now); try again later."""
+
+
+class DagsterRejected(DagsterError):
+    """Dagster refused a submission for good (``kind`` is the GraphQL type, e.g. RunConfigValidationInvalid)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+class RunNotFound(DagsterError):
+    """Dagster has no run with this id."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    status: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    creation_time: float | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @classmethod
+    def from_graphql(cls, run: Mapping[str, Any]) -> RunInfo:
+        return cls(
+            run_id=run["runId"],
+            status=run["status"],
+            tags={t["key"]: t["value"] for t in run.get("tags") or []},
+            creation_time=run.get("creationTime"),
+            start_time=run.get("startTime"),
+            end_time=run.get("endTime"),
+        )
+
+
+_RUN_FIELDS = "runId status creationTime startTime endTime tags { key value }"
+
+SUBMIT = """
+mutation BridgeSubmit($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+    ... on Error { message }
+  }
+}
+"""
+
+RUNS = f"""
+query BridgeRuns($filter: RunsFilter, $limit: Int) {{
+  runsOrError(filter: $filter, limit: $limit) {{
+    __typename
+    ... on Runs {{ results {{ {_RUN_FIELDS} }} }}
+    ... on Error {{ message }}
+  }}
+}}
+"""
+
+RUN = f"""
+query BridgeRun($runId: ID!) {{
+  runOrError(runId: $runId) {{
+    __typename
+    ... on Run {{ {_RUN_FIELDS} }}
+    ... on Error {{ message }}
+  }}
+}}
+"""
+
+LOGS = """
+query BridgeLogs($runId: ID!, $cursor: String, $limit: Int) {
+  logsForRun(runId: $runId, afterCursor: $cursor, limit: $limit) {
+    __typename
+    ... on EventConnection {
+      cursor
+      hasMore
+      events {
+        __typename
+        ... on ExecutionStepFailureEvent { stepKey message error { message className } }
+        ... on RunFailureEvent { message error { message className } }
+        ... on EngineEvent { message error { message className } }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+TERMINATE = """
+mutation BridgeTerminate($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunSuccess { run { runId } }
+    ... on TerminateRunFailure { message run { status } }
+    ... on Error { message }
+  }
+}
+"""
+
+LOCATIONS = """
+query BridgeLocations {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+ALL_QUERIES = {"submit": SUBMIT, "runs": RUNS, "run": RUN, "logs": LOGS, "terminate": TERMINATE, "locations": LOCATIONS}
+
+# Submission refusals that no retry will fix.
+_PERMANENT = {
+    "RunConfigValidationInvalid",
+    "InvalidStepError",
+    "InvalidOutputError",
+    "InvalidSubsetError",
+    "PresetNotFoundError",
+    "ConflictingExecutionParamsError",
+    "NoModeProvidedError",
+    "RunConflict",
+}
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"key": k, "value": str(v)} for k, v in tags.items()]
+
+
+class DagsterClient:
+    """Submit, find, follow and terminate runs of one repository in one code location."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        location: str = "kubetask",
+        repository: str = "__repository__",
+        timeout: float = 10.0,
+        attempts: int = 3,
+        retry_initial: float = 0.5,
+        down_initial: float = 1.0,
+        down_cap: float = 15.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_availability: Callable[[bool], None] | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.endpoint = f"{self.url}/graphql"
+        self.location = location
+        self.repository = repository
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.retry_initial = retry_initial
+        self.down_initial = down_initial
+        self.down_cap = down_cap
+        self._session = session or requests.Session()
+        self._sleep = sleep
+        self._clock = clock
+        self._on_availability = on_availability
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._down_until = 0.0
+        self._last_error = ""
+        self._reported: bool | None = None
+
+    # --- transport ---------------------------------------------------------------------------
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed request until the next successful one."""
+        with self._lock:
+            return self._failures > 0
+
+    @property
+    def available(self) -> bool:
+        """False while the client is in its "down" interval after repeated failures."""
+        with self._lock:
+            return self._failures == 0 or self._clock() >= self._down_until
+
+    def _mark(self, ok: bool, error: str = "") -> None:
+        with self._lock:
+            was_up = self._failures == 0
+            if ok:
+                self._failures = 0
+                self._down_until = 0.0
+            else:
+                self._failures += 1
+                delay = min(self.down_cap, self.down_initial * 2 ** (self._failures - 1))
+                self._down_until = self._clock() + delay
+                self._last_error = error
+            report = self._reported is not ok
+            self._reported = ok
+        if self._on_availability is not None and report:
+            try:
+                self._on_availability(ok)
+            except Exception:  # a metrics hook must never break a call
+                log.debug("availability hook failed", exc_info=True)
+        if not ok and was_up:
+            log.warning("Dagster at %s is unavailable (%s); retrying with backoff", self.url, error)
+        if ok and not was_up:
+            log.info("Dagster at %s is reachable again", self.url)
+
+    def execute(self, query: str, variables: Mapping[str, Any] | None = None, *, mutation: bool = False) -> dict[str, Any]:
+        """POST one GraphQL document; the ``data`` of the answer.
+
+        Connection failures (the request never reached the server) are retried; read timeouts and 5xx
+        answers are retried only for queries, never for mutations.
+        """
+        with self._lock:
+            waiting = self._down_until - self._clock() if self._failures else 0.0
+            last = self._last_error
+        if waiting > 0:
+            raise DagsterUnavailable(f"Dagster at {self.url} is unreachable ({last}); next attempt in {waiting:.1f} s")
+        error = ""
+        for attempt in range(self.attempts):
+            retryable = True
+            try:
+                resp = self._session.post(self.endpoint, json={"query": query, "variables": dict(variables or {})}, timeout=self.timeout)
+            except requests.ConnectionError as e:  # includes ConnectTimeout: nothing reached the server
+                error = f"connection failed: {type(e).__name__}"
+            except requests.RequestException as e:  # read timeout and the like: maybe processed
+                error = f"request failed: {type(e).__name__}"
+                retryable = not mutation
+            else:
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    error = f"HTTP {resp.status_code}"
+                    retryable = not mutation or resp.status_code in (502, 503)
+                else:
+                    try:
+                        payload = resp.json()
+                    except ValueError:
+                        self._mark(True)
+                        raise DagsterError(f"HTTP {resp.status_code}: answer is not JSON: {resp.text[:200]!r}") from None
+                    self._mark(True)
+                    errors = payload.get("errors") if isinstance(payload, dict) else None
+                    if errors or resp.status_code >= 400:
+                        messages = "; ".join(str(e.get("message", e)) for e in errors or []) or resp.text[:300]
+                        raise DagsterError(f"GraphQL error (HTTP {resp.status_code}): {messages}")
+                    return payload.get("data") or {}
+            if not retryable:
+                break
+            if attempt + 1 < self.attempts:
+                self._sleep(self.retry_initial * 2**attempt)
+        self._mark(False, error)
+        raise DagsterUnavailable(f"Dagster at {self.url}: {error}")
+
+    # --- runs --------------------------------------------------------------------------------
+
+    def submit_run(self, job: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Launch ``job`` with run config and tags; the new run id (the run is usually QUEUED)."""
+        params = {
+            "selector": {"repositoryLocationName": self.location, "repositoryName": self.repository, "jobName": job},
+            "runConfigData": dict(run_config),
+            "executionMetadata": {"tags": tag_list(tags)},
+        }
+        result = self.execute(SUBMIT, {"executionParams": params}, mutation=True)["launchRun"]
+        kind = result["__typename"]
+        if kind == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        if kind == "RunConfigValidationInvalid":
+            message = "; ".join(e["message"] for e in result.get("errors") or []) or "invalid run config"
+            raise DagsterRejected(kind, message[:MAX_MESSAGE])
+        if kind == "InvalidStepError":
+            raise DagsterRejected(kind, f"invalid step {result.get('invalidStepKey')}")
+        if kind == "InvalidOutputError":
+            raise DagsterRejected(kind, f"invalid output {result.get('invalidOutputName')} of step {result.get('stepKey')}")
+        message = (result.get("message") or kind)[:MAX_MESSAGE]
+        if kind in _PERMANENT:
+            raise DagsterRejected(kind, message)
+        if kind == "PipelineNotFoundError":
+            # While the code location (re)loads, its jobs are briefly unknown: only a loaded location
+            # that lacks the job is a permanent error.
+            state, detail = self.location_state()
+            if state == "LOADED":
+                raise DagsterRejected(kind, message)
+            raise DagsterUnavailable(f"code location {self.location} is {state}: {detail or message}"[:MAX_MESSAGE])
+        # PythonError, UnauthorizedError: Dagster-side trouble a later attempt may not hit.
+        raise DagsterUnavailable(f"launchRun answered {kind}: {message}")
+
+    def find_runs(
+        self,
+        tags: Mapping[str, str],
+        *,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[RunInfo]:
+        """Runs carrying all ``tags`` (newest first), optionally only in ``statuses``."""
+        flt: dict[str, Any] = {"tags": tag_list(tags)}
+        if statuses is not None:
+            flt["statuses"] = list(statuses)
+        result = self.execute(RUNS, {"filter": flt, "limit": limit})["runsOrError"]
+        if result["__typename"] != "Runs":
+            raise DagsterError(f"runsOrError answered {result['__typename']}: {result.get('message')}")
+        return [RunInfo.from_graphql(r) for r in result["results"]]
+
+    def get_run(self, run_id: str) -> RunInfo:
+        result = self.execute(RUN, {"runId": run_id})["runOrError"]
+        kind = result["__typename"]
+        if kind == "Run":
+            return RunInfo.from_graphql(result)
+        if kind == "RunNotFoundError":
+            raise RunNotFound(result.get("message") or f"run {run_id} not found")
+        raise DagsterError(f"runOrError answered {kind}: {result.get('message')}")
+
+    def get_runs(self, run_ids: Iterable[str], *, chunk: int = 200) -> dict[str, RunInfo]:
+        """The runs among ``run_ids`` that exist, by id (one query per ``chunk`` ids)."""
+        ids = list(dict.fromkeys(run_ids))
+        found: dict[str, RunInfo] = {}
+        for i in range(0, len(ids), chunk):
+            part = ids[i : i + chunk]
+            result = self.execute(RUNS, {"filter": {"runIds": part}, "limit": len(part)})["runsOrError"]
+            if result["__typename"] != "Runs":
+                raise DagsterError(f"runsOrError answered {result['__typename']}: {result.get('message')}")
+            for r in result["results"]:
+                info = RunInfo.from_graphql(r)
+                found[info.run_id] = info
+        return found
+
+    def failure_message(self, run_id: str, *, page: int = 1000, max_pages: int = 10) -> str | None:
+        """Why a run failed, for a person: the last step failure's error, else the run worker's, else the run's."""
+        step: str | None = None
+        engine: str | None = None
+        run_failure: str | None = None
+        cursor: str | None = None
+        for _ in range(max_pages):
+            result = self.execute(LOGS, {"runId": run_id, "cursor": cursor, "limit": page})["logsForRun"]
+            kind = result["__typename"]
+            if kind == "RunNotFoundError":
+                raise RunNotFound(result.get("message") or f"run {run_id} not found")
+            if kind != "EventConnection":
+                raise DagsterError(f"logsForRun answered {kind}: {result.get('message')}")
+            for ev in result["events"]:
+                typename = ev.get("__typename")
+                error = (ev.get("error") or {}).get("message")
+                if typename == "ExecutionStepFailureEvent":
+                    text = (error or ev.get("message") or "").strip()
+                    text = text.removeprefix("dagster._core.definitions.events.Failure: ")  # the op's own words
+                    step = f"step {ev.get('stepKey')} failed: {text}" if ev.get("stepKey") else text
+                elif typename == "EngineEvent" and error:
+                    engine = f"{ev.get('message', '').strip()} {error.strip()}".strip()
+                elif typename == "RunFailureEvent":
+                    run_failure = " ".join(x.strip() for x in (ev.get("message"), error) if x)
+            cursor = result.get("cursor")
+            if not result.get("hasMore"):
+                break
+        message = step or engine or run_failure
+        return message[:MAX_MESSAGE] if message else None
+
+    def terminate_run(self, run_id: str) -> str:
+        """Ask Dagster to terminate a run: ``terminated``, ``not-terminable`` (already finished) or ``not-found``."""
+        result = self.execute(TERMINATE, {"runId": run_id}, mutation=True)["terminateRun"]
+        kind = result["__typename"]
+        if kind == "TerminateRunSuccess":
+            return "terminated"
+        if kind == "TerminateRunFailure":
+            log.info("Dagster did not terminate run %s: %s", run_id, result.get("message"))
+            return "not-terminable"
+        if kind == "RunNotFoundError":
+            return "not-found"
+        if kind == "PythonError":
+            raise DagsterUnavailable(f"terminateRun answered PythonError: {result.get('message')}")
+        raise DagsterError(f"terminateRun answered {kind}: {result.get('message')}")
+
+    def location_state(self) -> tuple[str, str | None]:
+        """(``LOADED`` | ``LOADING`` | ``ERROR`` | ``MISSING``, detail) of this client's code location."""
+        result = self.execute(LOCATIONS)["workspaceOrError"]
+        if result["__typename"] != "Workspace":
+            return "ERROR", result.get("message")
+        for entry in result["locationEntries"]:
+            if entry["name"] != self.location:
+                continue
+            loaded = entry.get("locationOrLoadError") or {}
+            if loaded.get("__typename") == "PythonError":
+                return "ERROR", loaded.get("message")
+            return entry["loadStatus"], None
+        return "MISSING", f"no code location named {self.location}"
