@@ -78,6 +78,11 @@ class TaskReporter:
         return self.obj.get("status") or {}
 
     def patch(self, patch: dict[str, Any]) -> None:
+        """Merge-patch the status, unless it would leave a terminal phase the wrong way."""
+        new_phase = patch.get("phase")
+        if new_phase and not status.may_transition(self.current.get("phase"), new_phase):
+            self.context.log.info(f"not moving Task {self.ns}/{self.name} from {self.current.get('phase')} to {new_phase}")
+            return
         updated = self.kube.patch_status("tasks", self.ns, self.name, patch)
         if updated is not None:
             self.obj = updated
@@ -113,6 +118,9 @@ def prepare_task(context: OpExecutionContext, config: TaskRef, kube: KubeResourc
     obj = _load(api, config)
     task = Task.model_validate(obj)
     reporter = TaskReporter(context, api, obj)
+    if (task.metadata.annotations or {}).get(annotations.STOP) == "true":
+        reporter.patch(status.stopped(reporter.current, "StopRequested", f"{annotations.STOP} is set; nothing was run"))
+        raise Failure(description="the Task carries the stop annotation", allow_retries=False)
     try:
         workspace = _workspace(api, task)
         resolution = resolve(all_contexts(task, workspace.spec), config.namespace, api)
@@ -174,7 +182,10 @@ def run_agent(context: OpExecutionContext, prepared: dict[str, Any], kube: KubeR
         attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
     )
     job_name = job["metadata"]["name"]
-    reporter.patch(status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation))
+    reporter.patch(
+        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
+        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
+    )
     if not resuming:
         created = api.create_job(job)
         reporter.event("JobCreated", f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))

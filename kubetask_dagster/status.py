@@ -86,12 +86,13 @@ def may_transition(current: str | None, new: str) -> bool:
     """Whether a status write moving ``current`` to ``new`` may happen.
 
     A terminal phase is final (rewriting it is refused too, so the first outcome wins), except that a
-    rerun moves Failed or Stopped to Running. Nothing goes back to Pending once it has left it.
+    rerun moves Failed or Stopped to Running. Nothing goes back to Pending once it has run
+    (a Queued Task that is admitted becomes Pending).
     """
     if is_terminal(current):
         return current in _RERUNNABLE and new == TaskPhase.RUNNING.value
     if new == TaskPhase.PENDING.value:
-        return current in (None, TaskPhase.PENDING.value)
+        return current in (None, TaskPhase.PENDING.value, TaskPhase.QUEUED.value)
     return True
 
 

@@ -1,0 +1,155 @@
+"""Session fixtures for the whole stack: Dagster (code server, webserver, daemon) and the CR bridge,
+as real processes on 127.0.0.1 against the session's control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGSTER_SCRIPT = ROOT / "deploy" / "local" / "dagster"
+
+
+def _run_root() -> Path:
+    root = Path(os.environ.get("KUBETASK_TEST_RUN_ROOT") or tempfile.mkdtemp(prefix="kubetask-test-"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@dataclass
+class Dagster:
+    url: str
+    home: str
+    env: dict[str, str]
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        data = self.graphql(
+            """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { runId status runConfigYaml
+               tags { key value } stepStats { stepKey status attempts { startTime } } } } }""",
+            {"id": run_id},
+        )
+        return data["runOrError"]
+
+    def runs_with_tags(self, tags: dict[str, str]) -> list[dict[str, Any]]:
+        data = self.graphql(
+            """query($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs { results { runId status } } } }""",
+            {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        )
+        return data["runsOrError"]["results"]
+
+    def event_log_text(self, run_id: str) -> str:
+        """Every event of the run, serialised: what a leak scan must search."""
+        data = self.graphql(
+            """query($id: ID!) { logsForRun(runId: $id, limit: 100000) { __typename
+                 ... on EventConnection { events { __typename ... on MessageEvent { message level stepKey }
+                   ... on MaterializationEvent { assetKey { path } partition metadataEntries { label description
+                       ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } } }
+                   ... on ObservationEvent { metadataEntries { label ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } } }
+                   ... on ExecutionStepOutputEvent { metadataEntries { label ... on JsonMetadataEntry { jsonString } } } } } } }""",
+            {"id": run_id},
+        )
+        return json.dumps(data)
+
+
+@pytest.fixture(scope="session")
+def dagster(cluster) -> Any:
+    home = _run_root() / f"dagster-{os.getpid()}"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig}
+    try:
+        out = subprocess.run([str(DAGSTER_SCRIPT), "start"], env=env, check=True, capture_output=True, text=True, timeout=300).stdout
+        values = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.startswith("export "))
+        yield Dagster(url=values["DAGSTER_URL"], home=str(home), env=env)
+    finally:
+        subprocess.run([str(DAGSTER_SCRIPT), "stop"], env=env, check=False, capture_output=True, timeout=120)
+
+
+@dataclass
+class Bridge:
+    """The CR bridge as a real process; tests may kill and restart it."""
+
+    env: dict[str, str]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crd_bridge", *self.args],
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the bridge did not become healthy; log:\n{self.log_path.read_text()[-4000:]}")
+
+    @property
+    def health_port(self) -> int:
+        return int(self.args[self.args.index("--health-bind") + 1].rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def bridge(cluster, dagster) -> Any:
+    log_path = Path(dagster.home) / "bridge.log"
+    b = Bridge(
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+        log_path=log_path,
+        args=["--dagster-url", dagster.url, "--health-bind", f"127.0.0.1:{_free_port()}", "--drift-interval", "2"],
+    )
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        print(f"bridge log: {log_path}")

@@ -1,0 +1,372 @@
+"""A Task end to end on the real stack: control plane + kwok, Dagster webserver/daemon/code server,
+and the CR bridge as a process. Outcomes of agent pods are chosen with kwok test labels."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kt_stack import bridge, dagster  # noqa: F401  (session fixtures)
+
+pytestmark = pytest.mark.integration
+
+
+def inline(path: str, text: str) -> dict:
+    return {"type": "File", "file": {"filePath": path, "source": {"inline": text}}}
+
+
+def apply(kubectl, namespace: str, *objects: dict) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def workspace(name: str = "default", pod_labels: dict | None = None, **spec) -> dict:
+    return {
+        "apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": name},
+        "spec": {"agentImage": "example.invalid/echo-agent:1", "serviceAccountName": "default",
+                 **({"podLabels": pod_labels} if pod_labels else {}), **spec},
+    }
+
+
+def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
+            "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}
+
+
+def get(kubectl, namespace: str, kind: str, name: str) -> dict | None:
+    result = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def wait_phase(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 90) -> dict:
+    def terminal():
+        obj = get(kubectl, namespace, "task", name)
+        return obj if obj and (obj.get("status") or {}).get("phase") in phases else None
+    try:
+        return wait_for(terminal, timeout=timeout, interval=0.3, what=f"task {name} in {phases}")
+    except TimeoutError:
+        raise AssertionError(f"task {name} never reached {phases}: {json.dumps(get(kubectl, namespace, 'task', name), indent=1)}")
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def jobs(kubectl, namespace: str) -> list[dict]:
+    return json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+
+
+def event_reasons(kubectl, namespace: str, name: str) -> list[str]:
+    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return [e["reason"] for e in items if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "Task"]
+
+
+def test_task_succeeds(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(), task("ok"))
+    obj = wait_phase(kubectl, wait_for, namespace, "ok", {"Completed", "Failed"})
+    status = obj["status"]
+    assert status["phase"] == "Completed", status
+    assert status["attempt"] == 1 and status["jobName"] == "ok-job-1" and status["exitCode"] == 0
+    assert status["podName"].startswith("ok-job-1-")
+    assert status["startTime"] and status["completionTime"]
+    assert condition(obj, "Succeeded")["status"] == "True"
+    job = jobs(kubectl, namespace)[0]
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert job["metadata"]["annotations"]["kubetask.io/dagster-run-id"] == status["dagsterRunId"]
+    run = wait_for(lambda: (r := dagster.run(status["dagsterRunId"]))["status"] == "SUCCESS" and r, timeout=30)
+    assert {t["key"]: t["value"] for t in run["tags"]}["kubetask.io/uid"] == obj["metadata"]["uid"]
+    reasons = wait_for(lambda: (r := event_reasons(kubectl, namespace, "ok")) and "Completed" in r and r, timeout=10)
+    assert {"RunSubmitted", "JobCreated", "Completed"} <= set(reasons)
+
+
+def test_task_fails_with_the_exit_code(kubectl, wait_for, namespace, bridge):
+    labels = {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "7"}
+    apply(kubectl, namespace, workspace(pod_labels=labels), task("bad"))
+    obj = wait_phase(kubectl, wait_for, namespace, "bad", {"Completed", "Failed"})
+    assert obj["status"]["phase"] == "Failed" and obj["status"]["exitCode"] == 7
+    assert condition(obj, "Succeeded")["reason"] == "AgentFailed"
+    assert "exited with 7" in obj["status"]["message"]
+    wait_for(lambda: "AgentFailed" in event_reasons(kubectl, namespace, "bad"), timeout=10)
+
+
+def test_retries_fail_fail_succeed(kubectl, wait_for, namespace, bridge, dagster):
+    labels = {"kubetask.io/test-succeed-attempt": "3", "kubetask.io/test-exit-code": "3"}
+    apply(kubectl, namespace, workspace(pod_labels=labels),
+          task("flaky", retries={"limit": 3, "backoff": {"initialDelay": "1s", "factor": 1}}))
+    obj = wait_phase(kubectl, wait_for, namespace, "flaky", {"Completed", "Failed"}, timeout=120)
+    assert obj["status"]["phase"] == "Completed" and obj["status"]["attempt"] == 3
+    assert sorted(j["metadata"]["name"] for j in jobs(kubectl, namespace)) == ["flaky-job-1", "flaky-job-2", "flaky-job-3"]
+    run = dagster.run(obj["status"]["dagsterRunId"])
+    agent = next(s for s in run["stepStats"] if s["stepKey"] == "run_agent")
+    assert len(agent["attempts"]) == 3, agent
+    assert event_reasons(kubectl, namespace, "flaky").count("Retrying") == 2
+
+
+def test_timeout_fails_with_reason(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("slow", timeout="3s"))
+    obj = wait_phase(kubectl, wait_for, namespace, "slow", {"Completed", "Failed"}, timeout=120)
+    assert obj["status"]["phase"] == "Failed"
+    assert condition(obj, "Succeeded")["reason"] == "Timeout", obj["status"]
+    assert jobs(kubectl, namespace)[0]["spec"]["activeDeadlineSeconds"] == 3
+
+
+def test_stop_annotation_stops_the_run_and_removes_the_job(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("stopme"))
+    wait_phase(kubectl, wait_for, namespace, "stopme", {"Running"})
+    wait_for(lambda: jobs(kubectl, namespace), timeout=30)
+    kubectl("annotate", "task", "stopme", "-n", namespace, "kubetask.io/stop=true")
+    obj = wait_phase(kubectl, wait_for, namespace, "stopme", {"Stopped", "Failed", "Completed"})
+    assert obj["status"]["phase"] == "Stopped", obj["status"]
+    wait_for(lambda: not jobs(kubectl, namespace), timeout=30, what="the Job to be deleted")
+    wait_for(lambda: dagster.run(obj["status"]["dagsterRunId"])["status"] == "CANCELED", timeout=30)
+
+
+def test_deleting_a_task_ends_its_run(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("gone"))
+    obj = wait_phase(kubectl, wait_for, namespace, "gone", {"Running"})
+    wait_for(lambda: jobs(kubectl, namespace), timeout=30)
+    kubectl("delete", "task", "gone", "-n", namespace)
+    wait_for(lambda: dagster.run(obj["status"]["dagsterRunId"])["status"] in ("CANCELED", "FAILURE"), timeout=30)
+    wait_for(lambda: not jobs(kubectl, namespace), timeout=60, what="the Job to be removed")
+
+
+def test_missing_configmap_key_fails_without_a_job(kubectl, wait_for, namespace, bridge):
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "notes"}, "data": {"a.md": "a"}}
+    ctx = {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"configMapKeyRef": {"name": "notes", "key": "b.md"}}}}
+    apply(kubectl, namespace, workspace(), cm, task("nokey", [ctx]))
+    obj = wait_phase(kubectl, wait_for, namespace, "nokey", {"Completed", "Failed"})
+    assert condition(obj, "Succeeded")["reason"] == "ContextRefNotFound"
+    assert "b.md" in obj["status"]["message"] and "notes" in obj["status"]["message"]
+    assert jobs(kubectl, namespace) == []
+
+
+def test_missing_workspace_config_fails_without_a_job(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, task("nows", workspaceConfigRef="absent"))
+    obj = wait_phase(kubectl, wait_for, namespace, "nows", {"Completed", "Failed"})
+    assert condition(obj, "Succeeded")["reason"] == "WorkspaceConfigNotFound"
+    assert '"absent"' in obj["status"]["message"]
+    assert jobs(kubectl, namespace) == []
+
+
+def test_oversize_content_fails_without_a_job(kubectl, wait_for, namespace, bridge):
+    big = "x" * 700_000
+    cms = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"big{i}"}, "data": {"c": big}} for i in range(2)]
+    ctxs = [{"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"configMapKeyRef": {"name": f"big{i}", "key": "c"}}}} for i in range(2)]
+    for cm in cms:  # `create`: apply would also store the 700 kB in an annotation, over its limit
+        kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(cm))
+    apply(kubectl, namespace, workspace(), task("huge", ctxs))
+    obj = wait_phase(kubectl, wait_for, namespace, "huge", {"Completed", "Failed"})
+    assert condition(obj, "Succeeded")["reason"] == "ContextTooLarge"
+    assert jobs(kubectl, namespace) == []
+
+
+def test_three_contexts_on_one_path_are_aggregated_exactly(kubectl, wait_for, namespace, bridge):
+    ws = workspace()
+    ws["spec"]["defaultContexts"] = [inline("/workspace/task.md", "# Guidelines\nRun the tests.")]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "notes"}, "data": {"notes.md": "From a ConfigMap."}}
+    ctxs = [inline("/workspace/task.md", "Update deps."),
+            {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"configMapKeyRef": {"name": "notes", "key": "notes.md"}}}},
+            {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"configMapKeyRef": {"name": "notes", "key": "absent", "optional": True}}}}]
+    apply(kubectl, namespace, ws, cm, task("agg", ctxs))
+    obj = wait_phase(kubectl, wait_for, namespace, "agg", {"Completed", "Failed"})
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    data = get(kubectl, namespace, "configmap", "agg-context")["data"]
+    assert data == {"workspace-task.md": (
+        '<context index="0">\n# Guidelines\nRun the tests.\n</context>\n\n'
+        '<context index="1">\nUpdate deps.\n</context>\n\n'
+        '<context index="2">\nFrom a ConfigMap.\n</context>')}
+    job = jobs(kubectl, namespace)[0]
+    mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"mountPath": "/workspace/task.md", "name": "context-files", "subPath": "workspace-task.md", "readOnly": True} in mounts
+
+
+SECRET_VALUE = "s3cr3t-Value-that-must-not-leak-9f8e7d"
+CREDENTIAL_VALUE = "cr3dential-Value-that-must-not-leak-1a2b"
+
+
+def test_secret_context_lands_in_a_secret_and_nowhere_else(kubectl, wait_for, namespace, bridge, dagster):
+    secrets = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "private"},
+               "stringData": {"brief": SECRET_VALUE, "token": CREDENTIAL_VALUE}}
+    ws = workspace()
+    ws["spec"]["credentials"] = [{"name": "api", "secretRef": {"name": "private", "key": "token"}, "env": "API_TOKEN"}]
+    ctxs = [inline("/workspace/task.md", "public part"),
+            {"type": "File", "file": {"filePath": "/workspace/private.md", "source": {"secretKeyRef": {"name": "private", "key": "brief"}}}}]
+    apply(kubectl, namespace, secrets, ws, task("sec", ctxs))
+    obj = wait_phase(kubectl, wait_for, namespace, "sec", {"Completed", "Failed"})
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    ours = get(kubectl, namespace, "secret", "sec-context-secret")
+    assert base64.b64decode(ours["data"]["workspace-private.md"]).decode() == SECRET_VALUE
+    assert ours["metadata"]["ownerReferences"][0]["name"] == "sec"
+    exposed = {
+        "configmaps": kubectl("get", "configmaps", "-n", namespace, "-o", "json").stdout,
+        "events": kubectl("get", "events", "-n", namespace, "-o", "json").stdout,
+        "jobs": kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout,
+        "task": json.dumps(obj),
+        "dagster event log": dagster.event_log_text(obj["status"]["dagsterRunId"]),
+        "run config and tags": json.dumps(dagster.run(obj["status"]["dagsterRunId"])),
+        "bridge log": bridge.log(),
+    }
+    for where, text in exposed.items():
+        for value in (SECRET_VALUE, CREDENTIAL_VALUE):
+            assert value not in text, f"a Secret value leaked into {where}"
+            assert base64.b64encode(value.encode()).decode() not in text, f"a Secret value leaked (base64) into {where}"
+    assert "private.md" in exposed["dagster event log"]  # the scan looked at the right run
+
+
+def test_bridge_killed_right_after_submitting_leaves_one_run_and_one_job(kubectl, wait_for, namespace, bridge, dagster):
+    bridge.stop()
+    try:
+        bridge.start(extra_env={"KUBETASK_BRIDGE_CRASH_AFTER_SUBMIT": "1"})
+        apply(kubectl, namespace, workspace(), task("crash"))
+        uid = get(kubectl, namespace, "task", "crash")["metadata"]["uid"]
+        wait_for(lambda: bridge.proc.poll() is not None, timeout=60, what="the bridge to crash after submitting")
+        assert get(kubectl, namespace, "task", "crash").get("status", {}).get("dagsterRunId") is None
+    finally:
+        bridge.start()
+    obj = wait_phase(kubectl, wait_for, namespace, "crash", {"Completed", "Failed"})
+    assert obj["status"]["phase"] == "Completed"
+    runs = dagster.runs_with_tags({"kubetask.io/uid": uid})
+    assert len(runs) == 1 and runs[0]["runId"] == obj["status"]["dagsterRunId"]
+    assert [j["metadata"]["name"] for j in jobs(kubectl, namespace)] == ["crash-job-1"]
+
+
+def _run_worker_pids(dagster_home: str) -> list[int]:
+    """Run worker processes: spawned children of the code server whose DAGSTER_HOME is this session's."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "spawn_main" in cmdline and f"DAGSTER_HOME={dagster_home}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_run_worker_killed_mid_wait_fails_the_task(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("orphan"))
+    wait_phase(kubectl, wait_for, namespace, "orphan", {"Running"})
+    wait_for(lambda: jobs(kubectl, namespace), timeout=30)
+    pids = wait_for(lambda: _run_worker_pids(dagster.home), timeout=10, what="the run worker process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    obj = wait_phase(kubectl, wait_for, namespace, "orphan", {"Failed", "Stopped", "Completed"}, timeout=90)
+    assert obj["status"]["phase"] == "Failed"
+    reason = condition(obj, "Succeeded")["reason"]
+    assert reason in ("RunFailed", "RunEndedWithoutStatus"), obj["status"]
+    assert obj["status"]["message"]
+
+
+def test_log_tail_and_lineage_are_recorded_in_dagster(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(), task("traced"))
+    obj = wait_phase(kubectl, wait_for, namespace, "traced", {"Completed", "Failed"})
+    log_text = dagster.event_log_text(obj["status"]["dagsterRunId"])
+    assert "=== Task Content ===" in log_text  # kwok's canned agent log, read through the API server
+    data = dagster.graphql(
+        """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { ... on Asset {
+             assetMaterializations(limit: 10) { partition runId metadataEntries { label
+               ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } } } } } }""",
+        {"key": {"path": ["kubetask", namespace, "tasks"]}},
+    )
+    materializations = data["assetOrError"]["assetMaterializations"]
+    assert [m["partition"] for m in materializations] == ["traced"]
+    entries = {e["label"]: e.get("text", e.get("intValue")) for e in materializations[0]["metadataEntries"]}
+    assert entries["job"] == "traced-job-1" and entries["attempt"] == 1 and entries["exit_code"] == 0
+    assert entries["pod"] == obj["status"]["podName"]
+
+
+def test_terminating_the_run_in_dagster_stops_the_task(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("uistop"))
+    obj = wait_phase(kubectl, wait_for, namespace, "uistop", {"Running"})
+    wait_for(lambda: jobs(kubectl, namespace), timeout=30)
+    result = dagster.graphql(
+        "mutation($id: String!) { terminateRun(runId: $id) { __typename } }", {"id": obj["status"]["dagsterRunId"]}
+    )
+    assert result["terminateRun"]["__typename"] == "TerminateRunSuccess"
+    obj = wait_phase(kubectl, wait_for, namespace, "uistop", {"Stopped", "Failed", "Completed"})
+    assert obj["status"]["phase"] == "Stopped"
+    assert condition(obj, "Succeeded")["reason"] == "RunTerminated"
+    wait_for(lambda: not jobs(kubectl, namespace), timeout=30, what="the Job to be deleted")
+
+
+def test_job_deleted_by_hand_fails_the_task(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("lost"))
+    wait_phase(kubectl, wait_for, namespace, "lost", {"Running"})
+    wait_for(lambda: jobs(kubectl, namespace), timeout=30)
+    kubectl("delete", "job", "lost-job-1", "-n", namespace, "--cascade=background")
+    obj = wait_phase(kubectl, wait_for, namespace, "lost", {"Failed", "Stopped", "Completed"}, timeout=60)
+    assert obj["status"]["phase"] == "Failed"
+    assert condition(obj, "Succeeded")["reason"] == "JobDeleted"
+
+
+def test_workspace_concurrency_limit_queues_tasks(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}, maxConcurrentTasks=1), task("first"))
+    wait_phase(kubectl, wait_for, namespace, "first", {"Running"})
+    apply(kubectl, namespace, task("second"))
+    obj = wait_phase(kubectl, wait_for, namespace, "second", {"Queued"}, timeout=30)
+    assert condition(obj, "Ready")["reason"] == "WorkspaceConcurrencyLimit"
+    assert jobs(kubectl, namespace)[0]["metadata"]["name"] == "first-job-1" and len(jobs(kubectl, namespace)) == 1
+    kubectl("annotate", "task", "first", "-n", namespace, "kubetask.io/stop=true")
+    wait_phase(kubectl, wait_for, namespace, "first", {"Stopped"})
+    wait_phase(kubectl, wait_for, namespace, "second", {"Running"}, timeout=60)
+
+
+def test_remote_file_is_fetched_with_a_secret_header(kubectl, wait_for, namespace, bridge, dagster):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = b"remote guidelines" if self.headers.get("Authorization") == "Bearer t0ken-from-secret" else b"denied"
+            self.send_response(200 if body != b"denied" else 403)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/style.md?sig=abc"
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web"}, "stringData": {"auth": "Bearer t0ken-from-secret\n"}}
+        ctx = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/style.md", "url": url,
+               "headers": [{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "web", "key": "auth"}}}]}}
+        apply(kubectl, namespace, secret, workspace(), task("remote", [inline("/workspace/task.md", "x"), ctx]))
+        obj = wait_phase(kubectl, wait_for, namespace, "remote", {"Completed", "Failed"})
+        assert obj["status"]["phase"] == "Completed", obj["status"]
+        assert seen == [("/style.md?sig=abc", "Bearer t0ken-from-secret")]
+        # content fetched with a Secret header is treated as sensitive: it goes to the Task's Secret
+        secret_data = get(kubectl, namespace, "secret", "remote-context-secret")["data"]
+        assert base64.b64decode(secret_data["workspace-style.md"]).decode() == "remote guidelines"
+        assert "t0ken-from-secret" not in dagster.event_log_text(obj["status"]["dagsterRunId"])
+        # an unreachable remote file fails the Task with a reason, and no Job
+        bad = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/gone.md", "url": f"http://127.0.0.1:{server.server_address[1]}/x"}}
+        apply(kubectl, namespace, task("remote-denied", [bad]))
+        obj = wait_phase(kubectl, wait_for, namespace, "remote-denied", {"Completed", "Failed"})
+        assert condition(obj, "Succeeded")["reason"] == "RemoteFileUnavailable"
+        assert "403" in obj["status"]["message"]
+    finally:
+        server.shutdown()
+
+
+def test_bridge_serves_health_and_metrics(bridge):
+    import requests
+
+    base = f"http://127.0.0.1:{bridge.health_port}"
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    metrics = requests.get(f"{base}/metrics", timeout=5).text
+    assert "kubetask_bridge" in metrics
