@@ -2,7 +2,7 @@
 
 from dagster import Definitions
 
-from .jobs import task_job
-from .ops import KubeResource
+from .jobs import batch_job, task_job
+from .taskflow import KubeResource
 
-defs = Definitions(jobs=[task_job], resources={"kube": KubeResource()})
+defs = Definitions(jobs=[task_job, batch_job], resources={"kube": KubeResource()})

@@ -1,8 +1,19 @@
-"""Dagster jobs: ``task_job`` runs one Task."""
+"""Dagster jobs: ``task_job`` runs one Task, ``batch_job`` runs a BatchRun's Tasks as mapped steps."""
 
-from dagster import in_process_executor, job
+from dagster import in_process_executor, job, multiprocess_executor
 
+from .batch_ops import expand_batch, run_batch_task, summarize_batch
 from .ops import prepare_task, run_agent
+
+
+
+def batch_run_config(namespace: str, name: str, uid: str, parallelism: int) -> dict:
+    """Run config of ``batch_job`` for one BatchRun: at most ``parallelism`` Tasks at once."""
+    return {
+        "ops": {"expand_batch": {"config": {"namespace": namespace, "name": name, "uid": uid}}},
+        # Steps mostly wait on Kubernetes; forkserver makes each step process cheap to start.
+        "execution": {"config": {"max_concurrent": parallelism, "start_method": {"forkserver": {}}}},
+    }
 
 
 @job(
@@ -12,3 +23,13 @@ from .ops import prepare_task, run_agent
 )
 def task_job():
     run_agent(prepare_task())
+
+
+@job(
+    executor_def=multiprocess_executor,  # max_concurrent = the BatchRun's parallelism (batch_run_config)
+    description="Run one kubetask.io BatchRun: one mapped step per Task (commonContext + variableContexts[i]).",
+    tags={"kubetask.io/kind": "BatchRun"},
+)
+def batch_job():
+    tasks, batchrun = expand_batch()
+    summarize_batch(batchrun, tasks.map(run_batch_task).collect())

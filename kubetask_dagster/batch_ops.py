@@ -1,0 +1,201 @@
+"""The ops of ``batch_job``: expand a BatchRun into Tasks, run each Task as a mapped step, summarise.
+
+Each mapped step ``run_batch_task[task_<i>]`` runs exactly the flow of a standalone Task
+(``taskflow``); a retry of the step is an attempt of the Task. "Re-execute from failure" in
+Dagster's UI reruns the failed and never-started steps only, and a step whose Task already
+completed returns at once, so a rerun never runs a completed Task again.
+"""
+
+import time
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    Config,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    op,
+)
+from kubernetes.client.rest import ApiException
+
+from . import batches, status
+from .api import Batch, BatchRun, TaskPhase, annotations
+from .api.base import GROUP, VERSION
+from .kube import Kube
+from .taskflow import KubeResource, TaskRef, prepare, run_attempt
+
+BATCH_NOT_FOUND = "BatchNotFound"
+TASK_NAME_CONFLICT = "TaskNameConflict"
+PAUSE_POLL_SECONDS = 2.0
+
+
+class BatchRunRef(Config):
+    """Which BatchRun this run executes (set by the bridge, a schedule tick or a materialization)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+
+
+def batch_asset_key(namespace: str, batch: str) -> AssetKey:
+    """One asset per Batch; each Task index is a partition."""
+    return AssetKey(["kubetask", namespace, "batches", batch])
+
+
+def _patch_batchrun(api: Kube, ns: str, name: str, patch: dict[str, Any]) -> None:
+    api.patch_status("batchruns", ns, name, patch)
+
+
+def _load_batchrun(api: Kube, ref: BatchRunRef) -> dict[str, Any]:
+    obj = api.get_custom("batchruns", ref.namespace, ref.name)
+    if obj is None or (ref.uid and obj["metadata"]["uid"] != ref.uid):
+        raise Failure(f"BatchRun {ref.namespace}/{ref.name} no longer exists", allow_retries=False)
+    return obj
+
+
+def _fail_batchrun(context: OpExecutionContext, api: Kube, obj: dict[str, Any], reason: str, message: str) -> None:
+    meta = obj["metadata"]
+    current = obj.get("status") or {}
+    conditions = status.set_condition(current.get("conditions"), "Ready", "False", reason, message, status.now())
+    _patch_batchrun(api, meta["namespace"], meta["name"], {
+        "phase": "Failed", "conditions": conditions, "completionTime": status.rfc3339(status.now()),
+    })
+    api.emit_event(obj, reason, message, warning=True)
+    raise Failure(description=f"{reason}: {message}", allow_retries=False)
+
+
+def _create_tasks(api: Kube, tasks: list[dict[str, Any]], batchrun: str) -> list[dict[str, Any]]:
+    """Create every Task (idempotently: a Task of this BatchRun that exists is kept as it is)."""
+    created = []
+    for body in tasks:
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            obj = api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", body)
+            api.patch_status("tasks", ns, name, status.queued({}, message="waiting for its turn in the BatchRun", reason="WaitingForTurn"))
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            obj = api.get_custom("tasks", ns, name)
+            if obj is None or (obj["metadata"].get("labels") or {}).get(annotations.LABEL_BATCH_RUN) != batchrun:
+                raise Failure(f"{TASK_NAME_CONFLICT}: Task {ns}/{name} exists and does not belong to BatchRun {batchrun}", allow_retries=False)
+        created.append(obj)
+    return created
+
+
+@op(out={
+    "tasks": DynamicOut(dict, description="One Task reference per variableContexts entry."),
+    "batchrun": Out(dict, description="The BatchRun, for the summary."),
+})
+def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeResource):
+    """Expand the BatchRun (its Batch or inline spec) into Task CRs and fan out one step per Task."""
+    api = kube.api
+    obj = _load_batchrun(api, config)
+    batchrun = BatchRun.model_validate(obj)
+    batch_spec = None
+    if batchrun.spec.batch_ref:
+        batch_obj = api.get_custom("batches", config.namespace, batchrun.spec.batch_ref)
+        if batch_obj is None:
+            _fail_batchrun(context, api, obj, BATCH_NOT_FOUND,
+                           f'Batch "{batchrun.spec.batch_ref}" not found in namespace "{config.namespace}"')
+        batch_spec = Batch.model_validate(batch_obj).spec
+    template = batches.template_of(batchrun, batch_spec)
+    tasks = _create_tasks(api, batches.expand(batchrun, template), config.name)
+    current = obj.get("status") or {}
+    now = status.rfc3339(status.now())
+    _patch_batchrun(api, config.namespace, config.name, {
+        "phase": "Running" if current.get("phase") in (None, "Pending") else current["phase"],
+        "startTime": current.get("startTime") or now,
+        "dagsterRunId": context.run_id,
+        "progress": {**(current.get("progress") or {}), "total": len(tasks)},
+        "observedGeneration": obj["metadata"].get("generation"),
+    })
+    yield Output({"namespace": config.namespace, "name": config.name, "uid": obj["metadata"]["uid"]}, "batchrun",
+                 metadata={"tasks": len(tasks), "parallelism": batches.effective_parallelism(batchrun, template)})
+    for index, task in enumerate(tasks):
+        meta = task["metadata"]
+        yield DynamicOutput(
+            {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "generation": meta.get("generation", 1),
+             "index": index, "batchrun": config.name, "batch": batchrun.spec.batch_ref or ""},
+            mapping_key=batches.mapping_key(index),
+            output_name="tasks",
+        )
+
+
+def _wait_while_paused(context: OpExecutionContext, api: Kube, ns: str, batchrun: str) -> None:
+    """Dispatch nothing while the BatchRun carries the pause annotation (running Tasks go on)."""
+    logged = False
+    while True:
+        obj = api.get_custom("batchruns", ns, batchrun)
+        if obj is None or (obj["metadata"].get("annotations") or {}).get(annotations.PAUSE) != "true":
+            return
+        if not logged:
+            context.log.info(f"BatchRun {ns}/{batchrun} is paused; waiting before starting this Task")
+            logged = True
+        time.sleep(PAUSE_POLL_SECONDS)
+
+
+@op
+def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: KubeResource) -> dict[str, Any]:
+    """Run one Task of the BatchRun exactly like a standalone Task; a completed Task is not run again."""
+    api = kube.api
+    ns, name = item["namespace"], item["name"]
+    obj = api.get_custom("tasks", ns, name)
+    if obj is None:
+        raise Failure(f"Task {ns}/{name} was deleted", allow_retries=False)
+    if (obj.get("status") or {}).get("phase") == TaskPhase.COMPLETED.value:
+        context.log.info(f"Task {ns}/{name} already completed; not running it again")
+        return {"name": name, "phase": TaskPhase.COMPLETED.value}
+    _wait_while_paused(context, api, ns, item["batchrun"])
+    ref = TaskRef(namespace=ns, name=name, uid=obj["metadata"]["uid"], generation=obj["metadata"].get("generation", 1))
+    prepared = prepare(context, kube, ref)
+    lineage = (batch_asset_key(ns, item["batch"]), f"task-{item['index']}") if item["batch"] else None
+    result = run_attempt(context, kube, prepared, lineage=lineage)
+    return {"name": name, "phase": TaskPhase.COMPLETED.value, **result}
+
+
+def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
+    """The BatchRun's status computed from its Tasks (level-based: counts are never incremented)."""
+    obj = api.get_custom("batchruns", ns, name)
+    if obj is None:
+        return {}
+    tasks = api.custom.list_namespaced_custom_object(
+        GROUP, VERSION, ns, "tasks", label_selector=f"{annotations.LABEL_BATCH_RUN}={name}")["items"]
+    rows = sorted(
+        ((t["metadata"]["name"], (t.get("status") or {}).get("phase"), _reason(t)) for t in tasks),
+        key=lambda row: batches.index_of(row[0]) or 0,
+    )
+    total = ((obj.get("status") or {}).get("progress") or {}).get("total", len(rows))
+    meta_annotations = obj["metadata"].get("annotations") or {}
+    return status.batchrun_summary(rows, total, paused=meta_annotations.get(annotations.PAUSE) == "true",
+                                   stopped=meta_annotations.get(annotations.STOP) == "true")
+
+
+def _reason(task: dict[str, Any]) -> str | None:
+    for condition in (task.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Succeeded":
+            return condition.get("reason")
+    return None
+
+
+@op
+def summarize_batch(context: OpExecutionContext, batchrun: dict[str, Any], results: list[dict[str, Any]], kube: KubeResource) -> dict[str, Any]:
+    """Write the BatchRun's final summary (when every step succeeded; otherwise the bridge does)."""
+    api = kube.api
+    config = BatchRunRef(**batchrun)
+    summary = summarize(api, config.namespace, config.name)
+    if summary:
+        patch = {**summary, "dagsterRunId": context.run_id}
+        if summary["phase"] in ("Completed", "Failed", "Stopped"):
+            patch["completionTime"] = status.rfc3339(status.now())
+        _patch_batchrun(api, config.namespace, config.name, patch)
+    context.log_event(AssetMaterialization(
+        AssetKey(["kubetask", config.namespace, "batchruns"]), partition=None,
+        metadata={"batchrun": config.name, "progress": MetadataValue.json(summary.get("progress", {})), "phase": summary.get("phase", "")},
+    ))
+    return summary

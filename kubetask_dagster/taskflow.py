@@ -1,0 +1,258 @@
+"""The flow of one Task inside a Dagster step: prepare its context files, then run one attempt.
+
+Shared by ``task_job`` (a standalone Task) and ``batch_job`` (each mapped step of a BatchRun). Both
+steps read the Task and its WorkspaceConfig fresh from the API server, write the Task's status
+through the status subresource, and record Events. Nothing that passes between steps, nor anything
+logged, contains context content: only paths, keys, sizes and hashes.
+"""
+
+
+import time
+from functools import cached_property
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetObservation,
+    Config,
+    ConfigurableResource,
+    DagsterExecutionInterruptedError,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    RetryRequested,
+)
+
+from . import manifests, status
+from .api import GitContext, Task, WorkspaceConfig, annotations
+from .api.workspace import DEFAULT_WORKSPACE_CONFIG
+from .contexts import ContextFile, aggregate, all_contexts, resolve
+from .errors import TaskError
+from .kube import Kube, PodOutcome
+from .redact import Redactor
+
+WORKSPACE_CONFIG_NOT_FOUND = "WorkspaceConfigNotFound"
+TASK_GONE = "TaskGone"
+
+
+class KubeResource(ConfigurableResource):
+    """Kubernetes access of the run worker (in-cluster, or the kubeconfig in $KUBECONFIG)."""
+
+    kubeconfig: str | None = None
+    git_image: str = manifests.DEFAULT_GIT_IMAGE
+    log_tail_lines: int = 50
+
+    @cached_property
+    def api(self) -> Kube:
+        return Kube(self.kubeconfig)
+
+
+class TaskRef(Config):
+    """Which Task this run executes (set by the bridge)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 1
+
+
+def task_asset_key(namespace: str) -> AssetKey:
+    """One asset per namespace; each Task is a partition of it."""
+    return AssetKey(["kubetask", namespace, "tasks"])
+
+
+class TaskReporter:
+    """Writes what happened to a Task where people look: its status, Events and Dagster's log."""
+
+    def __init__(self, context: OpExecutionContext, kube: Kube, task_obj: dict[str, Any]):
+        self.context = context
+        self.kube = kube
+        self.obj = task_obj
+        self.ns = task_obj["metadata"]["namespace"]
+        self.name = task_obj["metadata"]["name"]
+
+    @property
+    def current(self) -> dict[str, Any]:
+        return self.obj.get("status") or {}
+
+    def patch(self, patch: dict[str, Any]) -> None:
+        """Merge-patch the status, unless it would leave a terminal phase the wrong way."""
+        new_phase = patch.get("phase")
+        if new_phase and not status.may_transition(self.current.get("phase"), new_phase):
+            self.context.log.info(f"not moving Task {self.ns}/{self.name} from {self.current.get('phase')} to {new_phase}")
+            return
+        updated = self.kube.patch_status("tasks", self.ns, self.name, patch)
+        if updated is not None:
+            self.obj = updated
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self.kube.emit_event(self.obj, reason, message, warning=warning)
+        (self.context.log.warning if warning else self.context.log.info)(f"{reason}: {message}")
+
+    def fail(self, reason: str, message: str, exit_code: int | None = None) -> None:
+        self.patch(status.failed(self.current, reason, message, exit_code=exit_code))
+        self.event(reason, message, warning=True)
+
+
+def load_task(kube: Kube, ref: TaskRef) -> dict[str, Any]:
+    obj = kube.get_custom("tasks", ref.namespace, ref.name)
+    if obj is None or obj["metadata"]["uid"] != ref.uid:
+        raise Failure(f"Task {ref.namespace}/{ref.name} (uid {ref.uid}) no longer exists", allow_retries=False)
+    return obj
+
+
+def load_workspace(kube: Kube, task: Task) -> WorkspaceConfig:
+    name = task.spec.workspace_config_ref or DEFAULT_WORKSPACE_CONFIG
+    obj = kube.get_custom("workspaceconfigs", task.metadata.namespace, name)
+    if obj is None:
+        raise TaskError(WORKSPACE_CONFIG_NOT_FOUND, f'WorkspaceConfig "{name}" not found in namespace "{task.metadata.namespace}"')
+    return WorkspaceConfig.model_validate(obj)
+
+
+def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef) -> dict[str, Any]:
+    """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret.
+
+    Returns what the attempt needs: the Task's reference, the files' paths, keys and hashes (no
+    content) and the Git checkouts."""
+    api = kube.api
+    obj = load_task(api, config)
+    task = Task.model_validate(obj)
+    reporter = TaskReporter(context, api, obj)
+    if (task.metadata.annotations or {}).get(annotations.STOP) == "true":
+        reporter.patch(status.stopped(reporter.current, "StopRequested", f"{annotations.STOP} is set; nothing was run"))
+        raise Failure(description="the Task carries the stop annotation", allow_retries=False)
+    try:
+        workspace = load_workspace(api, task)
+        resolution = resolve(all_contexts(task, workspace.spec), config.namespace, api)
+        files = aggregate(resolution.parts)
+        config_map, secret = manifests.build_context_objects(task, files)
+        if config_map is not None:
+            api.apply_config_map(config_map)
+        if secret is not None:
+            api.apply_secret(secret)
+    except TaskError as e:
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=f"{e.reason}: {e.message}", allow_retries=False) from None
+    described = [f.describe() for f in files]
+    context.add_output_metadata(
+        {
+            "files": MetadataValue.json(described),
+            "git": MetadataValue.json([g.to_k8s() for g in resolution.git]),
+        }
+    )
+    return {"task": config.model_dump(), "files": described, "git": [g.to_k8s() for g in resolution.git]}
+
+
+def _files(prepared: dict[str, Any]) -> list[ContextFile]:
+    """Mount descriptions for the Job builder (the content already lives in the ConfigMap/Secret)."""
+    return [ContextFile(f["filePath"], "", f["sensitive"], f["key"], []) for f in prepared["files"]]
+
+
+def _next_attempt(api: Kube, task: Task, run_id: str) -> tuple[int, bool]:
+    """The attempt to run and whether its Job already exists (a restarted op resumes it)."""
+    last = (task.status.attempt if task.status else None) or 0
+    if last:
+        job = api.get_job(task.metadata.namespace, manifests.job_name(task.metadata.name, last))
+        if job is not None and (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
+            finished = any(c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or [])
+            if not finished:
+                return last, True
+    return last + 1, False
+
+
+def run_attempt(
+    context: OpExecutionContext,
+    kube: KubeResource,
+    prepared: dict[str, Any],
+    lineage: tuple[AssetKey, str] | None = None,
+) -> dict[str, Any]:
+    """Run one attempt: create its Job, wait for the pod to end, record the outcome; retry per the Task.
+
+    ``lineage`` is the asset and partition the outcome is recorded under (default: the namespace's
+    task asset, partition = Task name). Raises RetryRequested while the Task's retries last, and
+    Failure when the Task failed for good."""
+    config = TaskRef(**prepared["task"])
+    api = kube.api
+    obj = load_task(api, config)
+    task = Task.model_validate(obj)
+    reporter = TaskReporter(context, api, obj)
+    try:
+        workspace = load_workspace(api, task)
+    except TaskError as e:
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=str(e), allow_retries=False) from None
+
+    policy = status.effective_retries(task.spec, None)
+    timeout = status.effective_timeout_seconds(task.spec, workspace.spec)
+    attempt, resuming = _next_attempt(api, task, context.run_id)
+    job = manifests.build_job(
+        task, workspace.spec, _files(prepared), [_git(g) for g in prepared["git"]],
+        attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
+    )
+    job_name = job["metadata"]["name"]
+    reporter.patch(
+        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
+        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
+    )
+    if not resuming:
+        created = api.create_job(job)
+        reporter.event("JobCreated", f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))
+    started = time.monotonic()
+    try:
+        outcome = api.wait_for_pod_end(
+            config.namespace,
+            job_name,
+            deadline_seconds=None if timeout is None else timeout + 60,
+            on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
+        )
+    except DagsterExecutionInterruptedError:
+        api.delete_job(config.namespace, job_name)
+        reporter.patch(status.stopped(reporter.current, "RunTerminated", f"the Dagster run was terminated; Job {job_name} deleted"))
+        reporter.event("Stopped", f"the Dagster run was terminated; Job {job_name} deleted")
+        raise
+    duration = time.monotonic() - started
+    asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
+    log_tail = _log_tail(api, kube, task, workspace, outcome)
+    if log_tail:
+        context.log.info(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
+    metadata = {
+        "task": f"{config.namespace}/{config.name}",
+        "uid": config.uid,
+        "job": job_name,
+        "pod": outcome.pod_name or "",
+        "attempt": attempt,
+        "exit_code": outcome.exit_code if outcome.exit_code is not None else -1,
+        "duration_s": round(duration, 3),
+        "outcome": outcome.reason,
+        "context_sources": MetadataValue.json(prepared["files"]),
+        "kubectl": f"kubectl -n {config.namespace} get task {config.name}; kubectl -n {config.namespace} describe job {job_name}",
+    }
+    if outcome.succeeded:
+        reporter.patch(status.completed(reporter.current, exit_code=outcome.exit_code or 0, pod_name=outcome.pod_name))
+        reporter.event("Completed", f"attempt {attempt} completed (Job {job_name})")
+        context.log_event(AssetMaterialization(asset_key, partition=partition, metadata=metadata))
+        return {"attempt": attempt, "job": job_name, "exitCode": outcome.exit_code}
+
+    context.log_event(AssetObservation(asset_key, partition=partition, metadata=metadata))
+    retries_left = policy is not None and context.retry_number < policy.limit
+    if retries_left and outcome.reason not in ("JobDeleted",):
+        delay = status.retry_delay(policy, context.retry_number + 1)
+        message = f"attempt {attempt} failed ({outcome.reason}: {outcome.message}); retrying in {delay:g} s"
+        reporter.patch(status.retrying(reporter.current, outcome.reason, message, exit_code=outcome.exit_code))
+        reporter.event("Retrying", message, warning=True)
+        raise RetryRequested(max_retries=policy.limit, seconds_to_wait=delay)
+    reporter.fail(outcome.reason, f"attempt {attempt}: {outcome.message}", exit_code=outcome.exit_code)
+    raise Failure(description=f"{outcome.reason}: {outcome.message}", allow_retries=False)
+
+
+def _git(data: dict[str, Any]) -> GitContext:
+    return GitContext.model_validate(data)
+
+
+def _log_tail(api: Kube, kube: KubeResource, task: Task, workspace: WorkspaceConfig, outcome: PodOutcome) -> str:
+    """The agent log's last lines with every Secret value the Task can see replaced."""
+    if not outcome.pod_name:
+        return ""
+    text = api.pod_log_tail(task.metadata.namespace, outcome.pod_name, kube.log_tail_lines)
+    return Redactor.for_task(api, task, workspace).redact(text)
