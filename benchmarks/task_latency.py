@@ -155,11 +155,13 @@ def measure(api, kubectl: list[str], namespace: str, count: int, label: str, exe
         applied = time.monotonic()
         subprocess.run([*kubectl, "apply", "-n", namespace, "-f", "-"], input=yaml.safe_dump(task_body(name, executed_by)), text=True, check=True, capture_output=True)
         deadline = time.monotonic() + 120
-        while ("terminal", name) not in recorder.seen and time.monotonic() < deadline:
+        needed = [(what, name) for what in ("job", "running", "pod-end", "terminal")]
+        while not all(k in recorder.seen for k in needed) and time.monotonic() < deadline:
             time.sleep(0.02)
         s = recorder.seen
-        if ("terminal", name) not in s:
-            raise RuntimeError(f"{name} did not finish")
+        missing = [k for k in needed if k not in s]
+        if missing:
+            raise RuntimeError(f"{name}: never saw {missing}")
         out["apply_to_job"].append(s[("job", name)] - applied)
         out["apply_to_running"].append(s[("running", name)] - applied)
         out["pod_end_to_terminal"].append(s[("terminal", name)] - s[("pod-end", name)])
