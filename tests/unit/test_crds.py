@@ -63,3 +63,10 @@ def test_cel_messages_name_their_field():
     messages = {r["message"] for r in rules}
     assert any(m.startswith("filePath must be an absolute") for m in messages)
     assert any(m.startswith("timeout must be a positive duration") for m in messages)
+
+
+def test_api_reference_matches_the_models():
+    from kubetask_dagster.api import docgen
+
+    committed = (CRDS.parent / "docs" / "api.md").read_text()
+    assert committed == docgen.render(), "docs/api.md is stale: run kubetask-api-docs"
