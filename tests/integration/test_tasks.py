@@ -13,58 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kt_helpers import apply, condition, event_reasons, get, inline, jobs, task, wait_phase, workspace
 from kt_stack import bridge, dagster  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.integration
-
-
-def inline(path: str, text: str) -> dict:
-    return {"type": "File", "file": {"filePath": path, "source": {"inline": text}}}
-
-
-def apply(kubectl, namespace: str, *objects: dict) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
-
-
-def workspace(name: str = "default", pod_labels: dict | None = None, **spec) -> dict:
-    return {
-        "apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": name},
-        "spec": {"agentImage": "example.invalid/echo-agent:1", "serviceAccountName": "default",
-                 **({"podLabels": pod_labels} if pod_labels else {}), **spec},
-    }
-
-
-def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
-            "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}
-
-
-def get(kubectl, namespace: str, kind: str, name: str) -> dict | None:
-    result = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def wait_phase(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 90) -> dict:
-    def terminal():
-        obj = get(kubectl, namespace, "task", name)
-        return obj if obj and (obj.get("status") or {}).get("phase") in phases else None
-    try:
-        return wait_for(terminal, timeout=timeout, interval=0.3, what=f"task {name} in {phases}")
-    except TimeoutError:
-        raise AssertionError(f"task {name} never reached {phases}: {json.dumps(get(kubectl, namespace, 'task', name), indent=1)}")
-
-
-def condition(obj: dict, type_: str) -> dict:
-    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
-
-
-def jobs(kubectl, namespace: str) -> list[dict]:
-    return json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
-
-
-def event_reasons(kubectl, namespace: str, name: str) -> list[str]:
-    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
-    return [e["reason"] for e in items if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "Task"]
 
 
 def test_task_succeeds(kubectl, wait_for, namespace, bridge, dagster):
@@ -370,3 +322,11 @@ def test_bridge_serves_health_and_metrics(bridge):
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
     metrics = requests.get(f"{base}/metrics", timeout=5).text
     assert "kubetask_bridge" in metrics
+
+
+def test_image_pull_failure_ends_the_wait_with_a_reason(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"}), task("nopull"))
+    obj = wait_phase(kubectl, wait_for, namespace, "nopull", {"Completed", "Failed"}, timeout=60)
+    assert obj["status"]["phase"] == "Failed"
+    assert condition(obj, "Succeeded")["reason"] == "ImagePullFailed"
+    assert "pull access denied" in obj["status"]["message"]
