@@ -1,8 +1,69 @@
-"""The `kubetask` Dagster code location."""
+"""The `kubetask` Dagster code location.
 
-from dagster import Definitions
+``task_job`` and ``batch_job`` are static. The Batch assets and schedules come from the Batch CRs,
+listed when the code location loads (``catalog``); the bridge reloads the location when a Batch
+changes. The catalog travels with the definitions as reconstruction metadata: run workers and step
+processes (which import this module again) rebuild the same definitions from it instead of listing
+Batches once per run.
+"""
 
+from __future__ import annotations
+
+import logging
+import warnings
+
+from dagster import Definitions, PreviewWarning
+
+# Internal to Dagster ("meant for internal usage"), the mechanism its state-backed integrations use; dagster is pinned to 1.13.*.
+from dagster._core.definitions.definitions_load_context import StateBackedDefinitionsLoader
+
+from . import catalog
+from .assets import batch_assets
+from .catalog import BatchEntry
 from .jobs import batch_job, task_job
+from .schedules import batch_schedules
 from .taskflow import KubeResource
 
-defs = Definitions(jobs=[task_job, batch_job], resources={"kube": KubeResource()})
+log = logging.getLogger(__name__)
+
+RECONSTRUCTION_KEY = "kubetask/batch-catalog"
+
+
+def build_definitions(entries: list[BatchEntry]) -> Definitions:
+    """The code location for a given catalog (pure: no API calls)."""
+    assets = []
+    for entry in entries:
+        try:
+            assets.extend(batch_assets([entry]))
+        except Exception as e:  # one odd Batch must not take the whole location down
+            log.warning("Batch %s/%s: no asset (%s)", entry.namespace, entry.name, e)
+    return Definitions(
+        jobs=[task_job, batch_job],
+        assets=assets,
+        schedules=batch_schedules(entries),
+        resources={"kube": KubeResource()},
+    )
+
+
+class BatchCatalogLoader(StateBackedDefinitionsLoader[str]):
+    """Lists the Batches when the code location initialises; a reconstruction (run worker, step
+    process) gets the same catalog back from Dagster instead of listing again."""
+
+    @property
+    def defs_key(self) -> str:
+        return RECONSTRUCTION_KEY
+
+    def fetch_state(self) -> str:
+        return catalog.dumps(catalog.load_entries())
+
+    def defs_from_state(self, state: str) -> Definitions:
+        return build_definitions(catalog.loads(state))
+
+
+def load_definitions() -> Definitions:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)  # with_reconstruction_metadata: pinned dagster 1.13.*
+        return BatchCatalogLoader().build_defs()
+
+
+defs = load_definitions()

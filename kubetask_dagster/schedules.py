@@ -1,0 +1,389 @@
+"""Batch schedules: one Dagster schedule per Batch with ``spec.schedule``, behaving like a CronJob.
+
+Each tick runs ``evaluate_tick`` in the code server. It reads the Batch fresh, then:
+
+- ``suspend: true`` -> SkipReason (the schedule's toggle also follows ``suspend``: the bridge starts
+  and stops it after each reload, see ``crd_bridge/batches.py``);
+- ``concurrencyPolicy`` Forbid -> SkipReason while another BatchRun of the Batch is not finished;
+  Replace -> the active ones get ``kubetask.io/stop: "true"`` (the bridge stops them); Allow -> nothing;
+- creates the BatchRun ``<batch>-<minutes since epoch of the tick>`` owned by the Batch (a 409 is the
+  same tick evaluated again), marked ``kubetask.io/executed-by: schedule/<schedule>`` so the bridge
+  does not submit it: the tick's own run (``batch_job``, ``run_key`` = the BatchRun name) executes it;
+- deletes the oldest finished BatchRuns beyond ``successfulRunsHistoryLimit`` (3) and
+  ``failedRunsHistoryLimit`` (1), and writes ``status.lastScheduleTime`` and ``status.active``.
+
+A dry run (Dagster's "Test schedule", ``futureTicks``) evaluates the same decision without changing
+anything (``preview_tick``): a BatchRun created by a dry run would never be run.
+
+Every decision is a pure function of the Batch, its BatchRuns and the tick time (``plan_tick``,
+``runs_to_prune``, ``status_from_runs``), shared with the bridge, which refreshes the Batch's status
+and history when a BatchRun finishes.
+
+Schedules are declared ``default_status=STOPPED`` and started by the bridge right after the reload
+that adds them: a schedule started through the API fires at the next cron boundary, while one that
+is RUNNING by default only starts ticking at the daemon's next iteration, losing up to a minute.
+"""
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+from kubernetes.client.rest import ApiException
+
+from . import status as status_fns
+from .api import API_VERSION, GROUP, VERSION, BatchRunPhase, annotations
+from .api.batch import DEFAULT_PARALLELISM, MAX_BATCHRUN_NAME
+from .catalog import BatchEntry
+from .jobs import batch_job, batch_run_config
+from .taskflow import KubeResource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SUCCESSFUL_HISTORY = 3
+DEFAULT_FAILED_HISTORY = 1
+EXECUTED_BY_SCHEDULE = "schedule"
+ANNOTATION_SCHEDULED_AT = "kubetask.io/scheduled-at"
+ANNOTATION_REQUESTED_BY = "kubetask.io/requested-by"
+"""On a BatchRun created from Dagster (a tick or a materialization): the Dagster run or schedule that asked."""
+
+TAG_KIND = "kubetask.io/kind"
+TAG_NAMESPACE = "kubetask.io/namespace"
+TAG_NAME = "kubetask.io/name"
+TAG_UID = "kubetask.io/uid"
+TAG_GENERATION = "kubetask.io/generation"
+TAG_BATCH = "kubetask.io/batch"
+TAG_SCHEDULED_FOR = "kubetask.io/scheduled-for"
+
+FINISHED = frozenset(p.value for p in BatchRunPhase if p.terminal)
+SUCCEEDED = BatchRunPhase.COMPLETED.value
+
+Obj = Mapping[str, Any]
+
+
+# --- reading BatchRuns (pure) --------------------------------------------------------------------
+
+
+def _meta(obj: Obj) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def phase_of(obj: Obj) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def is_finished(obj: Obj) -> bool:
+    return phase_of(obj) in FINISHED
+
+
+def stop_requested(obj: Obj) -> bool:
+    return str((_meta(obj).get("annotations") or {}).get(annotations.STOP, "")).strip().lower() == "true"
+
+
+def owned_by(obj: Obj, batch_uid: str) -> bool:
+    return any(ref.get("kind") == "Batch" and ref.get("uid") == batch_uid for ref in _meta(obj).get("ownerReferences") or [])
+
+
+def _created(obj: Obj) -> tuple[str, str]:
+    meta = _meta(obj)
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
+def _finished_at(obj: Obj) -> tuple[str, str, str]:
+    status = obj.get("status") or {}
+    return (str(status.get("completionTime") or _meta(obj).get("creationTimestamp") or ""), *_created(obj))
+
+
+def active_runs(runs: Iterable[Obj]) -> list[Obj]:
+    """Not finished and not being deleted, oldest first."""
+    return sorted((r for r in runs if not is_finished(r) and not _meta(r).get("deletionTimestamp")), key=_created)
+
+
+def tick_batchrun_name(batch: str, scheduled_time: datetime) -> str:
+    """``<batch>-<minutes since the epoch>`` of the tick: the same name for every evaluation of one tick."""
+    return f"{batch}-{int(scheduled_time.timestamp()) // 60}"
+
+
+def history_limits(schedule: Mapping[str, Any] | None) -> tuple[int, int]:
+    schedule = schedule or {}
+    ok, failed = schedule.get("successfulRunsHistoryLimit"), schedule.get("failedRunsHistoryLimit")
+    return (DEFAULT_SUCCESSFUL_HISTORY if ok is None else int(ok), DEFAULT_FAILED_HISTORY if failed is None else int(failed))
+
+
+def runs_to_prune(runs: Iterable[Obj], successful_limit: int, failed_limit: int) -> list[str]:
+    """Names of finished BatchRuns beyond the history limits, oldest first (Stopped counts as failed)."""
+    finished = [r for r in runs if is_finished(r) and not _meta(r).get("deletionTimestamp")]
+    ok = sorted((r for r in finished if phase_of(r) == SUCCEEDED), key=_finished_at, reverse=True)
+    bad = sorted((r for r in finished if phase_of(r) != SUCCEEDED), key=_finished_at, reverse=True)
+    extra = ok[max(0, successful_limit):] + bad[max(0, failed_limit):]
+    return [_meta(r)["name"] for r in sorted(extra, key=_finished_at)]
+
+
+def status_from_runs(runs: Iterable[Obj], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``active`` and ``lastSuccessfulTime`` of a Batch from its BatchRuns (a merge patch of its status)."""
+    runs = list(runs)
+    patch: dict[str, Any] = {"active": [{"name": _meta(r)["name"]} for r in active_runs(runs)] or None}
+    times = [str(t) for t in ((r.get("status") or {}).get("completionTime") for r in runs if phase_of(r) == SUCCEEDED) if t]
+    previous = (current or {}).get("lastSuccessfulTime")
+    latest = max(times + ([str(previous)] if previous else []), default=None)  # RFC 3339 UTC sorts as text
+    if latest and latest != previous:
+        patch["lastSuccessfulTime"] = latest
+    return patch
+
+
+def status_changed(current: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    current = current or {}
+    return any((current.get(k) or None) != (v or None) for k, v in patch.items())
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    """What one tick does: skip (with the reason), or create ``name`` after stopping ``stop``."""
+
+    name: str
+    skip: str | None = None
+    stop: tuple[str, ...] = ()
+    exists: bool = False
+
+
+def plan_tick(batch: Obj, runs: Sequence[Obj], scheduled_time: datetime) -> TickPlan:
+    """The tick's decision from the Batch as it is now and its BatchRuns (owned by it)."""
+    meta = _meta(batch)
+    name = tick_batchrun_name(meta["name"], scheduled_time)
+    sched = (batch.get("spec") or {}).get("schedule")
+    if meta.get("deletionTimestamp"):
+        return TickPlan(name, skip=f"Batch {meta['namespace']}/{meta['name']} is being deleted")
+    if not sched:
+        return TickPlan(name, skip=f"Batch {meta['namespace']}/{meta['name']} has no spec.schedule any more")
+    if sched.get("suspend"):
+        return TickPlan(name, skip="spec.schedule.suspend is true")
+    existing = next((r for r in runs if _meta(r).get("name") == name), None)
+    if existing is not None:
+        return TickPlan(name, exists=True)  # this tick was evaluated before: its run request is the same
+    others = [r for r in active_runs(runs) if _meta(r).get("name") != name]
+    policy = sched.get("concurrencyPolicy") or "Allow"
+    if policy == "Forbid" and others:
+        names = ", ".join(_meta(r)["name"] for r in others)
+        return TickPlan(name, skip=f"concurrencyPolicy Forbid: BatchRun {names} is still active")
+    if policy == "Replace":
+        return TickPlan(name, stop=tuple(_meta(r)["name"] for r in others if not stop_requested(r)))
+    return TickPlan(name)
+
+
+# --- BatchRun objects (pure) -------------------------------------------------------------------
+
+
+def batch_owner(batch: Obj) -> dict[str, Any]:
+    meta = _meta(batch)
+    return {"apiVersion": API_VERSION, "kind": "Batch", "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def batchrun_body(batch: Obj, name: str, *, extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A BatchRun of ``batch`` (``spec.batchRef``), owned by it and labelled with its name."""
+    meta = _meta(batch)
+    if len(name) > MAX_BATCHRUN_NAME:
+        raise ValueError(f"BatchRun name {name!r} is longer than {MAX_BATCHRUN_NAME} characters")
+    body: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "BatchRun",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {annotations.LABEL_BATCH: meta["name"]},
+            "ownerReferences": [batch_owner(batch)],
+        },
+        "spec": {"batchRef": meta["name"]},
+    }
+    if extra_annotations:
+        body["metadata"]["annotations"] = dict(extra_annotations)
+    return body
+
+
+def scheduled_batchrun_body(batch: Obj, name: str, schedule_name: str, scheduled_time: datetime) -> dict[str, Any]:
+    return batchrun_body(batch, name, extra_annotations={
+        annotations.EXECUTED_BY: f"{EXECUTED_BY_SCHEDULE}/{schedule_name}",
+        ANNOTATION_REQUESTED_BY: f"schedule/{schedule_name}",
+        ANNOTATION_SCHEDULED_AT: status_fns.rfc3339(scheduled_time),
+    })
+
+
+def batchrun_tags(batchrun: Obj) -> dict[str, str]:
+    """The run tags the bridge uses for a BatchRun's run (it finds a run by kind, uid and generation)."""
+    meta = _meta(batchrun)
+    return {
+        TAG_KIND: "BatchRun",
+        TAG_NAMESPACE: meta["namespace"],
+        TAG_NAME: meta["name"],
+        TAG_UID: meta.get("uid") or "",
+        TAG_GENERATION: str(meta.get("generation") or 1),
+        TAG_BATCH: (batchrun.get("spec") or {}).get("batchRef") or "",
+    }
+
+
+def run_request(batch: Obj, batchrun: Obj, scheduled_time: datetime) -> RunRequest:
+    """The tick's run of ``batch_job`` for ``batchrun`` (``run_key`` = its name: one run per tick)."""
+    meta = _meta(batchrun)
+    spec = batchrun.get("spec") or {}
+    parallelism = spec.get("parallelism") or (batch.get("spec") or {}).get("parallelism") or DEFAULT_PARALLELISM
+    return RunRequest(
+        run_key=meta["name"],
+        run_config=batch_run_config(meta["namespace"], meta["name"], meta.get("uid") or "", int(parallelism)),
+        tags={**batchrun_tags(batchrun), TAG_SCHEDULED_FOR: status_fns.rfc3339(scheduled_time)},
+    )
+
+
+# --- the tick (I/O through kube.Kube) ---------------------------------------------------------
+
+
+def list_batch_runs(api: Any, namespace: str, batch: str, batch_uid: str) -> list[dict[str, Any]]:
+    """The BatchRuns of a Batch: labelled with its name and owned by this incarnation of it."""
+    items = api.custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "batchruns", label_selector=f"{annotations.LABEL_BATCH}={batch}")["items"]
+    return [r for r in items if owned_by(r, batch_uid)]
+
+
+def request_stop(api: Any, namespace: str, name: str) -> None:
+    try:
+        api.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "batchruns", name, {"metadata": {"annotations": {annotations.STOP: "true"}}},
+            _content_type="application/merge-patch+json")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def delete_batch_runs(api: Any, namespace: str, names: Iterable[str]) -> list[str]:
+    deleted = []
+    for name in names:
+        try:
+            api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", name,
+                                                       propagation_policy="Background")
+            deleted.append(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    return deleted
+
+
+def evaluate_tick(api: Any, namespace: str, batch_name: str, schedule_name: str, scheduled_time: datetime,
+                  logger: Any = None) -> RunRequest | SkipReason:
+    """One tick of a Batch's schedule (see the module doc); ``api`` is a ``kube.Kube``."""
+    logger = logger or log
+    batch = api.get_custom("batches", namespace, batch_name)
+    if batch is None:
+        return SkipReason(f"Batch {namespace}/{batch_name} no longer exists")
+    uid = batch["metadata"]["uid"]
+    runs = list_batch_runs(api, namespace, batch_name, uid)
+    plan = plan_tick(batch, runs, scheduled_time)
+    if plan.skip:
+        logger.info(f"tick {status_fns.rfc3339(scheduled_time)} of {namespace}/{batch_name} skipped: {plan.skip}")
+        return SkipReason(plan.skip)
+    for name in plan.stop:
+        logger.info(f"concurrencyPolicy Replace: stopping BatchRun {namespace}/{name}")
+        request_stop(api, namespace, name)
+    body = scheduled_batchrun_body(batch, plan.name, schedule_name, scheduled_time)
+    try:
+        batchrun = api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", body)
+        logger.info(f"created BatchRun {namespace}/{plan.name} for the tick {status_fns.rfc3339(scheduled_time)}")
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        batchrun = api.get_custom("batchruns", namespace, plan.name)
+        if batchrun is None or not owned_by(batchrun, uid):
+            return SkipReason(f"BatchRun {namespace}/{plan.name} exists and does not belong to this Batch")
+    # The BatchRun exists now: whatever happens below, the tick must return its run request.
+    try:
+        runs = [r for r in runs if r["metadata"]["name"] != plan.name] + [batchrun]
+        ok_limit, failed_limit = history_limits((batch.get("spec") or {}).get("schedule"))
+        pruned = delete_batch_runs(api, namespace, runs_to_prune(runs, ok_limit, failed_limit))
+        if pruned:
+            logger.info(f"history limits: deleted BatchRun(s) {', '.join(pruned)}")
+        runs = [r for r in runs if r["metadata"]["name"] not in pruned]
+        patch = status_from_runs(runs, batch.get("status"))
+        patch["lastScheduleTime"] = status_fns.rfc3339(scheduled_time)
+        api.patch_status("batches", namespace, batch_name, patch)
+    except Exception as e:  # bookkeeping only; the bridge refreshes it when the BatchRun changes
+        logger.warning(f"Batch {namespace}/{batch_name}: status or history update failed: {e}")
+    return run_request(batch, batchrun, scheduled_time)
+
+
+def preview_tick(api: Any, namespace: str, batch_name: str, scheduled_time: datetime) -> RunRequest | SkipReason:
+    """What a tick at ``scheduled_time`` would do, changing nothing (Dagster's "Test schedule")."""
+    batch = api.get_custom("batches", namespace, batch_name)
+    if batch is None:
+        return SkipReason(f"Batch {namespace}/{batch_name} no longer exists")
+    plan = plan_tick(batch, list_batch_runs(api, namespace, batch_name, batch["metadata"]["uid"]), scheduled_time)
+    if plan.skip:
+        return SkipReason(plan.skip)
+    body = batchrun_body(batch, plan.name)  # not created: a preview has no uid yet
+    request = run_request(batch, body, scheduled_time)
+    note = f" after stopping {', '.join(plan.stop)}" if plan.stop else ""
+    return request.with_replaced_attrs(tags={**request.tags, "kubetask.io/preview": f"would create BatchRun {plan.name}{note}"})
+
+
+def is_recorded_tick(context: ScheduleEvaluationContext) -> bool:
+    """True for a tick of the scheduler daemon, False for a dry run (the UI's "Test schedule", ``futureTicks``).
+
+    The daemon passes the tick's log key ``[repository, schedule, <tick id>]``; a dry run passes none,
+    and the context then makes one ending in the time (``%Y%m%d_%H%M%S``). A dry run must not create
+    BatchRuns: nothing would run them.
+    """
+    key = context.log_key
+    return bool(key) and str(key[-1]).isdigit()
+
+
+# --- Dagster definitions ----------------------------------------------------------------------
+
+
+def _floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def batch_schedule(entry: BatchEntry) -> ScheduleDefinition:
+    """The schedule of one scheduled Batch (``entry.schedule`` must be set)."""
+    spec = entry.schedule
+    assert spec is not None
+    ns, batch = entry.namespace, entry.name
+
+    @schedule(
+        name=spec.name,
+        cron_schedule=spec.cron,
+        job=batch_job,
+        execution_timezone=spec.time_zone,
+        default_status=DefaultScheduleStatus.STOPPED,  # started by the bridge after the reload (module doc)
+        description=(f"Batch {ns}/{batch}: a BatchRun at `{spec.cron}` ({spec.time_zone}), "
+                     f"concurrencyPolicy {spec.concurrency_policy}. On/off follows spec.schedule.suspend."),
+        metadata={"namespace": ns, "batch": batch, "uid": entry.uid, "kubectl": entry.kubectl},
+        tags={TAG_BATCH: batch, TAG_NAMESPACE: ns},
+    )
+    def _tick(context: ScheduleEvaluationContext, kube: KubeResource):
+        when = context.scheduled_execution_time or _floor_minute(datetime.now(timezone.utc))
+        if not is_recorded_tick(context):
+            return preview_tick(kube.api, ns, batch, when)
+        return evaluate_tick(kube.api, ns, batch, spec.name, when, logger=context.log)
+
+    return _tick
+
+
+def batch_schedules(entries: Iterable[BatchEntry]) -> list[ScheduleDefinition]:
+    """One schedule per scheduled Batch; one Dagster refuses (a cron that never fires) is left out."""
+    out = []
+    for entry in entries:
+        if entry.schedule is None:
+            continue
+        try:
+            out.append(batch_schedule(entry))
+        except Exception as e:
+            log.warning("Batch %s/%s: no Dagster schedule for cron %r (%s)", entry.namespace, entry.name,
+                        entry.schedule.cron, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return out
