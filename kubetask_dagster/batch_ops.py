@@ -97,6 +97,9 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     api = kube.api
     obj = _load_batchrun(api, config)
     batchrun = BatchRun.model_validate(obj)
+    if (batchrun.metadata.annotations or {}).get(annotations.STOP) == "true" or (obj.get("status") or {}).get("phase") == "Stopped":
+        # stopped while its run waited in the queue: start nothing
+        raise Failure(description=f"BatchRun {config.namespace}/{config.name} was stopped before it started", allow_retries=False)
     batch_spec = None
     if batchrun.spec.batch_ref:
         batch_obj = api.get_custom("batches", config.namespace, batchrun.spec.batch_ref)
