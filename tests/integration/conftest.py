@@ -234,3 +234,8 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Any:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+# The whole stack's session fixtures, registered here once: imported into each test module instead,
+# pytest would make one Dagster and one bridge per module, all watching the same cluster.
+from kt_stack import bridge, dagster  # noqa: E402,F401

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from kt_helpers import apply, condition, event_reasons, get, inline, jobs, task, wait_phase, workspace
-from kt_stack import bridge, dagster  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.integration
 

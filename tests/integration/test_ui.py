@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kt_stack import bridge, dagster  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.integration
 
