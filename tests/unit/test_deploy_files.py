@@ -1,0 +1,221 @@
+"""deploy/, the Dockerfiles and the echo agent, checked without a cluster (tests/integration/test_deploy.py
+applies them to one): the files agree with each other and with the code they deploy."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crd_bridge import leader
+from kubetask_dagster.api import WorkspaceConfig
+from kubetask_dagster.api.crdgen import crd_files
+from kubetask_dagster.api.crdgen import main as crdgen
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+ECHO = REPO / "agents" / "echo" / "entrypoint.sh"
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def find(path: Path, kind: str, name: str | None = None) -> dict:
+    return next(d for d in docs(path) if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+def kustomizations() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("kustomization.yaml") if "local" not in p.relative_to(DEPLOY).parts)
+
+
+# --- kustomize layout --------------------------------------------------------------------------------
+
+
+def test_crd_copies_match_the_models():
+    assert crdgen(["--out", str(DEPLOY / "crds"), "--check"]) == 0, "run: kubetask-crds --out deploy/crds"
+    listed = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(crd_files())
+
+
+def test_every_kustomization_lists_what_exists_and_stays_inside_its_directory():
+    for k in kustomizations():
+        spec = yaml.safe_load(k.read_text())
+        assert spec["kind"] == "Kustomization"
+        for entry in spec["resources"]:
+            target = (k.parent / entry).resolve()
+            assert target.exists(), f"{k}: {entry} does not exist"
+            if target.is_dir():
+                assert (target / "kustomization.yaml").exists(), f"{k}: {entry} is not a kustomization"
+            else:  # kustomize's default load restrictor: files only from the kustomization's own tree
+                assert k.parent.resolve() in target.parents, f"{k}: {entry} is outside {k.parent}"
+                assert docs(target), f"{target} is empty"
+    root = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert root["resources"] == ["crds", "rbac", "bridge"]  # tenants are applied per namespace, after the CRDs
+
+
+# --- the bridge --------------------------------------------------------------------------------------
+
+
+def test_bridge_deployment_is_hardened_and_leader_elected():
+    dep = find(DEPLOY / "bridge" / "deployment.yaml", "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert dep["spec"]["replicas"] >= 2 and dep["metadata"]["namespace"] == leader.DEFAULT_NAMESPACE
+    assert pod["serviceAccountName"] == find(DEPLOY / "rbac" / "bridge.yaml", "ServiceAccount")["metadata"]["name"]
+    assert c["command"] == ["python", "-m", "crd_bridge"] and "--leader-elect" in c["args"]
+    bind = next(a for a in c["args"] if a.startswith("--health-bind="))
+    port = next(p for p in c["ports"] if p["name"] == "metrics")
+    assert bind == f"--health-bind=0.0.0.0:{port['containerPort']}"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])  # the only writable path
+    svc = find(DEPLOY / "bridge" / "service.yaml", "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_lease_rights_name_the_lease_the_bridge_uses():
+    role = find(DEPLOY / "rbac" / "bridge.yaml", "Role")
+    assert role["metadata"]["namespace"] == leader.DEFAULT_NAMESPACE
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": [leader.DEFAULT_LEASE_NAME], "verbs": ["get", "update"]}]
+
+
+def _rules(path: Path, name: str) -> list[dict]:
+    return find(path, "ClusterRole", name)["rules"]
+
+
+def test_roles_grant_no_wildcards_and_never_enumerate_secrets():
+    for path, name in ((DEPLOY / "rbac" / "bridge.yaml", "kubetask-bridge"), (DEPLOY / "rbac" / "run-worker.yaml", "kubetask-run-worker")):
+        for rule in _rules(path, name):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+            assert "nonResourceURLs" not in rule
+            if "secrets" in rule["resources"]:
+                assert not {"list", "watch", "delete", "patch"} & set(rule["verbs"]), rule
+    assert not any("secrets" in r["resources"] or "configmaps" in r["resources"]
+                   for r in _rules(DEPLOY / "rbac" / "bridge.yaml", "kubetask-bridge"))
+
+
+# --- tenant ------------------------------------------------------------------------------------------
+
+
+def test_default_workspace_config_is_valid_and_uses_the_agent_service_account():
+    ws = WorkspaceConfig.model_validate(find(DEPLOY / "tenant" / "workspaceconfig-default.yaml", "WorkspaceConfig"))
+    sa = find(DEPLOY / "tenant" / "agent-serviceaccount.yaml", "ServiceAccount")
+    assert ws.metadata.name == "default" and ws.spec.service_account_name == sa["metadata"]["name"]
+    assert sa["automountServiceAccountToken"] is False
+    assert "namespace" not in sa["metadata"]  # applied into each tenant namespace
+    assert ws.spec.agent_image.split(":")[0].endswith("/echo-agent")
+
+
+# --- Dagster Helm values -----------------------------------------------------------------------------
+
+
+def test_dagster_values_have_what_the_issue_asks_and_match_deploy():
+    values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["runLauncher"]["config"]["k8sRunLauncher"]["loadInclusterConfig"] is True
+    assert values["postgresql"]["enabled"] in (True, False) and values["postgresql"]["postgresqlDatabase"]
+    daemon = values["dagsterDaemon"]
+    assert daemon["runMonitoring"]["enabled"] is True
+    queue = daemon["runCoordinator"]
+    assert queue["enabled"] and queue["type"] == "QueuedRunCoordinator"
+    q = queue["config"]["queuedRunCoordinator"]
+    assert q["maxConcurrentRuns"] > 0 and q["dequeueIntervalSeconds"] <= 5 and q["dequeueUseThreads"]
+    user = values["dagster-user-deployments"]
+    assert user["enabled"] and user["enableSubchart"]
+    (dep,) = user["deployments"]
+    assert dep["name"] == "kubetask"  # the location name the bridge submits to (--location default)
+    assert dep["codeServerArgs"] == ["-m", "kubetask_dagster.definitions"]
+    assert dep["includeConfigInLaunchedRuns"]["enabled"] is True  # run workers get the SA and env below
+    worker_sa = find(DEPLOY / "rbac" / "run-worker.yaml", "ServiceAccount")["metadata"]
+    assert user["serviceAccount"] == {"create": False, "name": worker_sa["name"]}
+    assert worker_sa["namespace"] == "dagster"
+    bridge = find(DEPLOY / "bridge" / "deployment.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert bridge["image"] == f"{dep['image']['repository']}:{dep['image']['tag']}"  # one image for both
+    url = next(e["value"] for e in bridge["env"] if e["name"] == "KUBETASK_BRIDGE_DAGSTER_URL")
+    assert url.startswith("http://dagster-dagster-webserver.dagster.svc")  # release `dagster` in namespace `dagster`
+    limits = q.get("tagConcurrencyLimits") or []
+    assert all(limit["key"].startswith("kubetask.io/") for limit in limits)
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+
+def test_dockerfiles_build_small_non_root_images():
+    main = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", main, re.M)
+    assert "pip install ." in main and "dagster-postgres==0.29.*" in main
+    assert re.search(r"^USER 10001:10001$", main, re.M)
+    assert 'CMD ["python", "-m", "crd_bridge"]' in main
+    copied = {src for line in re.findall(r"^COPY (.+)$", main, re.M) for src in line.split()[:-1]}
+    assert {"pyproject.toml", "README.md", "kubetask_dagster", "crd_bridge", "workspace.yaml"} <= copied
+    assert all((REPO / src).exists() for src in copied)
+    echo = (REPO / "agents" / "echo" / "Dockerfile").read_text()
+    assert re.search(r"^FROM alpine:", echo, re.M) and re.search(r"^USER 10001:10001$", echo, re.M)
+    assert 'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]' in echo
+    assert os.access(ECHO, os.X_OK)
+
+
+def run_echo(workspace: Path | None, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ["PATH"], **env}
+    if workspace is not None:
+        full["WORKSPACE_DIR"] = str(workspace)
+    return subprocess.run([shutil.which("sh") or "/bin/sh", str(ECHO)], env=full, capture_output=True, text=True, timeout=30)
+
+
+def test_echo_agent_prints_every_file_sorted_between_the_markers(tmp_path):
+    (tmp_path / "task.md").write_text("# Task\nUpdate the deps.\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.md").write_text("no trailing newline")
+    (tmp_path / "a.md").write_text("first\n")
+    (tmp_path / "empty.txt").write_text("")
+    result = run_echo(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "=== Task Content ===\n"
+        f"--- File: {tmp_path}/a.md ---\nfirst\n"
+        f"--- File: {tmp_path}/docs/b.md ---\nno trailing newline\n"
+        f"--- File: {tmp_path}/empty.txt ---\n"
+        f"--- File: {tmp_path}/task.md ---\n# Task\nUpdate the deps.\n"
+        "=== Task Completed ===\n"
+    )
+
+
+def test_echo_agent_reads_a_whole_configmap_mount_once(tmp_path):
+    # A ConfigMap volume mounted without subPath: key -> ..data/key -> ..<timestamp>/key
+    stamp = tmp_path / "..2030_01_01_00_00_00.1"
+    stamp.mkdir()
+    (stamp / "task.md").write_text("from a configmap\n")
+    (tmp_path / "..data").symlink_to(stamp.name)
+    (tmp_path / "task.md").symlink_to("..data/task.md")
+    result = run_echo(tmp_path)
+    assert result.stdout == f"=== Task Content ===\n--- File: {tmp_path}/task.md ---\nfrom a configmap\n=== Task Completed ===\n"
+
+
+def test_echo_agent_without_a_workspace_and_with_a_chosen_exit_code(tmp_path):
+    result = run_echo(tmp_path / "absent", ECHO_EXIT_CODE="3")
+    assert result.returncode == 3
+    assert result.stdout == "=== Task Content ===\n=== Task Completed ===\n"
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="bash not installed")
+def test_echo_agent_is_posix_sh(tmp_path):
+    # alpine has no bash: the script must not need it (bash --posix catches the common bashisms)
+    (tmp_path / "t.md").write_text("x\n")
+    result = subprocess.run(["bash", "--posix", str(ECHO)], env={"PATH": os.environ["PATH"], "WORKSPACE_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "--- File:" in result.stdout
+    assert ECHO.read_text().startswith("#!/bin/sh\n")
