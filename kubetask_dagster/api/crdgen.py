@@ -242,19 +242,20 @@ def crd_files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the kubetask.io CRDs generated from the models.")
-    parser.add_argument("--out", default="crds", help="output folder (default: crds)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the folder differs from the models")
+    parser.add_argument("--out", action="append", help="output folder, repeatable (default: crds and deploy/crds)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a folder differs from the models")
     args = parser.parse_args(argv)
-    out = Path(args.out)
     stale = []
-    for name, text in crd_files().items():
-        path = out / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    for folder in args.out or ["crds", "deploy/crds"]:
+        out = Path(folder)
+        for name, text in crd_files().items():
+            path = out / name
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(str(path))
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
     if stale:
         print("out of date (run kubetask-crds): " + ", ".join(stale), file=sys.stderr)
         return 1
