@@ -3,9 +3,9 @@ terminal, for N Tasks applied one after another; median and 95th percentile, sid
 baseline that does the same Kubernetes work (ConfigMap, Job, status patches) directly with the
 kubernetes client, without Dagster and the bridge.
 
-    python benchmarks/task_latency.py [--tasks 30] [--kubeconfig PATH --dagster-url URL]
+    python benchmarks/task_latency.py [--tasks 30]
 
-Without --kubeconfig it starts its own control plane, Dagster and bridge (and stops them).
+It starts a control plane, Dagster and bridge of its own (and stops them).
 Every time is taken on this process's clock when a watch event arrives.
 """
 
@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from kubetask_dagster import manifests, status  # noqa: E402
 from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
+from local_stack import local_stack  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -172,37 +170,10 @@ def measure(api, kubectl: list[str], namespace: str, count: int, label: str, exe
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=30)
-    parser.add_argument("--kubeconfig")
-    parser.add_argument("--dagster-url")
     args = parser.parse_args()
 
-    started: list[list[str]] = []
-    env = dict(os.environ)
-    run_root = Path(tempfile.mkdtemp(prefix="kubetask-bench-"))
-    bridge = None
-    try:
-        if not args.kubeconfig:
-            env["KUBETASK_CLUSTER_RUN"] = str(run_root / "cluster")
-            out = subprocess.run([str(ROOT / "deploy/local/cluster"), "start"], env=env, check=True, capture_output=True, text=True).stdout
-            started.append([str(ROOT / "deploy/local/cluster"), "stop"])
-            values = dict(shlex.split(l)[1].split("=", 1) for l in out.splitlines() if l.startswith("export "))
-            args.kubeconfig = values["KUBECONFIG"]
-        env["KUBECONFIG"] = args.kubeconfig
-        bindir = subprocess.run([str(ROOT / "deploy/local/cluster"), "bindir"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-        kubectl = [f"{bindir}/kubectl", f"--kubeconfig={args.kubeconfig}"]
-        subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")], check=True, capture_output=True)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True, capture_output=True)
-        if not args.dagster_url:
-            env["DAGSTER_HOME"] = str(run_root / "dagster")
-            Path(env["DAGSTER_HOME"]).mkdir()
-            out = subprocess.run([str(ROOT / "deploy/local/dagster"), "start"], env=env, check=True, capture_output=True, text=True).stdout
-            started.append([str(ROOT / "deploy/local/dagster"), "stop"])
-            values = dict(shlex.split(l)[1].split("=", 1) for l in out.splitlines() if l.startswith("export "))
-            args.dagster_url = values["DAGSTER_URL"]
-            bridge = subprocess.Popen([sys.executable, "-m", "crd_bridge", "--dagster-url", args.dagster_url, "--health-bind", "127.0.0.1:0"],
-                                      env=env, stdout=open(run_root / "bridge.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
-            time.sleep(3)
-        api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)
+    with local_stack() as stack:
+        api, kubectl = stack.api(), stack.kubectl
         results = {}
         for label in ("system", "baseline"):
             ns = f"bench-{label}-{int(time.time())}"
@@ -224,11 +195,6 @@ def main() -> int:
             p50s, p95s, p50b, p95b = statistics.median(s), pct(s, 95), statistics.median(b), pct(b, 95)
             print(f"{key:<22} {p50s:>11.2f} {p95s:>11.2f} {p50b:>13.2f} {p95b:>13.2f} {p50s / p50b if p50b else float('inf'):>9.1f}x")
         print(json.dumps(results))
-    finally:
-        if bridge:
-            bridge.terminate()
-        for cmd in reversed(started):
-            subprocess.run(cmd, env=env, capture_output=True)
     return 0
 
 

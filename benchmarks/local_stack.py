@@ -1,0 +1,99 @@
+"""The local stack for benchmarks: a control plane, Dagster and the bridge of their own, stopped at exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kubernetes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exports(text: str) -> dict[str, str]:
+    return dict(shlex.split(line)[1].split("=", 1) for line in text.splitlines() if line.startswith("export "))
+
+
+@dataclass
+class Stack:
+    kubeconfig: str
+    kubectl: list[str]
+    env: dict[str, str]
+    run_root: Path
+    dagster_url: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def api(self) -> kubernetes.client.ApiClient:
+        return kubernetes.config.new_client_from_config(config_file=self.kubeconfig)
+
+    def run(self, *args: str, input: str | None = None) -> str:
+        return subprocess.run([*self.kubectl, *args], input=input, text=True, check=True, capture_output=True).stdout
+
+
+@contextlib.contextmanager
+def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = ()):
+    """Start what a benchmark needs; yield a Stack; stop everything afterwards, even on errors."""
+    run_root = Path(tempfile.mkdtemp(prefix="kubetask-bench-"))
+    env = {**os.environ, "KUBETASK_CLUSTER_RUN": str(run_root / "cluster")}
+    cluster, dagster_script = str(ROOT / "deploy/local/cluster"), str(ROOT / "deploy/local/dagster")
+    stops: list[list[str]] = []
+    bridge = None
+    try:
+        out = subprocess.run([cluster, "start"], env=env, check=True, capture_output=True, text=True).stdout
+        stops.append([cluster, "stop"])
+        env["KUBECONFIG"] = kubeconfig = _exports(out)["KUBECONFIG"]
+        bindir = subprocess.run([cluster, "bindir"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+        stack = Stack(kubeconfig, [f"{bindir}/kubectl", f"--kubeconfig={kubeconfig}"], env, run_root)
+        stack.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        stack.run("wait", "--for=condition=Established", "crd", "--all")
+        if dagster:
+            env["DAGSTER_HOME"] = str(run_root / "dagster")
+            Path(env["DAGSTER_HOME"]).mkdir()
+            out = subprocess.run([dagster_script, "start"], env=env, check=True, capture_output=True, text=True).stdout
+            stops.append([dagster_script, "stop"])
+            stack.dagster_url = _exports(out)["DAGSTER_URL"]
+            for name in ("code-server", "webserver", "daemon"):
+                stack.pids[name] = int((run_root / "dagster" / "run" / f"{name}.pid").read_text())
+            bridge = subprocess.Popen(
+                [sys.executable, "-m", "crd_bridge", "--dagster-url", stack.dagster_url, "--health-bind", "127.0.0.1:0", *bridge_args],
+                env=env, stdout=open(run_root / "bridge.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+            stack.pids["bridge"] = bridge.pid
+            time.sleep(3)
+        yield stack
+    finally:
+        if bridge is not None:
+            bridge.terminate()
+            bridge.wait(15)
+        for cmd in reversed(stops):
+            subprocess.run(cmd, env=env, capture_output=True)
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants (procfs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        todo.extend(children.get(current, []))
+    return total
