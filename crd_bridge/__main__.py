@@ -3,10 +3,11 @@
 Threads and loops:
 
 - the asyncio loop runs kopf (``kopf.operator``, standalone: no peering) with event handlers only, for
-  Tasks and WorkspaceConfigs: they update the caches and enqueue keys, nothing else. With only
+  Tasks, WorkspaceConfigs and BatchRuns: they update the caches and enqueue keys, nothing else. With only
   ``@kopf.on.event`` handlers kopf keeps no diff-base or progress annotations and adds no finalizers:
   the bridge never writes to a Task's metadata;
 - ``workers`` threads take keys from the work queue and run ``Reconciler.reconcile_key``;
+  ``batchrun_workers`` threads do the same for BatchRun keys (``BatchRunReconciler``, own queue);
 - one thread loads the caches with a full list before the workers start (so queue counts are right
   from the first decision), then runs the periodic pass (drift check, queue re-check, retries), the
   orphan sweep and the re-list;
@@ -30,6 +31,8 @@ import kubernetes
 from kubetask_dagster.api import GROUP, VERSION
 
 from . import metrics
+from .batchruns import BatchRunReconciler, BatchRunStore, BatchTaskIndex, KubernetesBatchRunApi
+from .batches import register_batches
 from .config import BridgeConfig, parse_config
 from .dagster_client import DagsterClient
 from .tasks import KubernetesApi, Reconciler, TaskStore, WorkQueue, WorkspaceLimits
@@ -97,6 +100,20 @@ class Runtime:
             namespaces=config.namespaces,
             enqueue=self.queue.add_after,
         )
+        self.batch_queue = WorkQueue()
+        self.batchruns = BatchRunReconciler(
+            KubernetesBatchRunApi(kubernetes.client.ApiClient(configuration)),
+            self.dagster,
+            BatchRunStore(),
+            BatchTaskIndex(),
+            task_store=self.store,
+            job=config.batch_job,
+            run_url=config.run_url,
+            grace=config.drift_grace,
+            debounce=config.batchrun_debounce,
+            namespaces=config.namespaces,
+            enqueue=self.batch_queue.add_after,
+        )
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
@@ -111,6 +128,7 @@ class Runtime:
     def stop(self) -> None:
         self._stopping.set()
         self.queue.shutdown()
+        self.batch_queue.shutdown()
         for thread in self._threads:
             thread.join(timeout=15)
         if self._server is not None:
@@ -136,6 +154,7 @@ class Runtime:
             try:
                 since = time.monotonic()
                 self.reconciler.relist(since)
+                self.batchruns.relist(since)  # after the Tasks: its Task index is built from their cache
                 break
             except Exception as e:
                 log.warning("initial list of Tasks and WorkspaceConfigs failed (%s); retrying in %.0f s", e, delay)
@@ -144,9 +163,12 @@ class Runtime:
         if self._stopping.is_set():
             return
         self.health.set("synced", True)
-        log.info("cache loaded: %d Tasks; starting %d workers", len(self.store), self.config.workers)
+        log.info("cache loaded: %d Tasks, %d BatchRuns; starting %d workers (+%d for BatchRuns)", len(self.store),
+                 len(self.batchruns.store), self.config.workers, self.config.batchrun_workers)
         for i in range(self.config.workers):
             self._spawn(f"bridge-worker-{i}", self._work)
+        for i in range(self.config.batchrun_workers):
+            self._spawn(f"bridge-batchrun-worker-{i}", self._work_batchruns)
         self._periodic()
 
     def _work(self) -> None:
@@ -165,6 +187,22 @@ class Runtime:
             if delay:
                 self.queue.add_after(key, delay)
 
+    def _work_batchruns(self) -> None:
+        while not self._stopping.is_set():
+            key = self.batch_queue.get(timeout=1.0)
+            metrics.BATCHRUN_WORK_QUEUE.set(len(self.batch_queue))
+            if key is None:
+                continue
+            try:
+                delay = self.batchruns.reconcile_key(key)
+            except BaseException:  # reconcile_key never raises; belt and braces for the thread's life
+                log.exception("BatchRun %s/%s: unexpected error in worker", *key)
+                delay = 5.0
+            finally:
+                self.batch_queue.done(key)
+            if delay:
+                self.batch_queue.add_after(key, delay)
+
     def _periodic(self) -> None:
         cfg = self.config
         next_orphans = time.monotonic()  # once at start-up: runs of Tasks deleted while the bridge was away
@@ -177,16 +215,27 @@ class Runtime:
             except Exception:
                 metrics.RECONCILE_ERRORS.inc()
                 log.exception("periodic pass failed")
+            try:
+                self.batchruns.periodic()
+            except Exception:
+                metrics.RECONCILE_ERRORS.inc()
+                log.exception("periodic pass over BatchRuns failed")
             if now >= next_orphans:
                 next_orphans = now + cfg.orphan_interval
                 try:
                     self.reconciler.sweep_orphans()
                 except Exception as e:
                     log.info("orphan sweep skipped: %s", e)
+                try:
+                    self.batchruns.sweep_orphans()
+                except Exception as e:
+                    log.info("orphan sweep of BatchRun runs skipped: %s", e)
             if now >= next_relist:
                 next_relist = now + cfg.relist_interval
                 try:
-                    self.reconciler.relist(time.monotonic())
+                    since = time.monotonic()
+                    self.reconciler.relist(since)
+                    self.batchruns.relist(since)
                 except Exception as e:
                     log.warning("re-list failed: %s", e)
 
@@ -195,6 +244,7 @@ class Runtime:
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
         reconciler = self.reconciler
+        batchruns = self.batchruns
         configuration = self.configuration
 
         @kopf.on.login(registry=registry)
@@ -209,6 +259,20 @@ class Runtime:
             except Exception:
                 meta = obj.get("metadata") or {}
                 log.exception("Task %s/%s: event not handled", meta.get("namespace"), meta.get("name"))
+            try:
+                batchruns.observe_task(event.get("type"), obj)  # after observe: indexes the cache's version
+            except Exception:
+                meta = obj.get("metadata") or {}
+                log.exception("Task %s/%s: event not indexed for its BatchRun", meta.get("namespace"), meta.get("name"))
+
+        @kopf.on.event(GROUP, VERSION, "batchruns", id="batchruns", registry=registry)
+        async def batchrun_event(event: dict[str, Any], **_: Any) -> None:
+            obj = event.get("object") or {}
+            try:
+                batchruns.observe(event.get("type"), obj)
+            except Exception:
+                meta = obj.get("metadata") or {}
+                log.exception("BatchRun %s/%s: event not handled", meta.get("namespace"), meta.get("name"))
 
         @kopf.on.event(GROUP, VERSION, "workspaceconfigs", id="workspaceconfigs", registry=registry)
         async def workspace_event(event: dict[str, Any], **_: Any) -> None:
@@ -219,6 +283,7 @@ class Runtime:
                 meta = obj.get("metadata") or {}
                 log.exception("WorkspaceConfig %s/%s: event not handled", meta.get("namespace"), meta.get("name"))
 
+        register_batches(registry, self)  # Batches: code-location reload, schedule on/off, Batch status
         return registry
 
     def settings(self) -> kopf.OperatorSettings:
@@ -275,6 +340,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "crd_bridge: API server %s, namespaces %s, Dagster %s (location %s, repository %s, job %s)",
         configuration.host, ",".join(config.namespaces) or "(all)", config.dagster_url, config.location, config.repository, config.job,
     )
+    # --- leader election (crd_bridge.leader): start the bridge only while this process holds the Lease ---
+    elector = None
+    if config.leader_elect:
+        from . import leader
+
+        elector = leader.wait_for_leadership(config, configuration)
+        if elector is None:
+            return 0
+    # ---
     runtime = Runtime(config, configuration)
     runtime.start()
     try:
@@ -283,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         runtime.stop()
+        if elector is not None:
+            elector.release()
     return 0
 
 

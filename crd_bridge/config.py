@@ -40,9 +40,21 @@ class BridgeConfig:
     """Seconds between full re-lists of Tasks and WorkspaceConfigs (repairs the cache if a watch missed a deletion)."""
     workers: int = 4
     """Threads reconciling Tasks."""
+    batch_job: str = "batch_job"
+    """Dagster job run per BatchRun."""
+    batchrun_workers: int = 2
+    """Threads reconciling BatchRuns."""
+    batchrun_debounce: float = 1.0
+    """Minimum seconds between two progress writes of one BatchRun's status."""
     dagster_timeout: float = 10.0
     """HTTP timeout of one GraphQL request."""
     log_level: str = "INFO"
+    # --- leader election (crd_bridge.leader) ---
+    leader_elect: bool = False
+    """Run only while holding the Lease (two replicas are safe); off for local development."""
+    leader_election_namespace: str | None = None
+    """Namespace of the Lease; None: the pod's namespace, else kubetask-system."""
+    leader_election_lease: str = "kubetask-bridge"
 
     @property
     def health_bind(self) -> str:
@@ -94,7 +106,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         description=(
             "Watch kubetask.io Tasks and run each one as a Dagster run of task_job: submit idempotently, "
             "queue by WorkspaceConfig.maxConcurrentTasks, stop on the kubetask.io/stop annotation or deletion, "
-            "and fail Tasks whose run ended without writing their status."
+            "and fail Tasks whose run ended without writing their status. Watch BatchRuns and run each one as "
+            "a run of batch_job: keep its progress, pause, stop, rerun failed Tasks, record how it ended."
         ),
         epilog=f"Every flag defaults to the environment variable in brackets (prefix {ENV_PREFIX}).",
     )
@@ -121,9 +134,23 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--relist-interval", type=_positive_float, default=e("RELIST_INTERVAL", "300"),
                    help="seconds between full re-lists of Tasks [RELIST_INTERVAL] (default %(default)s)")
     p.add_argument("--workers", type=int, default=e("WORKERS", "4"), help="reconcile threads [WORKERS] (default %(default)s)")
+    p.add_argument("--batch-job", default=e("BATCH_JOB", "batch_job"),
+                   help="Dagster job run per BatchRun [BATCH_JOB] (default %(default)s)")
+    p.add_argument("--batchrun-workers", type=int, default=e("BATCHRUN_WORKERS", "2"),
+                   help="BatchRun reconcile threads [BATCHRUN_WORKERS] (default %(default)s)")
+    p.add_argument("--batchrun-debounce", type=float, default=e("BATCHRUN_DEBOUNCE", "1"),
+                   help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] (default %(default)s)")
     p.add_argument("--dagster-timeout", type=_positive_float, default=e("DAGSTER_TIMEOUT", "10"),
                    help="HTTP timeout of one GraphQL request, seconds [DAGSTER_TIMEOUT] (default %(default)s)")
     p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)")
+    # --- leader election (crd_bridge.leader) ---
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
+                   default=(e("LEADER_ELECT", "") or "").strip().lower() in ("1", "true", "yes", "on"),
+                   help="watch and reconcile only while holding the Lease [LEADER_ELECT] (default: off)")
+    p.add_argument("--leader-election-namespace", default=e("LEADER_ELECTION_NAMESPACE"),
+                   help="namespace of the Lease [LEADER_ELECTION_NAMESPACE] (default: the pod's, else kubetask-system)")
+    p.add_argument("--leader-election-lease", default=e("LEADER_ELECTION_LEASE", "kubetask-bridge"),
+                   help="name of the Lease [LEADER_ELECTION_LEASE] (default %(default)s)")
     return p
 
 
@@ -149,6 +176,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         orphan_interval=float(args.orphan_interval),
         relist_interval=float(args.relist_interval),
         workers=max(1, int(args.workers)),
+        batch_job=args.batch_job,
+        batchrun_workers=max(1, int(args.batchrun_workers)),
+        batchrun_debounce=max(0.0, float(args.batchrun_debounce)),
         dagster_timeout=float(args.dagster_timeout),
         log_level=str(args.log_level).upper(),
+        leader_elect=bool(args.leader_elect),
+        leader_election_namespace=args.leader_election_namespace or None,
+        leader_election_lease=args.leader_election_lease,
     )

@@ -160,7 +160,33 @@ query BridgeLocations {
 }
 """
 
-ALL_QUERIES = {"submit": SUBMIT, "runs": RUNS, "run": RUN, "logs": LOGS, "terminate": TERMINATE, "locations": LOCATIONS}
+REEXECUTE = """
+mutation BridgeReexecute($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message className }
+    ... on Error { message }
+  }
+}
+"""
+
+ALL_QUERIES = {
+    "submit": SUBMIT, "runs": RUNS, "run": RUN, "logs": LOGS, "terminate": TERMINATE, "locations": LOCATIONS,
+    "reexecute": REEXECUTE,
+}
+
+# Tag Dagster puts on a re-execution: the run it re-executes.
+PARENT_RUN_ID_TAG = "dagster/parent_run_id"
+
+# Exceptions behind a PythonError answer to launchRunReexecution that no retry will fix (the parent
+# has nothing to re-execute, or does not exist).
+_PERMANENT_REEXECUTION_ERRORS = {
+    "DagsterInvariantViolationError",  # "Cannot reexecute from failure a run that is not failed or canceled"
+    "DagsterInvalidSubsetError",  # "No steps needed to be retried in the failed run."
+    "CheckError",  # "Could not find parent run with id: ..."
+    "DagsterRunNotFoundError",
+}
 
 # Submission refusals that no retry will fix.
 _PERMANENT = {
@@ -254,11 +280,15 @@ class DagsterClient:
         if ok and not was_up:
             log.info("Dagster at %s is reachable again", self.url)
 
-    def execute(self, query: str, variables: Mapping[str, Any] | None = None, *, mutation: bool = False) -> dict[str, Any]:
+    def execute(
+        self, query: str, variables: Mapping[str, Any] | None = None, *, mutation: bool = False, data_on_error: bool = False
+    ) -> dict[str, Any]:
         """POST one GraphQL document; the ``data`` of the answer.
 
         Connection failures (the request never reached the server) are retried; read timeouts and 5xx
-        answers are retried only for queries, never for mutations.
+        answers are retried only for queries, never for mutations. With ``data_on_error``, an HTTP 500
+        whose body is a GraphQL answer with ``data`` is that answer (dagster-webserver answers a
+        mutation that raised with 500 and a ``PythonError`` in ``data``).
         """
         with self._lock:
             waiting = self._down_until - self._clock() if self._failures else 0.0
@@ -276,6 +306,10 @@ class DagsterClient:
                 error = f"request failed: {type(e).__name__}"
                 retryable = not mutation
             else:
+                answered = self._data_of_error(resp) if data_on_error and resp.status_code == 500 else None
+                if answered is not None:
+                    self._mark(True)
+                    return answered
                 if resp.status_code >= 500 or resp.status_code == 429:
                     error = f"HTTP {resp.status_code}"
                     retryable = not mutation or resp.status_code in (502, 503)
@@ -297,6 +331,15 @@ class DagsterClient:
                 self._sleep(self.retry_initial * 2**attempt)
         self._mark(False, error)
         raise DagsterUnavailable(f"Dagster at {self.url}: {error}")
+
+    @staticmethod
+    def _data_of_error(resp: Any) -> dict[str, Any] | None:
+        try:
+            payload = resp.json()
+        except ValueError:
+            return None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return data if isinstance(data, dict) and any(v is not None for v in data.values()) else None
 
     # --- runs --------------------------------------------------------------------------------
 
@@ -414,6 +457,35 @@ class DagsterClient:
         if kind == "PythonError":
             raise DagsterUnavailable(f"terminateRun answered PythonError: {result.get('message')}")
         raise DagsterError(f"terminateRun answered {kind}: {result.get('message')}")
+
+    def reexecute_run(
+        self,
+        parent_run_id: str,
+        *,
+        strategy: str = "FROM_FAILURE",
+        use_parent_run_tags: bool = True,
+        extra_tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Launch a re-execution of ``parent_run_id`` (``FROM_FAILURE``: its failed and never-started steps
+        only); the new run id. The new run carries ``dagster/parent_run_id`` and, with
+        ``use_parent_run_tags``, the parent's tags. ``DagsterRejected`` when there is nothing to re-execute
+        (the parent succeeded, is still running, or does not exist)."""
+        params: dict[str, Any] = {"parentRunId": parent_run_id, "strategy": strategy, "useParentRunTags": use_parent_run_tags}
+        if extra_tags:
+            params["extraTags"] = tag_list(extra_tags)
+        result = self.execute(REEXECUTE, {"params": params}, mutation=True, data_on_error=True)["launchRunReexecution"]
+        kind = result["__typename"]
+        if kind == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        message = (result.get("message") or kind).strip()[:MAX_MESSAGE]
+        if kind == "PythonError":
+            cls = result.get("className") or ""
+            if cls in _PERMANENT_REEXECUTION_ERRORS:
+                raise DagsterRejected(cls, message)
+            raise DagsterUnavailable(f"launchRunReexecution answered PythonError ({cls}): {message}")
+        if kind in _PERMANENT or kind in ("RunNotFoundError", "PipelineNotFoundError"):
+            raise DagsterRejected(kind, message)
+        raise DagsterUnavailable(f"launchRunReexecution answered {kind}: {message}")
 
     def location_state(self) -> tuple[str, str | None]:
         """(``LOADED`` | ``LOADING`` | ``ERROR`` | ``MISSING``, detail) of this client's code location."""

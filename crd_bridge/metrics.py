@@ -70,6 +70,51 @@ WORK_QUEUE = Gauge("kubetask_bridge_work_queue_length", "Task keys waiting for a
 TASKS = Gauge("kubetask_bridge_tasks", "Tasks in the bridge's cache, by phase.", ["phase"], registry=REGISTRY)
 DAGSTER_UP = Gauge("kubetask_bridge_dagster_up", "1 when Dagster's GraphQL answered the last request.", registry=REGISTRY)
 
+# --- BatchRuns (crd_bridge.batchruns) ---------------------------------------------------------------
+BATCHRUN_SUBMISSIONS = Counter(
+    "kubetask_bridge_batchrun_submissions_total", "Dagster runs of batch_job submitted for BatchRuns.", registry=REGISTRY
+)
+BATCHRUN_ADOPTED = Counter(
+    "kubetask_bridge_batchrun_runs_adopted_total",
+    "BatchRuns switched to a run they did not get from a bridge submission, by how it was found: "
+    "existing (found by tags before submitting), successor (a re-execution started from Dagster) or rerun-found.",
+    ["how"],
+    registry=REGISTRY,
+)
+BATCHRUN_SUBMISSION_ERRORS = Counter(
+    "kubetask_bridge_batchrun_submission_errors_total",
+    "Failed BatchRun submissions and re-executions, by kind: unavailable (retried) or rejected.",
+    ["kind"],
+    registry=REGISTRY,
+)
+BATCHRUN_RERUNS = Counter(
+    "kubetask_bridge_batchrun_reruns_total",
+    "kubetask.io/rerun requests handled, by outcome: started, nothing (no failed Task) or refused.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+BATCHRUN_STATUS_WRITES = Counter(
+    "kubetask_bridge_batchrun_status_writes_total",
+    "BatchRun status writes by the bridge, by kind: submitted, progress, final, rerun, adopted, stopped.",
+    ["kind"],
+    registry=REGISTRY,
+)
+BATCHRUN_PROGRESS_SKIPPED = Counter(
+    "kubetask_bridge_batchrun_progress_skipped_total",
+    "Progress computations that wrote nothing, by why: unchanged or debounced (a write is due later).",
+    ["why"],
+    registry=REGISTRY,
+)
+BATCHRUN_TASKS_ENDED = Counter(
+    "kubetask_bridge_batchrun_tasks_ended_total",
+    "Tasks of a BatchRun the bridge marked Stopped (RunEnded) because the BatchRun's run ended before them.",
+    registry=REGISTRY,
+)
+BATCHRUNS = Gauge("kubetask_bridge_batchruns", "BatchRuns in the bridge's cache, by phase.", ["phase"], registry=REGISTRY)
+BATCHRUN_WORK_QUEUE = Gauge(
+    "kubetask_bridge_batchrun_work_queue_length", "BatchRun keys waiting for a reconcile worker.", registry=REGISTRY
+)
+
 
 class Health:
     """Heartbeats and flags behind /healthz and /readyz (thread-safe)."""

@@ -15,7 +15,6 @@ import pytest
 import yaml
 from dagster import RunRequest, SkipReason
 
-from kt_stack import bridge, dagster  # noqa: F401  (session fixtures)
 from kubetask_dagster import catalog, schedules
 from kubetask_dagster.assets import materialization_batchrun_name
 from kubetask_dagster.kube import Kube

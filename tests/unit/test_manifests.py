@@ -177,6 +177,21 @@ def test_batch_labels_of_the_task_are_passed_on():
         assert "other" not in labels
 
 
+def test_test_labels_of_the_task_reach_the_pod_over_the_workspace_ones():
+    """kubetask.io/test-* Task labels steer the local fake kubelet per Task; the Job's own labels do not get them."""
+    task = Task.model_validate({
+        "metadata": {"name": "b-task-3", "namespace": NS, "uid": "u",
+                     "labels": {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "4", "kubetask.io/other": "x"}},
+        "spec": {"contexts": []},
+    })
+    workspace = make_workspace(podLabels={"kubetask.io/test-outcome": "hang", "team": "a", "kubetask.io/attempt": "9"})
+    manifest = job(task=task, workspace=workspace, attempt=2)
+    labels = manifest["spec"]["template"]["metadata"]["labels"]
+    assert labels["kubetask.io/test-outcome"] == "fail" and labels["kubetask.io/test-exit-code"] == "4"
+    assert labels["team"] == "a" and labels["kubetask.io/attempt"] == "2"
+    assert "kubetask.io/other" not in labels
+    assert "kubetask.io/test-outcome" not in manifest["metadata"]["labels"]
+
 def test_job_spec_basics():
     manifest = job(task=make_task(ttlSecondsAfterFinished=600), timeout_seconds=1800)
     spec = manifest["spec"]

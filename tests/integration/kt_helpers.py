@@ -1,0 +1,56 @@
+"""Small helpers shared by the end-to-end tests (Tasks, BatchRuns): objects as dicts and kubectl reads."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+
+def inline(path: str, text: str) -> dict:
+    return {"type": "File", "file": {"filePath": path, "source": {"inline": text}}}
+
+
+def apply(kubectl, namespace: str, *objects: dict) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def workspace(name: str = "default", pod_labels: dict | None = None, **spec) -> dict:
+    return {
+        "apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": name},
+        "spec": {"agentImage": "example.invalid/echo-agent:1", "serviceAccountName": "default",
+                 **({"podLabels": pod_labels} if pod_labels else {}), **spec},
+    }
+
+
+def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
+            "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}
+
+
+def get(kubectl, namespace: str, kind: str, name: str) -> dict | None:
+    result = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def wait_phase(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 90, kind: str = "task") -> dict:
+    def reached():
+        obj = get(kubectl, namespace, kind, name)
+        return obj if obj and (obj.get("status") or {}).get("phase") in phases else None
+    try:
+        return wait_for(reached, timeout=timeout, interval=0.3, what=f"{kind} {name} in {phases}")
+    except TimeoutError:
+        raise AssertionError(f"{kind} {name} never reached {phases}: {json.dumps(get(kubectl, namespace, kind, name), indent=1)}")
+
+
+def condition(obj: dict, type_: str) -> dict:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def jobs(kubectl, namespace: str) -> list[dict]:
+    return json.loads(kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+
+
+def event_reasons(kubectl, namespace: str, name: str, kind: str = "Task") -> list[str]:
+    items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return [e["reason"] for e in items if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == kind]

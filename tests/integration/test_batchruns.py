@@ -1,0 +1,317 @@
+"""BatchRuns end to end on the real stack: control plane + kwok, Dagster (batch_job), and the CR bridge.
+
+Outcomes per Task: a BatchRun's Tasks share one WorkspaceConfig, so its podLabels give every Task the
+same outcome. For a mix, a test creates the BatchRun paused (expand_batch creates every Task, and no
+step starts while paused), labels single Tasks with kwok's ``kubetask.io/test-*`` labels (the Job
+builder copies a Task's ``kubetask.io/test-*`` labels onto its pod), then resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from kt_helpers import apply, condition, event_reasons, get, inline, jobs, wait_phase, workspace
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def template(n: int, **extra) -> dict:
+    """A batch of ``n`` Tasks: one common context, one variable context each."""
+    return {"commonContext": [inline("/workspace/task.md", "summarise the item")],
+            "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(n)], **extra}
+
+
+def batchrun(name: str, *, n: int | None = None, batch: str | None = None, annotations: dict | None = None, **spec) -> dict:
+    body = {"batchRef": batch} if batch else {"batchSpec": template(n or 1)}
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
+            "metadata": {"name": name, **({"annotations": annotations} if annotations else {})}, "spec": {**body, **spec}}
+
+
+def tasks_of(kubectl, namespace: str, batchrun_name: str) -> dict[str, dict]:
+    out = kubectl("get", "tasks", "-n", namespace, "-l", f"kubetask.io/batch-run={batchrun_name}", "-o", "json").stdout
+    return {t["metadata"]["name"]: t for t in json.loads(out)["items"]}
+
+
+def phase(obj: dict) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def wait_batchrun(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 120) -> dict:
+    return wait_phase(kubectl, wait_for, namespace, name, phases, timeout=timeout, kind="batchrun")
+
+
+def wait_tasks(kubectl, wait_for, namespace: str, name: str, count: int, timeout: float = 60) -> dict[str, dict]:
+    return wait_for(lambda: (t := tasks_of(kubectl, namespace, name)) and len(t) == count and t,
+                    timeout=timeout, interval=0.3, what=f"{count} Tasks of BatchRun {name}")
+
+
+def label_tasks(kubectl, namespace: str, names: list[str], *labels: str) -> None:
+    kubectl("label", "tasks", "-n", namespace, "--overwrite", *names, *labels)
+
+
+def resume(kubectl, namespace: str, name: str) -> None:
+    kubectl("annotate", "batchrun", name, "-n", namespace, "kubetask.io/pause-")
+
+
+def configmaps(kubectl, namespace: str) -> list[str]:
+    items = json.loads(kubectl("get", "configmaps", "-n", namespace, "-o", "json").stdout)["items"]
+    return [c["metadata"]["name"] for c in items if c["metadata"]["name"] != "kube-root-ca.crt"]
+
+
+class PodWatch:
+    """Counts the agent pods that run at the same time (created and not yet terminated) in a namespace."""
+
+    def __init__(self, api_client, namespace: str):
+        from kubernetes import client, watch
+
+        self._core = client.CoreV1Api(api_client)
+        self._watch = watch.Watch()
+        self.namespace = namespace
+        self.active: set[str] = set()
+        self.seen: set[str] = set()
+        self.max_active = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._watch.stream(self._core.list_namespaced_pod, self.namespace, timeout_seconds=600):
+                pod = event["object"]
+                name = pod.metadata.name
+                self.seen.add(name)
+                ended = event["type"] == "DELETED" or pod.status.phase in ("Succeeded", "Failed") or pod.metadata.deletion_timestamp
+                if ended:
+                    self.active.discard(name)
+                else:
+                    self.active.add(name)
+                self.max_active = max(self.max_active, len(self.active))
+        except Exception:  # the watch ends with the test
+            pass
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_thirty_tasks_with_mixed_outcomes_end_with_exact_counters(kubectl, wait_for, namespace, bridge, dagster):
+    flaky = [1, 6, 11, 16, 21, 26]  # fail their first attempt, then succeed
+    broken = [3, 13, 23]  # fail every attempt (1 + 2 retries)
+    batch = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "metadata": {"name": "mix"},
+             "spec": template(30, parallelism=10, retries={"limit": 2, "backoff": {"initialDelay": "1s", "factor": 1}})}
+    apply(kubectl, namespace, workspace(), batch, batchrun("mix", batch="mix", annotations={"kubetask.io/pause": "true"}))
+    started = time.monotonic()
+    tasks = wait_tasks(kubectl, wait_for, namespace, "mix", 30)
+    assert {phase(t) for t in tasks.values()} == {"Queued"}
+    wait_batchrun(kubectl, wait_for, namespace, "mix", {"Paused"}, timeout=30)
+    label_tasks(kubectl, namespace, [f"mix-task-{i}" for i in flaky], "kubetask.io/test-succeed-attempt=2")
+    label_tasks(kubectl, namespace, [f"mix-task-{i}" for i in broken], "kubetask.io/test-outcome=fail", "kubetask.io/test-exit-code=4")
+    assert jobs(kubectl, namespace) == []  # nothing started while paused
+    resume(kubectl, namespace, "mix")
+
+    obj = wait_batchrun(kubectl, wait_for, namespace, "mix", TERMINAL, timeout=300)
+    print(f"30 Tasks (6 flaky, 3 broken) at parallelism 10: {time.monotonic() - started:.1f} s")
+    status = obj["status"]
+    assert status["phase"] == "Failed", status
+    assert status["progress"] == {"total": 30, "pending": 0, "queued": 0, "running": 0, "completed": 27, "failed": 3, "stopped": 0}
+    assert status["failedTasks"] == [{"name": f"mix-task-{i}", "reason": "AgentFailed"} for i in broken]
+    ready = condition(obj, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TasksFailed")
+    assert status["dagsterRunId"] in ready["message"] and status["completionTime"] and status["startTime"]
+
+    tasks = tasks_of(kubectl, namespace, "mix")
+    for i in range(30):
+        t = tasks[f"mix-task-{i}"]["status"]
+        expected = ("Failed", 3) if i in broken else ("Completed", 2) if i in flaky else ("Completed", 1)
+        assert (t["phase"], t["attempt"]) == expected, (i, t)
+        if i in broken:
+            assert t["exitCode"] == 4
+    assert len(jobs(kubectl, namespace)) == 21 + 6 * 2 + 3 * 3  # one Job per attempt
+
+    run = dagster.run(status["dagsterRunId"])
+    assert run["status"] == "FAILURE"
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["kubetask.io/kind"] == "BatchRun" and tags["kubetask.io/batch"] == "mix" and tags["kubetask.io/uid"] == obj["metadata"]["uid"]
+    assert '"max_concurrent": 10' in run["runConfigYaml"] or "max_concurrent: 10" in run["runConfigYaml"]
+    reasons = event_reasons(kubectl, namespace, "mix", kind="BatchRun")
+    assert {"RunSubmitted", "Resumed", "TasksFailed"} <= set(reasons), reasons
+
+
+def test_parallelism_caps_the_agents_running_at_once(cluster, kubectl, wait_for, namespace, bridge):
+    """12 Tasks at parallelism 5: Tasks 0-4 finish at once, 5-11 hang. Slots are refilled as Tasks end
+    until 5 hanging agents hold them all; a pod watch sees no more than 5 agents at any moment."""
+    apply(kubectl, namespace, workspace(), batchrun("capped", n=12, parallelism=5, annotations={"kubetask.io/pause": "true"}))
+    wait_tasks(kubectl, wait_for, namespace, "capped", 12)
+    label_tasks(kubectl, namespace, [f"capped-task-{i}" for i in range(5, 12)], "kubetask.io/test-outcome=hang")
+    watch = PodWatch(cluster.api_client, namespace)
+    started = time.monotonic()
+    try:
+        resume(kubectl, namespace, "capped")
+
+        def counts():
+            phases = [phase(t) for t in tasks_of(kubectl, namespace, "capped").values()]
+            return {p: phases.count(p) for p in ("Completed", "Running", "Queued")}
+
+        wait_for(lambda: counts() == {"Completed": 5, "Running": 5, "Queued": 2} and len(watch.active) == 5,
+                 timeout=180, interval=0.5, what="5 Tasks completed and 5 hanging agents holding every slot")
+        elapsed = time.monotonic() - started
+        time.sleep(4)  # nothing else starts while every slot is taken
+        assert counts() == {"Completed": 5, "Running": 5, "Queued": 2}
+        assert len(jobs(kubectl, namespace)) == 10
+    finally:
+        watch.stop()
+    print(f"parallelism 5: slots full after {elapsed:.1f} s; at most {watch.max_active} agent pods at once ({len(watch.seen)} pods)")
+    assert watch.max_active == 5 and len(watch.seen) == 10
+    obj = get(kubectl, namespace, "batchrun", "capped")
+    assert obj["status"]["phase"] == "Running"
+    assert obj["status"]["progress"] == {"total": 12, "pending": 0, "queued": 2, "running": 5, "completed": 5, "failed": 0, "stopped": 0}
+    kubectl("annotate", "batchrun", "capped", "-n", namespace, "kubetask.io/stop=true")
+    assert wait_batchrun(kubectl, wait_for, namespace, "capped", TERMINAL, timeout=90)["status"]["phase"] == "Stopped"
+
+
+def test_pause_stops_dispatching_and_resume_continues(kubectl, wait_for, namespace, bridge):
+    apply(kubectl, namespace, workspace(), batchrun("pausable", n=8, parallelism=2))
+    wait_for(lambda: sum(phase(t) == "Completed" for t in tasks_of(kubectl, namespace, "pausable").values()) >= 2,
+             timeout=90, what="two Tasks completed")
+    kubectl("annotate", "batchrun", "pausable", "-n", namespace, "kubetask.io/pause=true")
+    wait_batchrun(kubectl, wait_for, namespace, "pausable", {"Paused"}, timeout=30)
+
+    # Tasks already dispatched finish; then nothing else starts.
+    def settled():
+        tasks = tasks_of(kubectl, namespace, "pausable")
+        if any(phase(t) in ("Running", "Pending") for t in tasks.values()):
+            return None
+        return sorted(n for n, t in tasks.items() if phase(t) != "Queued")
+
+    first = wait_for(settled, timeout=60, what="the dispatched Tasks to finish")
+    time.sleep(3)
+    held = settled()
+    assert held == first, "a Task started while paused"
+    job_count = len(jobs(kubectl, namespace))
+    time.sleep(3)
+    assert settled() == held and len(jobs(kubectl, namespace)) == job_count
+    assert len(held) < 8, "every Task ran although the BatchRun was paused"
+
+    resume(kubectl, namespace, "pausable")
+    obj = wait_batchrun(kubectl, wait_for, namespace, "pausable", TERMINAL, timeout=120)
+    assert obj["status"]["phase"] == "Completed"
+    assert obj["status"]["progress"]["completed"] == 8
+    # summarize_batch wrote Completed; once the run has ended the bridge records the outcome's conditions
+    obj = wait_for(lambda: (o := get(kubectl, namespace, "batchrun", "pausable")) and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in o["status"].get("conditions") or []) and o,
+        timeout=30, what="the Ready condition")
+    assert condition(obj, "Succeeded")["reason"] == "AllTasksCompleted"
+    assert obj["status"]["dagsterRunId"] in condition(obj, "Succeeded")["message"]
+    reasons = event_reasons(kubectl, namespace, "pausable", kind="BatchRun")
+    assert "Paused" in reasons and "Resumed" in reasons
+
+
+def test_stop_terminates_the_run_and_leaves_no_job(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), batchrun("stopme", n=6, parallelism=3))
+    wait_for(lambda: sum(phase(t) == "Running" for t in tasks_of(kubectl, namespace, "stopme").values()) == 3,
+             timeout=90, what="three Tasks running")
+    wait_for(lambda: len(jobs(kubectl, namespace)) == 3, timeout=30, what="three Jobs")
+    kubectl("annotate", "batchrun", "stopme", "-n", namespace, "kubetask.io/stop=true")
+    obj = wait_batchrun(kubectl, wait_for, namespace, "stopme", TERMINAL, timeout=90)
+    status = obj["status"]
+    assert status["phase"] == "Stopped", status
+    assert condition(obj, "Ready")["reason"] == "StopRequested"
+    assert status["progress"] == {"total": 6, "pending": 0, "queued": 0, "running": 0, "completed": 0, "failed": 0, "stopped": 6}
+    reasons = sorted(condition(t, "Succeeded")["reason"] for t in tasks_of(kubectl, namespace, "stopme").values())
+    assert reasons == ["RunEnded"] * 3 + ["RunTerminated"] * 3, reasons
+    wait_for(lambda: not jobs(kubectl, namespace), timeout=30, what="the Jobs to be deleted")
+    assert dagster.run(status["dagsterRunId"])["status"] == "CANCELED"
+
+
+def test_deleting_a_batchrun_leaves_nothing_behind(kubectl, wait_for, namespace, bridge, dagster):
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), batchrun("doomed", n=4, parallelism=2))
+    wait_for(lambda: len(jobs(kubectl, namespace)) == 2 and len(configmaps(kubectl, namespace)) >= 2, timeout=90,
+             what="two Jobs and their context ConfigMaps")
+    run_id = get(kubectl, namespace, "batchrun", "doomed")["status"]["dagsterRunId"]
+    kubectl("delete", "batchrun", "doomed", "-n", namespace)
+
+    def nothing_left():
+        left = {
+            "tasks": json.loads(kubectl("get", "tasks", "-n", namespace, "-o", "json").stdout)["items"],
+            "jobs": jobs(kubectl, namespace),
+            "configmaps": configmaps(kubectl, namespace),
+            "pods": json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"],
+        }
+        return not any(left.values())
+
+    wait_for(nothing_left, timeout=90, what="no Task, Job, ConfigMap or pod left")
+    wait_for(lambda: dagster.run(run_id)["status"] in ("CANCELED", "FAILURE"), timeout=30, what="the run to end")
+
+
+def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namespace, bridge, dagster):
+    broken = ["again-task-1", "again-task-4"]
+    apply(kubectl, namespace, workspace(), batchrun("again", n=6, parallelism=3, annotations={"kubetask.io/pause": "true"}))
+    wait_tasks(kubectl, wait_for, namespace, "again", 6)
+    label_tasks(kubectl, namespace, broken, "kubetask.io/test-outcome=fail")
+    resume(kubectl, namespace, "again")
+    first = wait_batchrun(kubectl, wait_for, namespace, "again", TERMINAL, timeout=120)
+    assert first["status"]["phase"] == "Failed" and first["status"]["progress"]["failed"] == 2
+    first_run = first["status"]["dagsterRunId"]
+    before = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs(kubectl, namespace)}
+    assert len(before) == 6
+
+    label_tasks(kubectl, namespace, broken, "kubetask.io/test-outcome-")  # the cause is fixed
+    kubectl("annotate", "batchrun", "again", "-n", namespace, "kubetask.io/rerun=failed")
+    obj = wait_for(lambda: (o := get(kubectl, namespace, "batchrun", "again"))["status"].get("dagsterRunId") != first_run
+                   and o["status"]["phase"] in TERMINAL and o, timeout=120, what="the rerun to finish")
+    status = obj["status"]
+    assert status["phase"] == "Completed", status
+    assert status["progress"]["completed"] == 6 and status["failedTasks"] == []
+    assert "kubetask.io/rerun" not in (obj["metadata"].get("annotations") or {})
+    tasks = tasks_of(kubectl, namespace, "again")
+    after = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs(kubectl, namespace)}
+    for name, t in tasks.items():
+        if name in broken:
+            assert (t["status"]["phase"], t["status"]["attempt"], t["status"]["jobName"]) == ("Completed", 2, f"{name}-job-2")
+        else:
+            assert (t["status"]["phase"], t["status"]["attempt"]) == ("Completed", 1)
+            assert after[f"{name}-job-1"] == before[f"{name}-job-1"]  # the same Job, not run again
+    assert set(after) == set(before) | {f"{n}-job-2" for n in broken}
+    run = dagster.run(status["dagsterRunId"])
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["dagster/parent_run_id"] == first_run and tags["kubetask.io/uid"] == obj["metadata"]["uid"]
+    assert sorted(s["stepKey"] for s in run["stepStats"] if s["stepKey"].startswith("run_batch_task")) == [
+        "run_batch_task[task_1]", "run_batch_task[task_4]"]
+    assert "RerunStarted" in event_reasons(kubectl, namespace, "again", kind="BatchRun")
+
+
+def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, namespace, crds):
+    from kubetask_dagster.api.batch import MAX_BATCHRUN_NAME
+    from kubetask_dagster.status import batchrun_summary
+
+    name = "b" * MAX_BATCHRUN_NAME
+    run_id = "0f6a7c1e-7d3b-4f57-9a54-4ad4c3f1b2e9"
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(
+        {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
+         # executed-by: a BatchRun the bridge neither submits nor follows without a run of its own
+         "metadata": {"name": name, "annotations": {"kubetask.io/executed-by": "test/status-size"}},
+         "spec": {"batchRef": "absent"}}))
+    rows = [(f"{name}-task-{i}", "Failed", "AgentFailed") for i in range(5000)]
+    summary = batchrun_summary(rows, 5000, paused=False, stopped=False)
+    message = f"Dagster run {run_id} ended (FAILURE): 0 of 5000 Tasks completed, 5000 failed, 0 stopped"
+    conditions = [{"type": t, "status": "False", "reason": "TasksFailed", "message": message,
+                   "lastTransitionTime": "2027-01-01T00:00:00Z", "observedGeneration": 1} for t in ("Succeeded", "Ready")]
+    status = {**summary, "dagsterRunId": run_id, "dagsterRunUrl": f"https://dagster.example.com/runs/{run_id}",
+              "startTime": "2027-01-01T00:00:00Z", "completionTime": "2027-01-01T06:00:00Z",
+              "conditions": conditions, "observedGeneration": 1}
+    kubectl("patch", "batchrun", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+    obj = get(kubectl, namespace, "batchrun", name)
+    assert obj["status"]["progress"]["failed"] == 5000 and len(obj["status"]["failedTasks"]) == 50
+    size = len(json.dumps(obj, separators=(",", ":")))
+    print(f"BatchRun of 5000 failed Tasks: {size} bytes of JSON")
+    assert size < 100_000
