@@ -97,8 +97,8 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     api = kube.api
     obj = _load_batchrun(api, config)
     batchrun = BatchRun.model_validate(obj)
-    if (batchrun.metadata.annotations or {}).get(annotations.STOP) == "true" or (obj.get("status") or {}).get("phase") == "Stopped":
-        # stopped while its run waited in the queue: start nothing
+    if (batchrun.metadata.annotations or {}).get(annotations.STOP) == "true":
+        # stopped while its run waited in the queue: start nothing (a rerun clears the annotation first)
         raise Failure(description=f"BatchRun {config.namespace}/{config.name} was stopped before it started", allow_retries=False)
     batch_spec = None
     if batchrun.spec.batch_ref:
@@ -111,13 +111,16 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     tasks = _create_tasks(api, batches.expand(batchrun, template), config.name)
     current = obj.get("status") or {}
     now = status.rfc3339(status.now())
-    _patch_batchrun(api, config.namespace, config.name, {
+    patch = {
         "phase": "Running" if current.get("phase") in (None, "Pending") else current["phase"],
         "startTime": current.get("startTime") or now,
         "dagsterRunId": context.run_id,
         "progress": {**(current.get("progress") or {}), "total": len(tasks)},
         "observedGeneration": obj["metadata"].get("generation"),
-    })
+    }
+    if current.get("phase") in ("Completed", "Failed", "Stopped") and current.get("dagsterRunId") != context.run_id:
+        patch.update(phase="Running", completionTime=None)  # a re-execution of all steps reopens the BatchRun
+    _patch_batchrun(api, config.namespace, config.name, patch)
     yield Output({"namespace": config.namespace, "name": config.name, "uid": obj["metadata"]["uid"]}, "batchrun",
                  metadata={"tasks": len(tasks), "parallelism": batches.effective_parallelism(batchrun, template)})
     for index, task in enumerate(tasks):
