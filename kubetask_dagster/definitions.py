@@ -20,6 +20,7 @@ from dagster._core.definitions.definitions_load_context import StateBackedDefini
 from . import catalog
 from .assets import batch_assets
 from .catalog import BatchEntry
+from .io import RunStorageIOManager
 from .jobs import batch_job, task_job
 from .schedules import batch_schedules
 from .taskflow import KubeResource
@@ -41,7 +42,7 @@ def build_definitions(entries: list[BatchEntry]) -> Definitions:
         jobs=[task_job, batch_job],
         assets=assets,
         schedules=batch_schedules(entries),
-        resources={"kube": KubeResource()},
+        resources={"kube": KubeResource(), "io_manager": RunStorageIOManager()},
     )
 
 
