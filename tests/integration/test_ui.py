@@ -56,12 +56,12 @@ def _show(browser, url: str, texts: list[str], shot: str, timeout: float = 60) -
 
 
 def test_dagster_ui_shows_the_batchrun_its_asset_and_schedule(browser, kubectl, wait_for, namespace, bridge, dagster):
-    ws = yaml.safe_load((ROOT / "examples" / "00-workspaceconfig.yaml").read_text().split("---", 1)[1])
-    docs = list(yaml.safe_load_all((ROOT / "examples" / "20-batch.yaml").read_text()))
-    batch, batchrun = docs
-    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([ws, batch]))
+    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "00-workspaceconfig.yaml"))  # with its ServiceAccount
+    batch, batchrun = yaml.safe_load_all((ROOT / "examples" / "20-batch.yaml").read_text())
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(batch))
     # the Batch's asset and schedule appear once the bridge has reloaded the code location
-    wait_for(lambda: "update_deps" in json.dumps(dagster.graphql("{ schedulesOrError { ... on Schedules { results { name } } } }")),
+    schedules = "{ repositoriesOrError { ... on RepositoryConnection { nodes { schedules { name } } } } }"
+    wait_for(lambda: "update_deps" in json.dumps(dagster.graphql(schedules)),
              timeout=60, what="the Batch's schedule in Dagster")
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(batchrun))
     name = batchrun["metadata"]["name"]
