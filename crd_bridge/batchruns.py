@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from kubetask_dagster import batches
 from kubetask_dagster import status as task_status
 from kubetask_dagster.api import GROUP, VERSION, BatchRunPhase, TaskPhase, annotations
 from kubetask_dagster.api.batch import DEFAULT_PARALLELISM
@@ -1165,7 +1166,11 @@ class BatchRunReconciler:
             # launch: the rerun annotation, still there, carries the request if the bridge dies now).
             obj = self._clear_annotations(obj, [annotations.STOP])
             try:
-                new_id = self.dagster.reexecute_run(run_id, strategy="FROM_FAILURE", use_parent_run_tags=True)
+                steps = self._steps_to_rerun(obj)
+                if steps:
+                    new_id = self.dagster.reexecute_steps(run_id, steps)
+                else:  # no Tasks yet (the run failed before expanding): Dagster's own choice
+                    new_id = self.dagster.reexecute_run(run_id, strategy="FROM_FAILURE", use_parent_run_tags=True)
             except DagsterRejected as e:
                 if e.kind in ("DagsterInvalidSubsetError", "DagsterInvariantViolationError"):
                     return self._nothing_to_rerun(obj, f"Dagster has nothing to re-execute in run {run_id} ({e.message.strip()})")
@@ -1189,6 +1194,21 @@ class BatchRunReconciler:
         metrics.BATCHRUN_RERUNS.labels("started").inc()
         log.info("BatchRun %s: %s", _name(obj), message)
         return None
+
+    def _steps_to_rerun(self, obj: Obj) -> list[str]:
+        """The mapped steps of every Task that did not complete (failed, stopped or never started),
+        plus the summary; empty when the BatchRun has no Tasks to go by."""
+        ns, name = key_of(obj)
+        tasks = [t for t in self.kube.list_batchrun_tasks(ns, name) if uid_of(obj) in owner_uids(t)]
+        total = ((_status(obj).get("progress") or {}).get("total")) or 0
+        if not tasks or len(tasks) < total:
+            return []
+        steps = []
+        for task in tasks:
+            index = batches.index_of(task["metadata"]["name"])
+            if index is not None and (task.get("status") or {}).get("phase") != COMPLETED:
+                steps.append(f"run_batch_task[{batches.mapping_key(index)}]")
+        return sorted(steps) + ["summarize_batch"] if steps else []
 
     def _nothing_to_rerun(self, obj: Obj, why: str) -> None:
         self._clear_annotations(obj, [annotations.RERUN])

@@ -171,8 +171,30 @@ mutation BridgeReexecute($params: ReexecutionParams!) {
 }
 """
 
+REEXECUTE_STEPS = """
+mutation BridgeReexecuteSteps($params: ExecutionParams!) {
+  launchRunReexecution(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message className }
+    ... on Error { message }
+  }
+}
+"""
+
+RUN_FOR_REEXECUTION = """
+query BridgeRunForReexecution($id: ID!) {
+  runOrError(runId: $id) {
+    __typename
+    ... on Run { jobName runConfigYaml rootRunId tags { key value } }
+    ... on Error { message }
+  }
+}
+"""
+
 ALL_QUERIES = {
     "submit": SUBMIT, "runs": RUNS, "run": RUN, "logs": LOGS, "terminate": TERMINATE, "locations": LOCATIONS,
+    "reexecute-steps": REEXECUTE_STEPS, "run-for-reexecution": RUN_FOR_REEXECUTION,
     "reexecute": REEXECUTE,
 }
 
@@ -486,6 +508,31 @@ class DagsterClient:
         if kind in _PERMANENT or kind in ("RunNotFoundError", "PipelineNotFoundError"):
             raise DagsterRejected(kind, message)
         raise DagsterUnavailable(f"launchRunReexecution answered {kind}: {message}")
+
+    def reexecute_steps(self, parent_run_id: str, step_keys: list[str]) -> str:
+        """Launch a re-execution of exactly ``step_keys`` of ``parent_run_id`` (with its run config and
+        tags, as Dagster's "re-execute selected steps" does); the new run id.
+
+        Used instead of FROM_FAILURE for a BatchRun whose run was terminated midway: Dagster's
+        FROM_FAILURE leaves out mapped steps that never started, so their Tasks would never run."""
+        run = self.execute(RUN_FOR_REEXECUTION, {"id": parent_run_id})["runOrError"]
+        if run["__typename"] != "Run":
+            raise DagsterRejected(run["__typename"], (run.get("message") or "run not found")[:MAX_MESSAGE])
+        root = run["rootRunId"] or parent_run_id
+        tags = [t for t in run["tags"] if not t["key"].startswith("dagster/")] + tag_list({
+            # what Dagster's UI sets for "re-execute selected steps"; the bridge finds its reruns by them
+            "dagster/parent_run_id": parent_run_id, "dagster/root_run_id": root, "dagster/step_selection": ",".join(step_keys)})
+        params = {
+            "selector": {"repositoryLocationName": self.location, "repositoryName": self.repository, "jobName": run["jobName"]},
+            "runConfigData": run["runConfigYaml"],
+            "executionMetadata": {"parentRunId": parent_run_id, "rootRunId": root, "tags": tags},
+            "stepKeys": step_keys,
+        }
+        result = self.execute(REEXECUTE_STEPS, {"params": params}, mutation=True, data_on_error=True)["launchRunReexecution"]
+        if result["__typename"] == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        message = (result.get("message") or result["__typename"]).strip()[:MAX_MESSAGE]
+        raise DagsterRejected(result.get("className") or result["__typename"], message)
 
     def location_state(self) -> tuple[str, str | None]:
         """(``LOADED`` | ``LOADING`` | ``ERROR`` | ``MISSING``, detail) of this client's code location."""

@@ -184,6 +184,9 @@ class FakeDagster:
         self.submitted.append((job, copy.deepcopy(dict(run_config)), dict(tags)))
         return self.add_run("QUEUED", tags)
 
+    def reexecute_steps(self, parent_run_id: str, step_keys: list[str]) -> str:
+        return self.reexecute_run(parent_run_id, strategy="STEPS " + " ".join(step_keys))
+
     def reexecute_run(self, parent_run_id: str, *, strategy: str = "FROM_FAILURE", use_parent_run_tags: bool = True, extra_tags=None) -> str:
         self._check()
         if self.reexecute_reject is not None:
@@ -750,7 +753,9 @@ def test_rerun_failed_reexecutes_from_failure_and_clears_the_annotation(env):
     env.kube.annotate("br", kubetask_rerun="failed")
     env.refresh()
     env.reconcile()
-    assert env.dagster.reexecuted == [(old, "FROM_FAILURE", True)]
+    # every Task that did not complete, and the summary: not FROM_FAILURE, which drops mapped
+    # steps that never started when a run was terminated midway
+    assert env.dagster.reexecuted == [(old, "STEPS run_batch_task[task_1] run_batch_task[task_2] summarize_batch", True)]
     new = env.dagster.order[-1]
     obj = env.kube.batchrun()
     assert "kubetask.io/rerun" not in obj["metadata"]["annotations"]
@@ -838,7 +843,8 @@ def test_rerun_of_a_stopped_batchrun_removes_the_stop_annotation(env):
     env.reconcile()
     annotations = env.kube.batchrun()["metadata"]["annotations"]
     assert "kubetask.io/stop" not in annotations and "kubetask.io/rerun" not in annotations
-    assert env.kube.status()["phase"] == "Running" and env.dagster.reexecuted == [(run_id, "FROM_FAILURE", True)]
+    assert env.kube.status()["phase"] == "Running"
+    assert env.dagster.reexecuted == [(run_id, "STEPS run_batch_task[task_1] summarize_batch", True)]  # the never-started Task too
 
 
 def test_a_reexecution_started_in_dagster_is_adopted(env):
