@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 FILE = {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "x"}}}
 
 
+# These Tasks test the API server alone: the annotation keeps the session's bridge (if another test
+# module started it) from running them and writing their status.
+NOT_FOR_THE_BRIDGE = {"kubetask.io/executed-by": "test"}
+
+
 def _task(name="t", **spec):
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name}, "spec": {"contexts": [FILE], **spec}}
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name, "annotations": NOT_FOR_THE_BRIDGE},
+            "spec": {"contexts": [FILE], **spec}}
 
 
 def _task_with(context):
