@@ -56,6 +56,7 @@ from kubetask_dagster.api.batch import DEFAULT_PARALLELISM
 from kubetask_dagster.batches import index_of
 
 from . import metrics
+from .reconcile import ReconcileLoop
 from .dagster_client import (
     ACTIVE_STATUSES,
     PARENT_RUN_ID_TAG,
@@ -465,12 +466,10 @@ class BatchTaskIndex:
 _MISSING: Any = object()
 
 
-class BatchRunReconciler:
+class BatchRunReconciler(ReconcileLoop):
     """What the bridge does about each BatchRun. Thread-safe; ``reconcile_key`` never raises."""
 
-    MAX_CONFLICTS = 5
-    BACKOFF_INITIAL = 1.0
-    BACKOFF_CAP = 30.0
+    KIND = "BatchRun"
 
     def __init__(
         self,
@@ -520,21 +519,6 @@ class BatchRunReconciler:
 
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
         self._enqueue(key, delay)
-
-    def _backoff(self, key: Key) -> float:
-        now = self.clock()
-        with self._lock:
-            n, due = self._failures.get(key, (0, 0.0))
-            if now < due:
-                return due - now
-            n += 1
-            delay = min(self.BACKOFF_CAP, self.BACKOFF_INITIAL * 2 ** (n - 1))
-            self._failures[key] = (n, now + delay)
-        return delay
-
-    def _backing_off(self, key: Key) -> bool:
-        with self._lock:
-            return self._failures.get(key, (0, 0.0))[1] > self.clock()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
@@ -638,49 +622,8 @@ class BatchRunReconciler:
 
     # --- one BatchRun --------------------------------------------------------------------------
 
-    def reconcile_key(self, key: Key) -> float | None:
-        """Reconcile one BatchRun (and the runs of its deleted predecessors); seconds until the next
-        look, or None. Never raises."""
-        ns, name = key
-        try:
-            with self._lock:
-                deleted = self._deleted.pop(key, [])
-            delays = [self._handle_deleted(obj) for obj in deleted]
-            delays.append(self.reconcile(key))
-            pending = [d for d in delays if d is not None]
-            if not pending:
-                with self._lock:
-                    self._failures.pop(key, None)
-            return min(pending) if pending else None
-        except DagsterUnavailable as e:
-            delay = self._backoff(key)
-            log.info("BatchRun %s/%s: Dagster unavailable (%s); next try in %.0f s", ns, name, e, delay)
-            return delay
-        except Exception:
-            metrics.RECONCILE_ERRORS.inc()
-            delay = self._backoff(key)
-            log.exception("BatchRun %s/%s: reconcile failed; next try in %.0f s", ns, name, delay)
-            return delay
-
-    def reconcile(self, key: Key) -> float | None:
-        obj = self.store.get(key)
-        for _ in range(self.MAX_CONFLICTS):
-            if obj is None:
-                return None
-            try:
-                return self._reconcile_once(obj)
-            except Conflict:
-                metrics.CONFLICTS.inc()
-                log.debug("BatchRun %s/%s changed meanwhile; re-reading", *key)
-                obj = self.kube.get_batchrun(*key)
-                if obj is None:
-                    self.store.remove(key)
-                else:
-                    self.store.put(obj)
-            except Gone:
-                self.store.remove(key)
-                return None
-        return self._backoff(key)
+    def _fetch(self, key: Key) -> Obj | None:
+        return self.kube.get_batchrun(*key)
 
     def _reconcile_once(self, obj: Obj) -> float | None:
         run_id = run_id_of(obj)

@@ -41,6 +41,7 @@ from kubetask_dagster.api import GROUP, VERSION, TaskPhase, annotations
 from kubetask_dagster.api.workspace import DEFAULT_WORKSPACE_CONFIG
 
 from . import metrics
+from .reconcile import Conflict, Gone, ReconcileLoop
 
 CRASH_AFTER_SUBMIT_ENV = "KUBETASK_BRIDGE_CRASH_AFTER_SUBMIT"
 from .dagster_client import ACTIVE_STATUSES, DagsterError, DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
@@ -196,14 +197,6 @@ def _name(obj: Mapping[str, Any]) -> str:
 
 
 # --- Kubernetes --------------------------------------------------------------------------------
-
-
-class Conflict(Exception):
-    """The object changed since it was read (HTTP 409): re-read and decide again."""
-
-
-class Gone(Exception):
-    """The object no longer exists (HTTP 404)."""
 
 
 class KubeApi(Protocol):
@@ -566,12 +559,10 @@ class WorkQueue:
 # --- the decisions -----------------------------------------------------------------------------
 
 
-class Reconciler:
+class Reconciler(ReconcileLoop):
     """What the bridge does about each Task. Thread-safe; ``reconcile_key`` never raises."""
 
-    MAX_CONFLICTS = 5
-    BACKOFF_INITIAL = 1.0
-    BACKOFF_CAP = 30.0
+    KIND = "Task"
 
     def __init__(
         self,
@@ -616,27 +607,6 @@ class Reconciler:
     def _ws_lock(self, namespace: str, workspace: str) -> threading.Lock:
         with self._lock:
             return self._ws_locks.setdefault((namespace, workspace), threading.Lock())
-
-    def _backoff(self, key: Key) -> float:
-        """Seconds until the next try of ``key``: doubles per failed scheduled try, capped. A failure of
-        an early try (a watch event or a periodic pass came first) does not grow the delay."""
-        now = self.clock()
-        with self._lock:
-            n, due = self._failures.get(key, (0, 0.0))
-            if now < due:
-                return due - now
-            n += 1
-            delay = min(self.BACKOFF_CAP, self.BACKOFF_INITIAL * 2 ** (n - 1))
-            self._failures[key] = (n, now + delay)
-        return delay
-
-    def _succeeded(self, key: Key) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
-    def _backing_off(self, key: Key) -> bool:
-        with self._lock:
-            return self._failures.get(key, (0, 0.0))[1] > self.clock()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
@@ -707,50 +677,8 @@ class Reconciler:
 
     # --- one Task ------------------------------------------------------------------------------
 
-    def reconcile_key(self, key: Key) -> float | None:
-        """Reconcile one Task (and the runs of its deleted predecessors); seconds until the next
-        look, or None. Never raises: errors are logged with the Task's name and retried with backoff."""
-        ns, name = key
-        try:
-            with self._lock:
-                deleted = self._deleted.pop(key, [])
-            delays = [self._handle_deleted(obj) for obj in deleted]
-            delay = self.reconcile(key)
-            delays.append(delay)
-            pending = [d for d in delays if d is not None]
-            if not pending:
-                self._succeeded(key)
-            return min(pending) if pending else None
-        except DagsterUnavailable as e:
-            delay = self._backoff(key)
-            log.info("Task %s/%s: Dagster unavailable (%s); next try in %.0f s", ns, name, e, delay)
-            return delay
-        except Exception:
-            metrics.RECONCILE_ERRORS.inc()
-            delay = self._backoff(key)
-            log.exception("Task %s/%s: reconcile failed; next try in %.0f s", ns, name, delay)
-            return delay
-
-    def reconcile(self, key: Key) -> float | None:
-        """Decide and act on the Task at ``key``; 409s are answered by re-reading and deciding again."""
-        task = self.store.get(key)
-        for _ in range(self.MAX_CONFLICTS):
-            if task is None:
-                return None
-            try:
-                return self._reconcile_once(task)
-            except Conflict:
-                metrics.CONFLICTS.inc()
-                log.debug("Task %s/%s changed meanwhile; re-reading", *key)
-                task = self.kube.get_task(*key)
-                if task is None:
-                    self.store.remove(key)
-                else:
-                    self.store.put(task)
-            except Gone:
-                self.store.remove(key)
-                return None
-        return self._backoff(key)
+    def _fetch(self, key: Key) -> Obj | None:
+        return self.kube.get_task(*key)
 
     def _reconcile_once(self, task: Obj) -> float | None:
         if executed_elsewhere(task) or is_terminal(task):
