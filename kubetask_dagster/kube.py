@@ -66,41 +66,25 @@ class Kube:
     # --- custom resources -----------------------------------------------------------------------
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch the status subresource; None when the object is gone."""
-        try:
-            return self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return _unless_missing(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, {"status": status}
+        )
 
     # --- context readers (contexts.ContextReader) ------------------------------------------------
 
     def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            return self.core.read_namespaced_config_map(name, namespace).data or {}
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        config_map = _unless_missing(self.core.read_namespaced_config_map, name, namespace)
+        return None if config_map is None else config_map.data or {}
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            data = self.core.read_namespaced_secret(name, namespace).data or {}
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        secret = _unless_missing(self.core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            return None
+        data = secret.data or {}
         return {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in data.items()}
 
     def fetch(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> str:
@@ -128,12 +112,7 @@ class Kube:
             self.core.replace_namespaced_secret(name, ns, body)
 
     def get_job(self, namespace: str, name: str):
-        try:
-            return self.batch.read_namespaced_job(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return _unless_missing(self.batch.read_namespaced_job, name, namespace)
 
     def create_job(self, body: dict[str, Any]) -> bool:
         """Create the Job; False when it already existed (a restarted op resumes instead of duplicating)."""
@@ -147,11 +126,7 @@ class Kube:
         return True
 
     def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        _unless_missing(lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"))
 
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 50, container: str = "agent") -> str:
         try:
@@ -261,6 +236,16 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as e:  # an Event is a courtesy; the status is the record
             log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+
+
+def _unless_missing(call, *args):
+    """``call(*args)``, or None when the API server answers 404."""
+    try:
+        return call(*args)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 def _rfc3339_now() -> str:
