@@ -949,14 +949,21 @@ class BatchRunReconciler(ReconcileLoop):
         return None
 
     def _end_task(self, task: Obj, batchrun: str, run_id: str, run: RunInfo | None) -> Obj | None:
-        """Mark a Task the run never finished Stopped (RunEnded); its latest version (None: gone)."""
+        """Mark a Task the run never finished; its latest version (None: gone).
+
+        A Task that was running when its run failed (the run worker died) is Failed (RunFailed): a
+        rerun picks it up. One the run never started, or stopped, is Stopped (RunEnded)."""
         ns, name = key_of(task)
         how = run.status if run is not None else "missing"
         message = f"Dagster run {run_id} of BatchRun {batchrun} ended ({how}) before this Task finished"
         for _ in range(3):
             if phase_of(task) in TASK_TERMINAL:
                 return task
-            patch = task_status.stopped(_status(task), reason=REASON_RUN_ENDED, message=message, now=self._now())
+            if how == "FAILURE" and phase_of(task) == TaskPhase.RUNNING.value:
+                patch = task_status.failed(_status(task), REASON_RUN_FAILED, f"{message}; it was running (the run worker died?)",
+                                           now=self._now())
+            else:
+                patch = task_status.stopped(_status(task), reason=REASON_RUN_ENDED, message=message, now=self._now())
             try:
                 updated = self.kube.patch_task_status(ns, name, _meta(task).get("resourceVersion"), patch)
             except Conflict:

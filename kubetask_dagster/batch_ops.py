@@ -11,6 +11,7 @@ from typing import Any
 
 from dagster import (
     AssetKey,
+    DagsterExecutionInterruptedError,
     AssetMaterialization,
     Config,
     DynamicOut,
@@ -27,6 +28,7 @@ from kubernetes.client.rest import ApiException
 from . import batches, status
 from .api import Batch, BatchRun, TaskPhase, annotations
 from .api.base import GROUP, VERSION
+from .executor import step_interrupted
 from .kube import Kube
 from .taskflow import KubeResource, TaskRef, prepare, run_attempt
 
@@ -137,7 +139,9 @@ def _wait_while_paused(context: OpExecutionContext, api: Kube, ns: str, batchrun
     """Dispatch nothing while the BatchRun carries the pause annotation (running Tasks go on)."""
     logged = False
     while True:
-        obj = api.get_custom("batchruns", ns, batchrun)
+        if step_interrupted():
+            raise DagsterExecutionInterruptedError()
+        obj = api.get_custom("batchruns", ns, batchrun, max_age=PAUSE_POLL_SECONDS / 2)
         if obj is None or (obj["metadata"].get("annotations") or {}).get(annotations.PAUSE) != "true":
             return
         if not logged:
@@ -151,17 +155,17 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
     """Run one Task of the BatchRun exactly like a standalone Task; a completed Task is not run again."""
     api = kube.api
     ns, name = item["namespace"], item["name"]
+    _wait_while_paused(context, api, ns, item["batchrun"])
     obj = api.get_custom("tasks", ns, name)
     if obj is None:
         raise Failure(f"Task {ns}/{name} was deleted", allow_retries=False)
     if (obj.get("status") or {}).get("phase") == TaskPhase.COMPLETED.value:
         context.log.info(f"Task {ns}/{name} already completed; not running it again")
         return {"name": name, "phase": TaskPhase.COMPLETED.value}
-    _wait_while_paused(context, api, ns, item["batchrun"])
     ref = TaskRef(namespace=ns, name=name, uid=obj["metadata"]["uid"], generation=obj["metadata"].get("generation", 1))
-    prepared = prepare(context, kube, ref)
+    prepared = prepare(context, kube, ref, task_obj=obj)
     lineage = (batch_asset_key(ns, item["batch"]), f"task-{item['index']}") if item["batch"] else None
-    result = run_attempt(context, kube, prepared, lineage=lineage)
+    result = run_attempt(context, kube, prepared, lineage=lineage, task_obj=obj)
     return {"name": name, "phase": TaskPhase.COMPLETED.value, **result}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,8 +20,19 @@ from kubernetes.client.rest import ApiException
 
 from .api import GROUP, VERSION
 from .contexts import HttpFetcher
+from .informer import Informer, InformerRegistry
 
 log = logging.getLogger(__name__)
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+WAKE_SECONDS = 0.5  # how soon a waiter notices a deadline or an interrupt when nothing changes
+JOB_CACHE_GRACE_SECONDS = 10.0  # a Job absent from the cache this long after creation is looked up
+INFORMER_SYNC_SECONDS = 30.0
+CONNECTIONS_PER_PROCESS = 64  # steps of a BatchRun share one client: one connection each, no queueing
+
+
+class WaitInterrupted(Exception):
+    """The run is being terminated while a step waited for its pod."""
 
 # A pod waiting for one of these will not start without a person fixing something.
 _STUCK_WAITING_REASONS = {
@@ -39,6 +51,9 @@ def load_kube_config(kubeconfig: str | None = None) -> None:
         kubernetes.config.load_incluster_config()
     else:
         kubernetes.config.load_kube_config(config_file=kubeconfig)
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONNECTIONS_PER_PROCESS
+    kubernetes.client.Configuration.set_default(configuration)
 
 
 @dataclass
@@ -62,11 +77,27 @@ class Kube:
         self.batch = self.client.batch_api
         self.custom = kubernetes.client.CustomObjectsApi()
         self._fetcher = fetcher or HttpFetcher()
+        self._informers = InformerRegistry()
+        self._recent: dict[tuple[str, str, str], tuple[float, dict[str, Any] | None]] = {}
+        self._recent_lock = threading.Lock()
 
     # --- custom resources -----------------------------------------------------------------------
 
-    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+    def get_custom(self, plural: str, namespace: str, name: str, max_age: float = 0.0) -> dict[str, Any] | None:
+        """The object, or None when it does not exist.
+
+        ``max_age`` > 0 accepts a copy read by any thread of this process at most that many seconds
+        ago: the steps of a BatchRun share one read of their WorkspaceConfig and pause annotation."""
+        if max_age <= 0:
+            return _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+        key = (plural, namespace, name)
+        with self._recent_lock:
+            read_at, obj = self._recent.get(key, (float("-inf"), None))
+            if time.monotonic() - read_at <= max_age:
+                return obj
+            obj = _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+            self._recent[key] = (time.monotonic(), obj)
+            return obj
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch the status subresource; None when the object is gone."""
@@ -141,22 +172,31 @@ class Kube:
         namespace: str,
         job_name: str,
         *,
+        label_selector: str,
         deadline_seconds: float | None,
         on_running: Callable[[str], None] | None = None,
+        interrupted: Callable[[], bool] = lambda: False,
         no_pod_grace: float = 60.0,
     ) -> PodOutcome:
-        """Watch the Job's pod until it terminates, fails to start, or the Job disappears.
+        """Wait until the Job's pod terminates, fails to start, or the Job disappears.
 
-        Reacts within a watch event of the pod ending; the Job is re-read only when the pod stream
-        is quiet, so the API cost is a watch per attempt, not a poll loop.
+        Reads the process's shared pod and Job caches (``label_selector`` chooses the watch: the
+        BatchRun's or the Task's objects), so many waiting Tasks cost one watch, not one each.
+        Raises ``WaitInterrupted`` as soon as ``interrupted()`` turns true.
         """
+        pods = self._informer("pods", self.core.list_namespaced_pod, namespace, label_selector, JOB_NAME_LABEL)
+        jobs = self._informer("jobs", self.batch.list_namespaced_job, namespace, label_selector)
         started = time.monotonic()
         seen_running: str | None = None
         last_pod: str | None = None
+        job_seen = False
         while True:
+            if interrupted():
+                raise WaitInterrupted(job_name)
             if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
                 return PodOutcome(False, "Timeout", f"the attempt ran longer than {int(deadline_seconds)} s", last_pod)
-            for pod in self._current_pods(namespace, job_name):
+            pod_version = pods.version
+            for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
                 outcome = _pod_outcome(pod)
                 if outcome is not None:
@@ -165,50 +205,27 @@ class Kube:
                     seen_running = last_pod
                     if on_running:
                         on_running(last_pod)
-            job_outcome = self._job_outcome(namespace, job_name, started, no_pod_grace, last_pod)
-            if job_outcome is not None:
-                return job_outcome
-            watch = kubernetes.watch.Watch()
-            try:
-                for event in watch.stream(
-                    self.core.list_namespaced_pod,
-                    namespace,
-                    label_selector=f"batch.kubernetes.io/job-name={job_name}",
-                    timeout_seconds=15,
-                ):
-                    pod = event["object"]
-                    last_pod = pod.metadata.name
-                    if event["type"] == "DELETED":
-                        break  # re-read the Job: deleted by hand, or killed for its deadline
-                    outcome = _pod_outcome(pod)
-                    if outcome is not None:
-                        return outcome
-                    if pod.status.phase == "Running" and seen_running != last_pod:
-                        seen_running = last_pod
-                        if on_running:
-                            on_running(last_pod)
-            finally:
-                watch.stop()
+            job = jobs.get(job_name)
+            if job is None and (job_seen or time.monotonic() - started > JOB_CACHE_GRACE_SECONDS):
+                job = self.get_job(namespace, job_name)  # the cache may lag; ask once before concluding
+            job_seen = job_seen or job is not None
+            outcome = _job_outcome(job, job_name, last_pod) if job_seen else None
+            if outcome is None and last_pod is None and time.monotonic() - started > no_pod_grace:
+                outcome = self._pod_creation_failure(namespace, job_name)
+                no_pod_grace += 60.0  # look at the Events again a minute later, not on every wake-up
+            if outcome is not None:
+                return outcome
+            pods.wait_for_change(pod_version, WAKE_SECONDS)  # a Job's change is seen on the next wake-up
 
-    def _current_pods(self, namespace: str, job_name: str):
-        return self.core.list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}").items
+    def _informer(self, kind: str, list_fn, namespace: str, label_selector: str, index_label: str | None = None) -> Informer:
+        informer = self._informers.get(kind, list_fn, namespace, label_selector, index_label)
+        informer.wait_synced(INFORMER_SYNC_SECONDS)
+        return informer
 
-    def _job_outcome(self, namespace: str, job_name: str, started: float, no_pod_grace: float, last_pod: str | None) -> PodOutcome | None:
-        job = self.get_job(namespace, job_name)
-        if job is None or job.metadata.deletion_timestamp is not None:
-            return PodOutcome(False, "JobDeleted", f"Job {job_name} was deleted before its pod finished", last_pod)
-        for cond in job.status.conditions or []:
-            if cond.type == "Failed" and cond.status == "True":
-                reason = "Timeout" if cond.reason == "DeadlineExceeded" else (cond.reason or "JobFailed")
-                return PodOutcome(False, reason, f"Job {job_name} failed: {cond.message or cond.reason}", last_pod)
-            if cond.type == "Complete" and cond.status == "True":
-                return PodOutcome(True, "Completed", f"Job {job_name} completed", last_pod, 0)
-        if last_pod is None and time.monotonic() - started > no_pod_grace:
-            events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job_name}").items
-            failed = [e.message for e in events if e.reason == "FailedCreate"]
-            if failed:
-                return PodOutcome(False, "PodCreationFailed", failed[-1])
-        return None
+    def _pod_creation_failure(self, namespace: str, job_name: str) -> PodOutcome | None:
+        events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job_name}").items
+        failed = [e.message for e in events if e.reason == "FailedCreate"]
+        return PodOutcome(False, "PodCreationFailed", failed[-1]) if failed else None
 
     # --- events -------------------------------------------------------------------------------
 
@@ -236,6 +253,19 @@ class Kube:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as e:  # an Event is a courtesy; the status is the record
             log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+
+
+def _job_outcome(job, job_name: str, last_pod: str | None) -> PodOutcome | None:
+    """The attempt's result read from its Job: deleted, failed (deadline) or complete; else None."""
+    if job is None or job.metadata.deletion_timestamp is not None:
+        return PodOutcome(False, "JobDeleted", f"Job {job_name} was deleted before its pod finished", last_pod)
+    for cond in (job.status.conditions if job.status else None) or []:
+        if cond.type == "Failed" and cond.status == "True":
+            reason = "Timeout" if cond.reason == "DeadlineExceeded" else (cond.reason or "JobFailed")
+            return PodOutcome(False, reason, f"Job {job_name} failed: {cond.message or cond.reason}", last_pod)
+        if cond.type == "Complete" and cond.status == "True":
+            return PodOutcome(True, "Completed", f"Job {job_name} completed", last_pod, 0)
+    return None
 
 
 def _unless_missing(call, *args):

@@ -105,6 +105,12 @@ def owner_reference(task: Task) -> dict[str, Any]:
     }
 
 
+def watch_selector(task: Task) -> str:
+    """The label selector of the objects a run worker watches for this Task: its BatchRun's, else its own."""
+    batch_run = (task.metadata.labels or {}).get(LABEL_BATCH_RUN)
+    return f"{LABEL_BATCH_RUN}={batch_run}" if batch_run else f"{LABEL_TASK}={_name(task)}"
+
+
 def _base_labels(task: Task) -> dict[str, str]:
     return {LABEL_APP: APP, LABEL_TASK: _name(task)}
 

@@ -29,11 +29,14 @@ from .api import GitContext, Task, WorkspaceConfig, annotations
 from .api.workspace import DEFAULT_WORKSPACE_CONFIG
 from .contexts import ContextFile, aggregate, all_contexts, resolve
 from .errors import TaskError
-from .kube import Kube, PodOutcome
+from .executor import step_interrupted
+from .kube import Kube, PodOutcome, WaitInterrupted
 from .redact import Redactor
+from .slots import WorkspaceSlots, pool_key
 
 WORKSPACE_CONFIG_NOT_FOUND = "WorkspaceConfigNotFound"
 TASK_GONE = "TaskGone"
+WORKSPACE_MAX_AGE_SECONDS = 5.0  # concurrent Tasks of one run worker share a read of their WorkspaceConfig
 
 
 class KubeResource(ConfigurableResource):
@@ -104,19 +107,19 @@ def load_task(kube: Kube, ref: TaskRef) -> dict[str, Any]:
 
 def load_workspace(kube: Kube, task: Task) -> WorkspaceConfig:
     name = task.spec.workspace_config_ref or DEFAULT_WORKSPACE_CONFIG
-    obj = kube.get_custom("workspaceconfigs", task.metadata.namespace, name)
+    obj = kube.get_custom("workspaceconfigs", task.metadata.namespace, name, max_age=WORKSPACE_MAX_AGE_SECONDS)
     if obj is None:
         raise TaskError(WORKSPACE_CONFIG_NOT_FOUND, f'WorkspaceConfig "{name}" not found in namespace "{task.metadata.namespace}"')
     return WorkspaceConfig.model_validate(obj)
 
 
-def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef) -> dict[str, Any]:
+def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef, task_obj: dict[str, Any] | None = None) -> dict[str, Any]:
     """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret.
 
     Returns what the attempt needs: the Task's reference, the files' paths, keys and hashes (no
-    content) and the Git checkouts."""
+    content) and the Git checkouts. ``task_obj`` is the Task as just read by the caller, if any."""
     api = kube.api
-    obj = load_task(api, config)
+    obj = task_obj or load_task(api, config)
     task = Task.model_validate(obj)
     reporter = TaskReporter(context, api, obj)
     if (task.metadata.annotations or {}).get(annotations.STOP) == "true":
@@ -166,15 +169,16 @@ def run_attempt(
     kube: KubeResource,
     prepared: dict[str, Any],
     lineage: tuple[AssetKey, str] | None = None,
+    task_obj: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one attempt: create its Job, wait for the pod to end, record the outcome; retry per the Task.
 
     ``lineage`` is the asset and partition the outcome is recorded under (default: the namespace's
     task asset, partition = Task name). Raises RetryRequested while the Task's retries last, and
-    Failure when the Task failed for good."""
+    Failure when the Task failed for good. ``task_obj`` is the Task as just read by the caller, if any."""
     config = TaskRef(**prepared["task"])
     api = kube.api
-    obj = load_task(api, config)
+    obj = task_obj or load_task(api, config)
     task = Task.model_validate(obj)
     reporter = TaskReporter(context, api, obj)
     try:
@@ -191,27 +195,19 @@ def run_attempt(
         attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
     )
     job_name = job["metadata"]["name"]
-    reporter.patch(
-        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
-        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
-    )
-    if not resuming:
-        created = api.create_job(job)
-        reporter.event("JobCreated", f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))
-    started = time.monotonic()
-    try:
-        outcome = api.wait_for_pod_end(
-            config.namespace,
-            job_name,
-            deadline_seconds=None if timeout is None else timeout + 60,
-            on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
+    slots = _workspace_slots(context, task, workspace)
+    if slots is not None:
+        slots.acquire(
+            on_wait=lambda: reporter.patch(status.queued(
+                reporter.current, reason="WorkspaceLimit",
+                message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})")),
+            interrupted=step_interrupted,
         )
-    except DagsterExecutionInterruptedError:
-        api.delete_job(config.namespace, job_name)
-        reporter.patch(status.stopped(reporter.current, "RunTerminated", f"the Dagster run was terminated; Job {job_name} deleted"))
-        reporter.event("Stopped", f"the Dagster run was terminated; Job {job_name} deleted")
-        raise
-    duration = time.monotonic() - started
+    try:
+        outcome, duration = _run_job(context, api, reporter, task, job, config, attempt, resuming, timeout)
+    finally:
+        if slots is not None:
+            slots.release()
     asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
     log_tail = _log_tail(api, kube, task, workspace, outcome)
     if log_tail:
@@ -244,6 +240,44 @@ def run_attempt(
         raise RetryRequested(max_retries=policy.limit, seconds_to_wait=delay)
     reporter.fail(outcome.reason, f"attempt {attempt}: {outcome.message}", exit_code=outcome.exit_code)
     raise Failure(description=f"{outcome.reason}: {outcome.message}", allow_retries=False)
+
+
+def _workspace_slots(context: OpExecutionContext, task: Task, workspace: WorkspaceConfig) -> WorkspaceSlots | None:
+    """The step's claim on its WorkspaceConfig's pool, when ``maxConcurrentTasks`` is set."""
+    limit = workspace.spec.max_concurrent_tasks
+    if not limit:
+        return None
+    key = pool_key(task.metadata.namespace, workspace.metadata.name)
+    return WorkspaceSlots(context.instance, key, limit, context.run_id, context.get_step_execution_context().step.key)
+
+
+def _run_job(context: OpExecutionContext, api: Kube, reporter: TaskReporter, task: Task, job: dict[str, Any],
+             config: TaskRef, attempt: int, resuming: bool, timeout: int | None) -> tuple[PodOutcome, float]:
+    """Mark the Task Running, create its Job (unless resuming one) and wait for the pod's end."""
+    job_name = job["metadata"]["name"]
+    reporter.patch(
+        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
+        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
+    )
+    if not resuming:
+        created = api.create_job(job)
+        reporter.event("JobCreated", f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))
+    started = time.monotonic()
+    try:
+        outcome = api.wait_for_pod_end(
+            config.namespace,
+            job_name,
+            label_selector=manifests.watch_selector(task),
+            deadline_seconds=None if timeout is None else timeout + 60,
+            on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
+            interrupted=step_interrupted,
+        )
+    except (DagsterExecutionInterruptedError, WaitInterrupted):
+        api.delete_job(config.namespace, job_name)
+        reporter.patch(status.stopped(reporter.current, "RunTerminated", f"the Dagster run was terminated; Job {job_name} deleted"))
+        reporter.event("Stopped", f"the Dagster run was terminated; Job {job_name} deleted")
+        raise DagsterExecutionInterruptedError() from None
+    return outcome, time.monotonic() - started
 
 
 def _git(data: dict[str, Any]) -> GitContext:

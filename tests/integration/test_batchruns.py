@@ -356,3 +356,40 @@ def test_run_terminated_midway_and_rerun_completes_each_remaining_task_once(
     rerun_steps = {s["stepKey"] for s in run["stepStats"] if s["stepKey"].startswith("run_batch_task")}
     assert len(rerun_steps) == 8 - len(done_before), rerun_steps
     assert {t["key"]: t["value"] for t in run["tags"]}["dagster/parent_run_id"] == first
+
+
+def test_workspace_limit_holds_across_batchruns_and_frees_slots_on_stop(cluster, kubectl, wait_for, namespace, bridge, dagster):
+    """maxConcurrentTasks 2 on the shared WorkspaceConfig, two BatchRuns of 3 hanging Tasks at parallelism 3:
+    at most 2 agents run across both runs, the others are Queued with reason WorkspaceLimit; stopping
+    the first BatchRun frees its slots for the second."""
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}, maxConcurrentTasks=2))
+    watch = PodWatch(cluster.api_client, namespace)
+    try:
+        apply(kubectl, namespace, batchrun("first", n=3, parallelism=3))
+        wait_for(lambda: len(watch.active) == 2, timeout=90, interval=0.3, what="2 agents of the first BatchRun")
+        apply(kubectl, namespace, batchrun("second", n=3, parallelism=3))
+
+        def phases(name):
+            return sorted(phase(t) or "" for t in tasks_of(kubectl, namespace, name).values())
+
+        wait_for(lambda: phases("second") == ["Queued"] * 3 and phases("first") == ["Queued", "Running", "Running"],
+                 timeout=90, interval=0.5, what="the second BatchRun waiting for the workspace's slots")
+        time.sleep(4)  # nothing else starts while both slots are held
+        assert len(watch.active) == 2 and watch.max_active == 2
+        waiting = [t for t in tasks_of(kubectl, namespace, "second").values()]
+        assert all(condition(t, "Ready")["reason"] in ("WorkspaceLimit", "WaitingForTurn") for t in waiting)
+        assert any(condition(t, "Ready")["reason"] == "WorkspaceLimit" for t in waiting)
+
+        kubectl("annotate", "batchrun", "first", "-n", namespace, "kubetask.io/stop=true")
+        assert wait_batchrun(kubectl, wait_for, namespace, "first", TERMINAL, timeout=90)["status"]["phase"] == "Stopped"
+        wait_for(lambda: phases("second").count("Running") == 2, timeout=90, interval=0.5,
+                 what="the second BatchRun taking the freed slots")
+        time.sleep(2)
+        assert watch.max_active == 2
+        pools = dagster.graphql("{ instance { concurrencyLimits { concurrencyKey slotCount } } }")
+        limits = {p["concurrencyKey"]: p["slotCount"] for p in pools["instance"]["concurrencyLimits"]}
+        assert limits.get(f"kubetask/{namespace}/default") == 2
+        kubectl("annotate", "batchrun", "second", "-n", namespace, "kubetask.io/stop=true")
+        assert wait_batchrun(kubectl, wait_for, namespace, "second", TERMINAL, timeout=90)["status"]["phase"] == "Stopped"
+    finally:
+        watch.stop()

@@ -76,7 +76,7 @@ EXPECTED_WORKER = {
     ("batches.kubetask.io/finalizers", "", "update"),
     ("configmaps", "", "get create update"),
     ("secrets", "", "get create update"),
-    ("jobs.batch", "", "get create delete"),
+    ("jobs.batch", "", "get list watch create delete"),
     ("pods", "", "list watch"),
     ("pods/log", "", "get"),
     ("events", "", "create list"),

@@ -1,0 +1,107 @@
+"""The threaded executor runs mapped steps concurrently in one process, honouring Dagster's own
+scheduling: max_concurrent, retries with RetryRequested, failures isolated to their step, and a
+re-execution from failure."""
+
+import os
+import threading
+import time
+
+from dagster import (
+    DagsterInstance,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    ReexecutionOptions,
+    RetryRequested,
+    execute_job,
+    job,
+    op,
+    reconstructable,
+)
+
+from kubetask_dagster.executor import threaded_executor
+from kubetask_dagster.io import RunStorageIOManager
+
+WIDTH = 8
+_lock = threading.Lock()
+_state = {"running": 0, "peak": 0, "threads": set(), "pids": set()}
+
+
+@op(out=DynamicOut(dict))
+def fan_out():
+    for i in range(WIDTH):
+        yield DynamicOutput({"index": i}, mapping_key=f"task_{i}")
+
+
+@op
+def work(context, item: dict) -> dict:
+    with _lock:
+        _state["running"] += 1
+        _state["peak"] = max(_state["peak"], _state["running"])
+        _state["threads"].add(threading.get_ident())
+        _state["pids"].add(os.getpid())
+    try:
+        time.sleep(0.5)
+    finally:
+        with _lock:
+            _state["running"] -= 1
+    plan = context.instance.run_storage.get_cursor_values({"test/plan"}).get("test/plan", "")
+    if plan == f"flaky-{item['index']}" and context.retry_number < 2:
+        raise RetryRequested(max_retries=2, seconds_to_wait=0.1)
+    if plan == f"fail-{item['index']}":
+        raise Failure("planned failure")
+    return {"done": item["index"], "retry": context.retry_number}
+
+
+@op
+def gather(results: list) -> list:
+    return sorted(r["done"] for r in results)
+
+
+@job(executor_def=threaded_executor, resource_defs={"io_manager": RunStorageIOManager()})
+def threaded_fan_job():
+    gather(fan_out().map(work).collect())
+
+
+def _run(instance, max_concurrent: int, **kwargs):
+    _state.update(running=0, peak=0, threads=set(), pids=set())
+    config = {"execution": {"config": {"max_concurrent": max_concurrent}}}
+    return execute_job(reconstructable(threaded_fan_job), instance=instance, run_config=config, raise_on_error=False, **kwargs)
+
+
+def test_steps_run_concurrently_in_threads_of_one_process_up_to_max_concurrent(tmp_path):
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        started = time.monotonic()
+        with _run(instance, max_concurrent=4) as result:
+            elapsed = time.monotonic() - started
+            assert result.success
+            assert result.output_for_node("gather") == list(range(WIDTH))
+        assert _state["peak"] == 4
+        assert _state["pids"] == {os.getpid()}
+        assert len(_state["threads"]) >= 4
+        # 8 steps of 0.5 s, 4 at a time: about 1 s of sleeping, far from the 4 s of a serial run
+        assert elapsed < 4.0
+
+
+def test_a_retried_step_is_rerun_and_a_failed_step_fails_alone(tmp_path):
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        instance.run_storage.set_cursor_values({"test/plan": "flaky-3"})
+        with _run(instance, max_concurrent=8) as result:
+            assert result.success
+            retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+            assert [e.step_key for e in retries] == ["work[task_3]", "work[task_3]"]
+        instance.run_storage.set_cursor_values({"test/plan": "fail-5"})
+        with _run(instance, max_concurrent=8) as failed:
+            assert not failed.success
+            succeeded = {e.step_key for e in failed.all_events if e.event_type_value == "STEP_SUCCESS"}
+            assert succeeded == {"fan_out"} | {f"work[task_{i}]" for i in range(WIDTH) if i != 5}
+            failures = {e.step_key for e in failed.all_events if e.event_type_value == "STEP_FAILURE"}
+            assert failures == {"work[task_5]"}
+            first_run_id = failed.run_id
+        instance.run_storage.set_cursor_values({"test/plan": ""})
+        options = ReexecutionOptions.from_failure(first_run_id, instance)
+        with _run(instance, max_concurrent=8, reexecution_options=options) as second:
+            assert second.success
+            ran = {e.step_key for e in second.all_events if e.event_type_value == "STEP_SUCCESS"}
+            assert ran == {"work[task_5]", "gather"}
+            assert second.output_for_node("gather") == list(range(WIDTH))
