@@ -15,6 +15,8 @@ FILE_PATH_PATTERN = r"^(/[^/]+)+$"
 _DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
 # The same check in one regular expression without look-ahead: no segment is "." or "..".
 NORMALISED_PATH_PATTERN = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
+# A branch, tag or commit: never an option (``--upload-pack=...``) for the clone script's git.
+GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
 
 
 def _normalised_absolute(path: str) -> str:
@@ -145,7 +147,18 @@ class GitContext(ApiModel):
             )
         ),
     )
-    ref: str | None = Field(None, description="Branch, tag or commit to check out (default: the remote's HEAD).", max_length=256)
+    ref: str | None = Field(
+        None,
+        description="Branch, tag or commit to check out (default: the remote's HEAD).",
+        max_length=256,
+        json_schema_extra=k8s_extra(
+            cel(
+                f"self.matches(r'{GIT_REF_PATTERN}') && !self.contains('..')",
+                "{field} must be a branch, tag or commit name (letters, digits, . _ / -, not starting with - or /, no ..)",
+                pattern=GIT_REF_PATTERN,
+            )
+        ),
+    )
     path: FilePath = Field(description="Absolute directory the repository is checked out into.")  # type: ignore[assignment]
     depth: int | None = Field(None, description="Shallow-clone depth (default 1; 0 clones the full history).", ge=0, le=1000000)
     secret_ref: LocalSecretRef | None = Field(
