@@ -153,14 +153,18 @@ def _files(prepared: dict[str, Any]) -> list[ContextFile]:
 
 
 def _next_attempt(api: Kube, task: Task, run_id: str) -> tuple[int, bool]:
-    """The attempt to run and whether its Job already exists (a restarted op resumes it)."""
+    """The attempt to run and whether its Job already exists (a restarted op resumes it).
+
+    An unfinished Job that an earlier run left behind (its worker died) is deleted: this run supersedes it."""
     last = (task.status.attempt if task.status else None) or 0
     if last:
         job = api.get_job(task.metadata.namespace, manifests.job_name(task.metadata.name, last))
-        if job is not None and (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
-            finished = any(c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or [])
-            if not finished:
+        finished = job is not None and any(c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or [])
+        if job is not None and not finished:
+            if (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
                 return last, True
+            # left running by a run that died (its worker was killed): this rerun supersedes it
+            api.delete_job(task.metadata.namespace, job.metadata.name)
     return last + 1, False
 
 
