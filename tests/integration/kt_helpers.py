@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -54,3 +55,19 @@ def jobs(kubectl, namespace: str) -> list[dict]:
 def event_reasons(kubectl, namespace: str, name: str, kind: str = "Task") -> list[str]:
     items = json.loads(kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     return [e["reason"] for e in items if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == kind]
+
+
+def run_worker_pids(dagster_home: str) -> list[int]:
+    """Run worker processes: spawned children of the code server whose DAGSTER_HOME is this session's."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "spawn_main" in cmdline and f"DAGSTER_HOME={dagster_home}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids

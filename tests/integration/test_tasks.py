@@ -7,13 +7,11 @@ import base64
 import json
 import os
 import signal
-import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from kt_helpers import apply, condition, event_reasons, get, inline, jobs, task, wait_phase, workspace
+from kt_helpers import apply, condition, event_reasons, get, inline, jobs, run_worker_pids, task, wait_phase, workspace
 
 pytestmark = pytest.mark.integration
 
@@ -188,27 +186,11 @@ def test_bridge_killed_right_after_submitting_leaves_one_run_and_one_job(kubectl
     assert [j["metadata"]["name"] for j in jobs(kubectl, namespace)] == ["crash-job-1"]
 
 
-def _run_worker_pids(dagster_home: str) -> list[int]:
-    """Run worker processes: spawned children of the code server whose DAGSTER_HOME is this session's."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if "spawn_main" in cmdline and f"DAGSTER_HOME={dagster_home}".encode() in environ:
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_run_worker_killed_mid_wait_fails_the_task(kubectl, wait_for, namespace, bridge, dagster):
     apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), task("orphan"))
     wait_phase(kubectl, wait_for, namespace, "orphan", {"Running"})
     wait_for(lambda: jobs(kubectl, namespace), timeout=30)
-    pids = wait_for(lambda: _run_worker_pids(dagster.home), timeout=10, what="the run worker process")
+    pids = wait_for(lambda: run_worker_pids(dagster.home), timeout=10, what="the run worker process")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     obj = wait_phase(kubectl, wait_for, namespace, "orphan", {"Failed", "Stopped", "Completed"}, timeout=90)
