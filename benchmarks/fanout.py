@@ -2,8 +2,9 @@
 to the BatchRun Completed, peak memory of the bridge and Dagster's processes, and API server requests
 per Task by verb. Baseline in the same run: the same Task CRs, ConfigMaps, Jobs and status patches
 made directly with the kubernetes client by P worker threads, with no Dagster and no bridge.
+Dagster's storage is SQLite, or with --storage postgres a PostgreSQL server the benchmark starts.
 
-    python benchmarks/fanout.py [--tasks 200] [--parallelism 50]
+    python benchmarks/fanout.py [--tasks 200] [--parallelism 50] [--storage sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from kubetask_dagster import manifests, status  # noqa: E402
 from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
-from local_stack import Stack, local_stack, tree_rss_bytes  # noqa: E402
+from local_stack import STORAGES, Stack, local_stack, tree_rss_bytes  # noqa: E402
 
 WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
              "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
@@ -168,10 +169,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--parallelism", type=int, default=50)
+    parser.add_argument("--storage", choices=STORAGES, default="sqlite", help="Dagster's storage")
     args = parser.parse_args()
-    with local_stack() as stack:
+    with local_stack(storage=args.storage) as stack:
         api = stack.api()
-        results = {}
+        results = {"storage": args.storage}
         for label, fn in (("system", run_system), ("baseline", run_baseline)):
             ns = f"fan-{label}"
             stack.run("create", "namespace", ns)
@@ -181,7 +183,7 @@ def main() -> int:
                 sampler.stop.set()
                 results[label]["peak_rss_mb"] = {k: round(v / 2**20) for k, v in sampler.peak.items()}
         s, b = results["system"], results["baseline"]
-        print(f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s")
+        print(f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}")
         print(f"{'measure':<26} {'system':>10} {'baseline':>10} {'ratio':>7}")
         for key in ("all_jobs_created_s", "completed_s"):
             ratio = s[key] / b[key] if s[key] and b[key] else float("nan")

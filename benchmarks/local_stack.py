@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import kubernetes
 
+from postgres import postgres_server, server_pid, sqlalchemy_url
+
 ROOT = Path(__file__).resolve().parents[1]
+STORAGES = ("sqlite", "postgres")
 
 
 def _exports(text: str) -> dict[str, str]:
@@ -28,6 +32,8 @@ class Stack:
     env: dict[str, str]
     run_root: Path
     dagster_url: str | None = None
+    storage: str = "sqlite"
+    postgres_url: str | None = None
     pids: dict[str, int] = field(default_factory=dict)
 
     def api(self) -> kubernetes.client.ApiClient:
@@ -38,8 +44,20 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = ()):
-    """Start what a benchmark needs; yield a Stack; stop everything afterwards, even on errors."""
+def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = (), storage: str = "sqlite"):
+    """Start what a benchmark needs; yield a Stack; stop everything afterwards, even on errors.
+
+    storage: Dagster's storage, "sqlite" (files in DAGSTER_HOME) or "postgres" (a server of the
+    benchmark's own in run_root/postgres, started before Dagster and stopped after it)."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
+    # `kill <benchmark>` (or a timeout) must stop the cluster, Dagster and the bridge too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with contextlib.ExitStack() as servers:  # exits last: the database outlives everything that uses it
+        yield from _local_stack(servers, dagster=dagster, bridge_args=bridge_args, storage=storage)
+
+
+def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: tuple[str, ...], storage: str):
     run_root = Path(tempfile.mkdtemp(prefix="kubetask-bench-"))
     env = {**os.environ, "KUBETASK_CLUSTER_RUN": str(run_root / "cluster")}
     cluster, dagster_script = str(ROOT / "deploy/local/cluster"), str(ROOT / "deploy/local/dagster")
@@ -56,11 +74,17 @@ def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = ()):
         if dagster:
             env["DAGSTER_HOME"] = str(run_root / "dagster")
             Path(env["DAGSTER_HOME"]).mkdir()
+            stack.storage = storage
+            if storage == "postgres":
+                stack.postgres_url = servers.enter_context(postgres_server(run_root))
+                env["KUBETASK_DAGSTER_POSTGRES_URL"] = sqlalchemy_url(stack.postgres_url)
             out = subprocess.run([dagster_script, "start"], env=env, check=True, capture_output=True, text=True).stdout
             stops.append([dagster_script, "stop"])
             stack.dagster_url = _exports(out)["DAGSTER_URL"]
             for name in ("code-server", "webserver", "daemon"):
                 stack.pids[name] = int((run_root / "dagster" / "run" / f"{name}.pid").read_text())
+            if storage == "postgres":
+                stack.pids["postgres"] = server_pid(run_root)
             bridge = subprocess.Popen(
                 [sys.executable, "-m", "crd_bridge", "--dagster-url", stack.dagster_url, "--health-bind", "127.0.0.1:0", *bridge_args],
                 env=env, stdout=open(run_root / "bridge.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT,
