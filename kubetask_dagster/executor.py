@@ -8,8 +8,9 @@ when (dependencies, dynamic mapping, ``max_concurrent``, retries with their dela
 UI shows the same step per Task, retried steps and re-executions as before.
 
 Termination: the run worker's SIGTERM is captured by Dagster on the main thread; this executor then
-sets every running step's interrupt flag (``step_interrupted()``), which the steps' waits check, and
-starts nothing new. Hooks are not supported (the project defines none).
+sets every running step's interrupt flag (``step_interrupted()``), which the steps' waits check,
+starts nothing new, and records the steps it never started as failed by the termination (so that
+"re-execute from failure" reruns them). Hooks are not supported (the project defines none).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dagster._core.execution.context.system import PlanExecutionContext, PlanOrc
 from dagster._core.execution.context_creation_job import PlanExecutionContextManager
 from dagster._core.execution.plan.execute_plan import dagster_event_sequence_for_step
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.base import Executor
@@ -123,7 +125,29 @@ def _threaded_iterator(
                     except queue.Empty:
                         break
             if interrupt.is_set():
+                yield from _fail_unstarted(job_context, active_execution)
                 raise DagsterExecutionInterruptedError()
+
+
+def _fail_unstarted(job_context: PlanExecutionContext, active_execution) -> Iterator[DagsterEvent]:
+    """Record each step that was ready but never started when the run was terminated as failed by it.
+
+    Dagster's "re-execute from failure" retries failed and interrupted steps, but it misses the
+    mapped steps of a dynamic fan-out that never started (its reading of the parent run treats the
+    mapped step as seen once any instance of it ran). Failing them here, with the termination as
+    the error, shows in the UI which Tasks never ran, and the UI's re-execution reruns exactly them."""
+    try:
+        raise DagsterExecutionInterruptedError("the run was terminated before this step started")
+    except DagsterExecutionInterruptedError:
+        error = serializable_error_info_from_exc_info(sys.exc_info())
+    while steps := active_execution.get_steps_to_execute():
+        for step in steps:
+            step_context = job_context.for_step(step, active_execution.get_known_state())
+            event = DagsterEvent.step_failure_event(
+                step_context, StepFailureData(error=error, user_failure_data=None),
+                message=f'Step "{step.key}" did not start: the run was terminated.')
+            yield event
+            active_execution.handle_event(event)
 
 
 class ThreadedExecutor(Executor):

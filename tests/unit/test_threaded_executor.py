@@ -3,10 +3,12 @@ scheduling: max_concurrent, retries with RetryRequested, failures isolated to th
 re-execution from failure."""
 
 import os
+import signal
 import threading
 import time
 
 from dagster import (
+    DagsterExecutionInterruptedError,
     DagsterInstance,
     DynamicOut,
     DynamicOutput,
@@ -19,7 +21,7 @@ from dagster import (
     reconstructable,
 )
 
-from kubetask_dagster.executor import threaded_executor
+from kubetask_dagster.executor import step_interrupted, threaded_executor
 from kubetask_dagster.io import RunStorageIOManager
 
 WIDTH = 8
@@ -104,4 +106,42 @@ def test_a_retried_step_is_rerun_and_a_failed_step_fails_alone(tmp_path):
             assert second.success
             ran = {e.step_key for e in second.all_events if e.event_type_value == "STEP_SUCCESS"}
             assert ran == {"work[task_5]", "gather"}
+            assert second.output_for_node("gather") == list(range(WIDTH))
+
+
+@op
+def patient(context, item: dict) -> dict:
+    plan = context.instance.run_storage.get_cursor_values({"test/plan"}).get("test/plan", "")
+    if plan == "terminate" and item["index"] == 0:
+        os.kill(os.getpid(), signal.SIGINT)  # what the run worker receives when the run is terminated
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if step_interrupted():
+            raise DagsterExecutionInterruptedError()
+        time.sleep(0.02)
+    return {"done": item["index"], "retry": 0}
+
+
+@job(executor_def=threaded_executor, resource_defs={"io_manager": RunStorageIOManager()})
+def terminable_fan_job():
+    gather(fan_out().map(patient).collect())
+
+
+def test_termination_interrupts_running_steps_fails_unstarted_ones_and_a_reexecution_from_failure_runs_them_all(tmp_path):
+    config = {"execution": {"config": {"max_concurrent": 2}}}
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        instance.run_storage.set_cursor_values({"test/plan": "terminate"})
+        with execute_job(reconstructable(terminable_fan_job), instance=instance, run_config=config, raise_on_error=False) as first:
+            assert not first.success
+            failed = {e.step_key for e in first.all_events if e.event_type_value == "STEP_FAILURE"}
+            started = {e.step_key for e in first.all_events if e.event_type_value == "STEP_START"}
+        mapped = {f"patient[task_{i}]" for i in range(WIDTH)}
+        assert started == {"fan_out", "patient[task_0]", "patient[task_1]"}  # two at a time; nothing started after the signal
+        assert failed == mapped  # the two interrupted, and the six that never started
+        instance.run_storage.set_cursor_values({"test/plan": ""})
+        options = ReexecutionOptions.from_failure(first.run_id, instance)
+        with execute_job(reconstructable(terminable_fan_job), instance=instance, run_config=config, reexecution_options=options) as second:
+            assert second.success
+            ran = {e.step_key for e in second.all_events if e.event_type_value == "STEP_SUCCESS"}
+            assert ran == mapped | {"gather"}
             assert second.output_for_node("gather") == list(range(WIDTH))
