@@ -7,6 +7,7 @@ completed returns at once, so a rerun never runs a completed Task again.
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dagster import (
@@ -17,7 +18,9 @@ from dagster import (
     DynamicOut,
     DynamicOutput,
     Failure,
+    In,
     MetadataValue,
+    Nothing,
     OpExecutionContext,
     Out,
     Output,
@@ -35,6 +38,7 @@ from .taskflow import KubeResource, TaskRef, prepare, run_attempt
 BATCH_NOT_FOUND = "BatchNotFound"
 TASK_NAME_CONFLICT = "TaskNameConflict"
 PAUSE_POLL_SECONDS = 2.0
+CREATE_WORKERS = 16
 
 
 class BatchRunRef(Config):
@@ -72,22 +76,26 @@ def _fail_batchrun(context: OpExecutionContext, api: Kube, obj: dict[str, Any], 
     raise Failure(description=f"{reason}: {message}", allow_retries=False)
 
 
+def _create_task(api: Kube, body: dict[str, Any], batchrun: str) -> dict[str, Any]:
+    """Create one Task, Queued (idempotently: a Task of this BatchRun that exists is kept as it is)."""
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        obj = api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", body)
+        api.patch_status("tasks", ns, name, status.queued({}, message="waiting for its turn in the BatchRun", reason="WaitingForTurn"))
+        return obj
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    obj = api.get_custom("tasks", ns, name)
+    if obj is None or (obj["metadata"].get("labels") or {}).get(annotations.LABEL_BATCH_RUN) != batchrun:
+        raise Failure(f"{TASK_NAME_CONFLICT}: Task {ns}/{name} exists and does not belong to BatchRun {batchrun}", allow_retries=False)
+    return obj
+
+
 def _create_tasks(api: Kube, tasks: list[dict[str, Any]], batchrun: str) -> list[dict[str, Any]]:
-    """Create every Task (idempotently: a Task of this BatchRun that exists is kept as it is)."""
-    created = []
-    for body in tasks:
-        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            obj = api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", body)
-            api.patch_status("tasks", ns, name, status.queued({}, message="waiting for its turn in the BatchRun", reason="WaitingForTurn"))
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            obj = api.get_custom("tasks", ns, name)
-            if obj is None or (obj["metadata"].get("labels") or {}).get(annotations.LABEL_BATCH_RUN) != batchrun:
-                raise Failure(f"{TASK_NAME_CONFLICT}: Task {ns}/{name} exists and does not belong to BatchRun {batchrun}", allow_retries=False)
-        created.append(obj)
-    return created
+    """Create every Task, a few at a time (a 1,000-Task BatchRun would otherwise wait 2,000 round trips)."""
+    with ThreadPoolExecutor(max_workers=CREATE_WORKERS, thread_name_prefix="create-task") as pool:
+        return list(pool.map(lambda body: _create_task(api, body, batchrun), tasks))
 
 
 @op(out={
@@ -150,9 +158,12 @@ def _wait_while_paused(context: OpExecutionContext, api: Kube, ns: str, batchrun
         time.sleep(PAUSE_POLL_SECONDS)
 
 
-@op
-def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: KubeResource) -> dict[str, Any]:
-    """Run one Task of the BatchRun exactly like a standalone Task; a completed Task is not run again."""
+@op(out=Out(Nothing))
+def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: KubeResource) -> None:
+    """Run one Task of the BatchRun exactly like a standalone Task; a completed Task is not run again.
+
+    Its outcome lives on the Task CR (and the step's materialization), so the step has no output to
+    store and the summary loads none: two event-log rows and a storage write fewer per Task."""
     api = kube.api
     ns, name = item["namespace"], item["name"]
     _wait_while_paused(context, api, ns, item["batchrun"])
@@ -161,12 +172,11 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
         raise Failure(f"Task {ns}/{name} was deleted", allow_retries=False)
     if (obj.get("status") or {}).get("phase") == TaskPhase.COMPLETED.value:
         context.log.info(f"Task {ns}/{name} already completed; not running it again")
-        return {"name": name, "phase": TaskPhase.COMPLETED.value}
+        return
     ref = TaskRef(namespace=ns, name=name, uid=obj["metadata"]["uid"], generation=obj["metadata"].get("generation", 1))
     prepared = prepare(context, kube, ref, task_obj=obj)
     lineage = (batch_asset_key(ns, item["batch"]), f"task-{item['index']}") if item["batch"] else None
-    result = run_attempt(context, kube, prepared, lineage=lineage, task_obj=obj)
-    return {"name": name, "phase": TaskPhase.COMPLETED.value, **result}
+    run_attempt(context, kube, prepared, lineage=lineage, task_obj=obj)
 
 
 def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
@@ -193,8 +203,8 @@ def _reason(task: dict[str, Any]) -> str | None:
     return None
 
 
-@op
-def summarize_batch(context: OpExecutionContext, batchrun: dict[str, Any], results: list[dict[str, Any]], kube: KubeResource) -> dict[str, Any]:
+@op(ins={"tasks_done": In(Nothing)})
+def summarize_batch(context: OpExecutionContext, batchrun: dict[str, Any], kube: KubeResource) -> dict[str, Any]:
     """Write the BatchRun's final summary (when every step succeeded; otherwise the bridge does)."""
     api = kube.api
     config = BatchRunRef(**batchrun)

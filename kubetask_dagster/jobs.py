@@ -30,4 +30,4 @@ def task_job():
 )
 def batch_job():
     tasks, batchrun = expand_batch()
-    summarize_batch(batchrun, tasks.map(run_batch_task).collect())
+    summarize_batch(batchrun, tasks_done=tasks.map(run_batch_task).collect())

@@ -90,8 +90,13 @@ class TaskReporter:
             self.obj = updated
 
     def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """A Kubernetes Event on the Task; warnings also go to Dagster's log.
+
+        Normal events stay out of Dagster's log: every log line is a row written to its event log,
+        the bottleneck of a large BatchRun, and the step's materialization already says as much."""
         self.kube.emit_event(self.obj, reason, message, warning=warning)
-        (self.context.log.warning if warning else self.context.log.info)(f"{reason}: {message}")
+        if warning:
+            self.context.log.warning(f"{reason}: {message}")
 
     def fail(self, reason: str, message: str, exit_code: int | None = None) -> None:
         self.patch(status.failed(self.current, reason, message, exit_code=exit_code))
@@ -194,10 +199,14 @@ def run_attempt(
     policy = status.effective_retries(task.spec, None)
     timeout = status.effective_timeout_seconds(task.spec, workspace.spec)
     attempt, resuming = _next_attempt(api, task, context.run_id)
-    job = manifests.build_job(
-        task, workspace.spec, _files(prepared), [_git(g) for g in prepared["git"]],
-        attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
-    )
+    try:
+        job = manifests.build_job(
+            task, workspace.spec, _files(prepared), [_git(g) for g in prepared["git"]],
+            attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
+        )
+    except TaskError as e:  # e.g. a context file and a credential mounted at one path
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=str(e), allow_retries=False) from None
     job_name = job["metadata"]["name"]
     slots = _workspace_slots(context, task, workspace)
     if slots is not None:
@@ -214,8 +223,8 @@ def run_attempt(
             slots.release()
     asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
     log_tail = _log_tail(api, kube, task, workspace, outcome)
-    if log_tail:
-        context.log.info(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
+    if log_tail and not outcome.succeeded:
+        context.log.warning(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
     metadata = {
         "task": f"{config.namespace}/{config.name}",
         "uid": config.uid,
@@ -226,6 +235,7 @@ def run_attempt(
         "duration_s": round(duration, 3),
         "outcome": outcome.reason,
         "context_sources": MetadataValue.json(prepared["files"]),
+        "log_tail": MetadataValue.text(log_tail),  # redacted; in the metadata rather than one more log row
         "kubectl": f"kubectl -n {config.namespace} get task {config.name}; kubectl -n {config.namespace} describe job {job_name}",
     }
     if outcome.succeeded:
