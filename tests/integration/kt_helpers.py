@@ -71,3 +71,38 @@ def run_worker_pids(dagster_home: str) -> list[int]:
         if "spawn_main" in cmdline and f"DAGSTER_HOME={dagster_home}".encode() in environ:
             pids.append(int(proc.name))
     return pids
+
+
+# --- BatchRuns -----------------------------------------------------------------------------------
+
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+def template(n: int, **extra) -> dict:
+    """A batch of ``n`` Tasks: one common context, one variable context each."""
+    return {"commonContext": [inline("/workspace/task.md", "summarise the item")],
+            "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(n)], **extra}
+
+
+def batchrun(name: str, *, n: int | None = None, batch: str | None = None, annotations: dict | None = None, **spec) -> dict:
+    body = {"batchRef": batch} if batch else {"batchSpec": template(n or 1)}
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
+            "metadata": {"name": name, **({"annotations": annotations} if annotations else {})}, "spec": {**body, **spec}}
+
+
+def tasks_of(kubectl, namespace: str, batchrun_name: str) -> dict[str, dict]:
+    out = kubectl("get", "tasks", "-n", namespace, "-l", f"kubetask.io/batch-run={batchrun_name}", "-o", "json").stdout
+    return {t["metadata"]["name"]: t for t in json.loads(out)["items"]}
+
+
+def phase(obj: dict) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def wait_batchrun(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 120) -> dict:
+    return wait_phase(kubectl, wait_for, namespace, name, phases, timeout=timeout, kind="batchrun")
+
+
+def wait_tasks(kubectl, wait_for, namespace: str, name: str, count: int, timeout: float = 60) -> dict[str, dict]:
+    return wait_for(lambda: (t := tasks_of(kubectl, namespace, name)) and len(t) == count and t,
+                    timeout=timeout, interval=0.3, what=f"{count} Tasks of BatchRun {name}")
