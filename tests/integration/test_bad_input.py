@@ -1,0 +1,141 @@
+"""The bad-input corpus, across all four kinds, on the real stack.
+
+Apply-time cases (``bad_inputs.APPLY_TIME``): the API server refuses the object with a message naming
+the field. Runtime cases (below): the object is accepted, and the Task or BatchRun ends in a terminal
+phase whose condition reason and message say what to fix, with a Warning Event of that reason, no
+Job where none should run, and the bridge still alive.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+import yaml
+
+from bad_inputs import APPLY_TIME
+from kt_helpers import TERMINAL, apply, batchrun, condition, event_reasons, get, jobs, phase, tasks_of, task, wait_phase, workspace
+
+pytestmark = pytest.mark.integration
+
+
+def _ctx_cm(name: str, key: str, path: str = "/workspace/task.md") -> dict:
+    return {"type": "File", "file": {"filePath": path, "source": {"configMapKeyRef": {"name": name, "key": key}}}}
+
+
+def _ctx_secret(name: str, key: str) -> dict:
+    return {"type": "File", "file": {"filePath": "/workspace/secret.md", "source": {"secretKeyRef": {"name": name, "key": key}}}}
+
+
+def _remote(url: str, **extra) -> dict:
+    return {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/remote.md", "url": url, **extra}}
+
+
+def _config_map(name: str, data: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def _secret(name: str, data: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_found_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/missing.md"
+    server.shutdown()
+
+
+BIG = "x" * 700_000
+
+# (id, objects to apply first, the Task's contexts or a BatchRun, expected reason, substrings of the message, Jobs expected)
+RUNTIME = [
+    ("configmap-missing", [], [_ctx_cm("nope", "k")], "ContextRefNotFound", ["nope"], False),
+    ("configmap-key-missing", [_config_map("cm", {"a": "x"})], [_ctx_cm("cm", "b")], "ContextRefNotFound", ["cm", "b"], False),
+    ("secret-missing", [], [_ctx_secret("nope", "k")], "ContextRefNotFound", ["nope"], False),
+    ("secret-key-missing", [_secret("s", {"a": "x"})], [_ctx_secret("s", "b")], "ContextRefNotFound", ["s", "b"], False),
+    ("remote-unreachable", [], [_remote(f"http://127.0.0.1:{_closed_port()}/x")], "RemoteFileUnavailable", ["127.0.0.1"], False),
+    ("remote-404", [], "NOT_FOUND", "RemoteFileUnavailable", ["404"], False),
+    ("remote-header-secret-missing", [],
+     [_remote("http://127.0.0.1:9/x", headers=[{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}])],
+     "ContextRefNotFound", ["nope"], False),
+    ("context-too-large", [_config_map("big0", {"c": BIG}), _config_map("big1", {"c": BIG})],
+     [_ctx_cm("big0", "c"), _ctx_cm("big1", "c")], "ContextTooLarge", ["/workspace/task.md"], False),
+    ("workspace-missing", [], {"workspaceConfigRef": "absent"}, "WorkspaceConfigNotFound", ["absent"], False),
+    ("mount-path-conflict", [workspace(credentials=[{"name": "token", "secretRef": {"name": "s", "key": "k"}, "mountPath": "/workspace/task.md"}])],
+     None, "MountPathConflict", ["/workspace/task.md"], False),
+    ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], True),
+    ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
+    ("batchrun-task-ref-missing", [],
+     {**batchrun("refs", n=2), "spec": {"batchSpec": {"commonContext": [_ctx_cm("nope", "k")], "variableContexts": [[], []]}}},
+     "TasksFailed", ["2"], False),
+]
+
+
+def test_the_corpus_has_at_least_forty_cases_across_all_four_kinds():
+    kinds = {obj["kind"] for _, obj, _ in APPLY_TIME}
+    assert kinds == {"Task", "WorkspaceConfig", "Batch", "BatchRun"}
+    assert len(APPLY_TIME) + len(RUNTIME) >= 40
+
+
+@pytest.mark.parametrize("case", APPLY_TIME, ids=[c[0] for c in APPLY_TIME])
+def test_bad_input_is_rejected_naming_the_field(case, kubectl, namespace):
+    _, obj, expected = case
+    result = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj), check=False)
+    assert result.returncode != 0, f"accepted: {obj}"
+    for text in expected:
+        assert text in result.stderr, f"{text!r} not in: {result.stderr}"
+
+
+@pytest.mark.parametrize("case", RUNTIME, ids=[c[0] for c in RUNTIME])
+def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wait_for, namespace, bridge, not_found_url):
+    _, objects, subject, reason, substrings, job_expected = case
+    if not any(o["kind"] == "WorkspaceConfig" for o in objects):
+        objects = [workspace(), *objects]
+    for obj in objects:  # `create`: apply would also keep big ConfigMaps in an annotation, over its limit
+        kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+    if isinstance(subject, dict) and subject.get("kind") == "BatchRun":
+        apply(kubectl, namespace, subject)
+        name, kind = subject["metadata"]["name"], "batchrun"
+    else:
+        contexts = [_remote(not_found_url)] if subject == "NOT_FOUND" else subject if isinstance(subject, list) else None
+        spec = subject if isinstance(subject, dict) else {}
+        apply(kubectl, namespace, task("bad", contexts, **spec))
+        name, kind = "bad", "task"
+    wait_phase(kubectl, wait_for, namespace, name, TERMINAL, timeout=120, kind=kind)
+    # final once both conditions are there (a BatchRun failed by its op is completed by the bridge)
+    obj = wait_for(lambda: (o := get(kubectl, namespace, kind, name)) and
+                   {c["type"] for c in o["status"].get("conditions", [])} >= {"Succeeded", "Ready"} and o,
+                   timeout=60, interval=0.3, what=f"{kind} {name} finalized")
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    ready = condition(obj, "Ready")
+    assert ready["reason"] == reason, obj["status"]
+    for text in substrings:
+        assert text in ready["message"], ready
+    assert reason in event_reasons(kubectl, namespace, name, kind="BatchRun" if kind == "batchrun" else "Task")
+    if kind == "batchrun" and reason == "TasksFailed":
+        for t in tasks_of(kubectl, namespace, name).values():
+            assert phase(t) == "Failed" and condition(t, "Ready")["reason"] == "ContextRefNotFound"
+    assert bool(jobs(kubectl, namespace)) == job_expected
+    assert bridge.proc.poll() is None
+    time.sleep(1)
+    assert get(kubectl, namespace, kind, name)["status"] == obj["status"]  # final: nothing rewrites it
