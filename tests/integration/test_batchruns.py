@@ -14,44 +14,13 @@ import time
 
 import pytest
 
-from kt_helpers import apply, condition, event_reasons, get, inline, jobs, wait_phase, workspace
+from kt_helpers import (TERMINAL, apply, batchrun, condition, event_reasons, get, inline, jobs, phase, tasks_of, template,
+                        wait_batchrun, wait_tasks, workspace)
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"Completed", "Failed", "Stopped"}
-
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def template(n: int, **extra) -> dict:
-    """A batch of ``n`` Tasks: one common context, one variable context each."""
-    return {"commonContext": [inline("/workspace/task.md", "summarise the item")],
-            "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(n)], **extra}
-
-
-def batchrun(name: str, *, n: int | None = None, batch: str | None = None, annotations: dict | None = None, **spec) -> dict:
-    body = {"batchRef": batch} if batch else {"batchSpec": template(n or 1)}
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
-            "metadata": {"name": name, **({"annotations": annotations} if annotations else {})}, "spec": {**body, **spec}}
-
-
-def tasks_of(kubectl, namespace: str, batchrun_name: str) -> dict[str, dict]:
-    out = kubectl("get", "tasks", "-n", namespace, "-l", f"kubetask.io/batch-run={batchrun_name}", "-o", "json").stdout
-    return {t["metadata"]["name"]: t for t in json.loads(out)["items"]}
-
-
-def phase(obj: dict) -> str | None:
-    return (obj.get("status") or {}).get("phase")
-
-
-def wait_batchrun(kubectl, wait_for, namespace: str, name: str, phases: set[str], timeout: float = 120) -> dict:
-    return wait_phase(kubectl, wait_for, namespace, name, phases, timeout=timeout, kind="batchrun")
-
-
-def wait_tasks(kubectl, wait_for, namespace: str, name: str, count: int, timeout: float = 60) -> dict[str, dict]:
-    return wait_for(lambda: (t := tasks_of(kubectl, namespace, name)) and len(t) == count and t,
-                    timeout=timeout, interval=0.3, what=f"{count} Tasks of BatchRun {name}")
 
 
 def label_tasks(kubectl, namespace: str, names: list[str], *labels: str) -> None:
@@ -317,10 +286,43 @@ def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, nam
     assert size < 100_000
 
 
+def test_a_5000_entry_batch_by_reference_keeps_its_batchrun_small_while_it_runs(kubectl, wait_for, namespace, bridge):
+    """A real 5,000-entry Batch referenced by batchRef: the BatchRun expands into 5,000 Tasks and runs;
+    its object, sampled while it runs and after it is stopped, stays under 100 KiB."""
+    batch = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "metadata": {"name": "big"},
+             "spec": {"commonContext": [inline("/workspace/task.md", "check the item")],
+                      "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(5000)]}}
+    apply(kubectl, namespace, workspace())
+    kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(batch))  # apply would copy it into an annotation
+    apply(kubectl, namespace, batchrun("huge", batch="big", parallelism=50))
+    sizes: list[int] = []
+
+    def sample() -> dict | None:
+        obj = get(kubectl, namespace, "batchrun", "huge")
+        sizes.append(len(json.dumps(obj, separators=(",", ":"))))
+        progress = (obj.get("status") or {}).get("progress") or {}
+        return obj if progress.get("total") == 5000 and progress.get("completed", 0) >= 100 else None
+
+    obj = wait_for(sample, timeout=600, interval=1.0, what="5000 Tasks expanded and 100 completed")
+    assert obj["status"]["phase"] == "Running"
+    kubectl("annotate", "batchrun", "huge", "-n", namespace, "kubetask.io/stop=true")
+    obj = wait_batchrun(kubectl, wait_for, namespace, "huge", TERMINAL, timeout=600)
+    final = len(json.dumps(obj, separators=(",", ":")))
+    progress = obj["status"]["progress"]
+    print(f"5000-entry Batch: BatchRun object {min(sizes)}..{max(sizes)} bytes while running ({len(sizes)} samples), "
+          f"{final} bytes stopped; progress {progress}")
+    assert obj["status"]["phase"] == "Stopped"
+    assert progress["total"] == 5000 and sum(v for k, v in progress.items() if k != "total") == 5000
+    assert max(sizes) < 100 * 1024 and final < 100 * 1024
+
+
+@pytest.mark.parametrize("rerun_from", ["kubectl", "dagster-ui"])
 def test_run_terminated_midway_and_rerun_completes_each_remaining_task_once(
-        kubectl, wait_for, namespace, bridge, dagster):
-    """Terminated in Dagster's UI after a few Tasks, then rerun: every other Task completes exactly once."""
-    apply(kubectl, namespace, workspace(), batchrun("midway", n=8, parallelism=2))
+        rerun_from, kubectl, wait_for, namespace, bridge, dagster):
+    """Terminated in Dagster's UI after a few Tasks, then rerun (the kubectl annotation, or the UI's
+    "re-execute from failure"): every other Task completes exactly once."""
+    # agents of 3 s: the run is still busy when the test terminates it
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-duration-ms": "3000"}), batchrun("midway", n=8, parallelism=2))
     wait_for(lambda: ((get(kubectl, namespace, "batchrun", "midway").get("status") or {}).get("progress") or {}).get("completed", 0) >= 2,
              timeout=120, interval=0.3, what="two Tasks to complete")
     first = get(kubectl, namespace, "batchrun", "midway")["status"]["dagsterRunId"]
@@ -331,9 +333,14 @@ def test_run_terminated_midway_and_rerun_completes_each_remaining_task_once(
     done_before = {n for n, t in tasks_of(kubectl, namespace, "midway").items() if phase(t) == "Completed"}
     assert 2 <= len(done_before) < 8
 
-    # Dagster's own FROM_FAILURE leaves out the mapped steps that never started (its open bugs
-    # around terminated dynamic runs); the rerun annotation re-executes every Task not completed.
-    kubectl("annotate", "batchrun", "midway", "-n", namespace, "kubetask.io/rerun=failed")
+    if rerun_from == "kubectl":
+        kubectl("annotate", "batchrun", "midway", "-n", namespace, "kubetask.io/rerun=failed")
+    else:  # what the UI's button sends; steps that never started were recorded failed by the executor
+        launched = dagster.graphql(
+            """mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) {
+                 __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
+            {"p": {"parentRunId": first, "strategy": "FROM_FAILURE", "useParentRunTags": True}})["launchRunReexecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
     second = wait_for(lambda: (r := get(kubectl, namespace, "batchrun", "midway")["status"].get("dagsterRunId")) != first and r,
                       timeout=60, what="the re-execution to start")
     obj = wait_for(lambda: (o := get(kubectl, namespace, "batchrun", "midway"))["status"].get("dagsterRunId") == second
