@@ -17,7 +17,7 @@ from dagster import Definitions, PreviewWarning
 # Internal to Dagster ("meant for internal usage"), the mechanism its state-backed integrations use; dagster is pinned to 1.13.*.
 from dagster._core.definitions.definitions_load_context import StateBackedDefinitionsLoader
 
-from . import catalog
+from . import catalog, sqlite_tuning
 from .assets import batch_assets
 from .catalog import BatchEntry
 from .io import RunStorageIOManager
@@ -26,6 +26,8 @@ from .schedules import batch_schedules
 from .taskflow import KubeResource
 
 log = logging.getLogger(__name__)
+
+sqlite_tuning.apply_from_env()  # the local stack's SQLite storage without fsync (run workers import this)
 
 RECONSTRUCTION_KEY = "kubetask/batch-catalog"
 
