@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import yaml
@@ -161,12 +162,17 @@ def test_secret_context_lands_in_a_secret_and_nowhere_else(kubectl, wait_for, na
         "dagster event log": dagster.event_log_text(obj["status"]["dagsterRunId"]),
         "run config and tags": json.dumps(dagster.run(obj["status"]["dagsterRunId"])),
         "bridge log": bridge.log(),
+        # the code server's, webserver's and daemon's output (run workers write to the code server's)
+        # and the captured compute logs of every step
+        "dagster logs": "".join(p.read_text(errors="replace") for p in Path(dagster.home).rglob("*")
+                                if p.is_file() and (p.suffix in (".log", ".out", ".err") or "compute_logs" in p.parts)),
     }
     for where, text in exposed.items():
         for value in (SECRET_VALUE, CREDENTIAL_VALUE):
             assert value not in text, f"a Secret value leaked into {where}"
             assert base64.b64encode(value.encode()).decode() not in text, f"a Secret value leaked (base64) into {where}"
     assert "private.md" in exposed["dagster event log"]  # the scan looked at the right run
+    assert "Started Dagster code server" in exposed["dagster logs"] or len(exposed["dagster logs"]) > 1000
 
 
 def test_bridge_killed_right_after_submitting_leaves_one_run_and_one_job(kubectl, wait_for, namespace, bridge, dagster):
