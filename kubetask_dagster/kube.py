@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 WAKE_SECONDS = 0.5  # how soon a waiter notices a deadline or an interrupt when nothing changes
 JOB_CACHE_GRACE_SECONDS = 10.0  # a Job absent from the cache this long after creation is looked up
+DIRECT_READ_SECONDS = 5.0  # ... at most this often per waiting Task
 INFORMER_SYNC_SECONDS = 30.0
 CONNECTIONS_PER_PROCESS = 64  # steps of a BatchRun share one client: one connection each, no queueing
 
@@ -190,6 +191,7 @@ class Kube:
         seen_running: str | None = None
         last_pod: str | None = None
         job_seen = False
+        last_direct_read = float("-inf")
         while True:
             if interrupted():
                 raise WaitInterrupted(job_name)
@@ -206,10 +208,16 @@ class Kube:
                     if on_running:
                         on_running(last_pod)
             job = jobs.get(job_name)
-            if job is None and (job_seen or time.monotonic() - started > JOB_CACHE_GRACE_SECONDS):
-                job = self.get_job(namespace, job_name)  # the cache may lag; ask once before concluding
-            job_seen = job_seen or job is not None
-            outcome = _job_outcome(job, job_name, last_pod) if job_seen else None
+            now = time.monotonic()
+            confirmed_missing = False
+            if job is None and (job_seen or now - started > JOB_CACHE_GRACE_SECONDS) and now - last_direct_read >= DIRECT_READ_SECONDS:
+                job = self.get_job(namespace, job_name)  # the cache may lag (a watch reconnecting): ask the API server
+                last_direct_read, confirmed_missing = now, job is None
+            if job is not None:
+                job_seen = True
+                outcome = _job_outcome(job, job_name, last_pod)
+            else:  # gone: only when the API server itself says so, after the Job had existed
+                outcome = _job_outcome(None, job_name, last_pod) if job_seen and confirmed_missing else None
             if outcome is None and last_pod is None and time.monotonic() - started > no_pod_grace:
                 outcome = self._pod_creation_failure(namespace, job_name)
                 no_pod_grace += 60.0  # look at the Events again a minute later, not on every wake-up
