@@ -20,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -135,6 +136,16 @@ def _prune_old_test_runs(env: dict[str, str]) -> None:
         shutil.rmtree(run, ignore_errors=True)
 
 
+def _start_cluster(env: dict[str, str], attempts: int = 3) -> None:
+    """`deploy/local/cluster start`, again on a failure: a component can lose the free port picked
+    for it to another process's outgoing connection before it binds (seen once: kwok exiting at start)."""
+    for attempt in range(1, attempts + 1):
+        if subprocess.run([str(CLUSTER_SCRIPT), "start"], env=env, stdout=subprocess.DEVNULL).returncode == 0:
+            return
+        print(f"cluster start failed (attempt {attempt} of {attempts})", file=sys.stderr)
+    raise RuntimeError(f"deploy/local/cluster start failed {attempts} times; see the component logs above")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Any:
     """The session's cluster; KUBECONFIG points at it for the whole session.
@@ -161,7 +172,7 @@ def cluster() -> Any:
         if run_dir:
             _prune_old_test_runs(env)
             # stdout is the env text; stderr (progress, or the failing component's log) goes to the terminal.
-            subprocess.run([str(CLUSTER_SCRIPT), "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+            _start_cluster(env)
         api_client = k8s_config.new_client_from_config(config_file=kubeconfig)
         c = Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, api_client=api_client, run_dir=run_dir, env=env)
         os.environ["KUBECONFIG"] = kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
