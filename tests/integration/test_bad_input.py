@@ -131,7 +131,9 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
     assert ready["reason"] == reason, obj["status"]
     for text in substrings:
         assert text in ready["message"], ready
-    assert reason in event_reasons(kubectl, namespace, name, kind="BatchRun" if kind == "batchrun" else "Task")
+    # the Event is recorded right after the status write: give it a moment on a busy machine
+    wait_for(lambda: reason in event_reasons(kubectl, namespace, name, kind="BatchRun" if kind == "batchrun" else "Task"),
+             timeout=30, interval=0.5, what=f"a {reason} Event on {kind} {name}")
     if kind == "batchrun" and reason == "TasksFailed":
         for t in tasks_of(kubectl, namespace, name).values():
             assert phase(t) == "Failed" and condition(t, "Ready")["reason"] == "ContextRefNotFound"
