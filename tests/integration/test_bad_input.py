@@ -122,10 +122,10 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
         apply(kubectl, namespace, task("bad", contexts, **spec))
         name, kind = "bad", "task"
     wait_phase(kubectl, wait_for, namespace, name, TERMINAL, timeout=120, kind=kind)
-    # final once both conditions are there (a BatchRun failed by its op is completed by the bridge)
+    # final once Succeeded is True or False (a BatchRun failed by its op is finalized by the bridge)
     obj = wait_for(lambda: (o := get(kubectl, namespace, kind, name)) and
-                   {c["type"] for c in o["status"].get("conditions", [])} >= {"Succeeded", "Ready"} and o,
-                   timeout=60, interval=0.3, what=f"{kind} {name} finalized")
+                   any(c["type"] == "Succeeded" and c["status"] in ("True", "False") for c in o["status"].get("conditions", []))
+                   and o, timeout=60, interval=0.3, what=f"{kind} {name} finalized")
     assert obj["status"]["phase"] == "Failed", obj["status"]
     ready = condition(obj, "Ready")
     assert ready["reason"] == reason, obj["status"]
