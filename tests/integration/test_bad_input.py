@@ -9,13 +9,13 @@ Job where none should run, and the bridge still alive.
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 import time
 
 import pytest
 import yaml
 
+import kt_stack
 from bad_inputs import APPLY_TIME
 from kt_helpers import TERMINAL, apply, batchrun, condition, event_reasons, get, jobs, phase, tasks_of, task, wait_phase, workspace
 
@@ -40,12 +40,6 @@ def _config_map(name: str, data: dict) -> dict:
 
 def _secret(name: str, data: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):
@@ -73,7 +67,7 @@ RUNTIME = [
     ("configmap-key-missing", [_config_map("cm", {"a": "x"})], [_ctx_cm("cm", "b")], "ContextRefNotFound", ["cm", "b"], False),
     ("secret-missing", [], [_ctx_secret("nope", "k")], "ContextRefNotFound", ["nope"], False),
     ("secret-key-missing", [_secret("s", {"a": "x"})], [_ctx_secret("s", "b")], "ContextRefNotFound", ["s", "b"], False),
-    ("remote-unreachable", [], [_remote(f"http://127.0.0.1:{_closed_port()}/x")], "RemoteFileUnavailable", ["127.0.0.1"], False),
+    ("remote-unreachable", [], [_remote(f"http://127.0.0.1:{kt_stack._free_port()}/x")], "RemoteFileUnavailable", ["127.0.0.1"], False),
     ("remote-404", [], "NOT_FOUND", "RemoteFileUnavailable", ["404"], False),
     ("remote-header-secret-missing", [],
      [_remote("http://127.0.0.1:9/x", headers=[{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}])],

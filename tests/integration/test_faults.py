@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import kt_stack
 from kt_helpers import (TERMINAL, apply, batchrun, condition, event_reasons, get, jobs, phase, run_worker_pids, task,
                         tasks_of, wait_batchrun, wait_phase, workspace)
 
@@ -21,7 +22,6 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster"
-DAGSTER_SCRIPT = ROOT / "deploy" / "local" / "dagster"
 
 
 def job_names(kubectl, namespace: str) -> list[str]:
@@ -89,7 +89,7 @@ def test_kube_apiserver_restart_mid_batchrun_loses_no_status(cluster, kubectl, w
 
 def test_tasks_applied_while_dagsters_webserver_is_down_run_once_it_is_back(kubectl, wait_for, namespace, bridge, dagster):
     def webserver(action: str) -> None:
-        subprocess.run([str(DAGSTER_SCRIPT), action, "webserver"], env=dagster.env, check=True, capture_output=True, timeout=300)
+        subprocess.run([str(kt_stack.DAGSTER_SCRIPT), action, "webserver"], env=dagster.env, check=True, capture_output=True, timeout=300)
 
     names = [f"patient-{i}" for i in range(5)]
     webserver("stop")
