@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import kubernetes
+import urllib3
 from dagster_k8s.client import DagsterK8sUnrecoverableAPIError, DagsterKubernetesClient
 from kubernetes.client.rest import ApiException
 
@@ -30,6 +31,20 @@ JOB_CACHE_GRACE_SECONDS = 10.0  # a Job absent from the cache this long after cr
 DIRECT_READ_SECONDS = 5.0  # ... at most this often per waiting Task
 INFORMER_SYNC_SECONDS = 30.0
 CONNECTIONS_PER_PROCESS = 64  # steps of a BatchRun share one client: one connection each, no queueing
+
+
+def api_retry_policy() -> urllib3.Retry:
+    """How a request rides out an API server that restarts or sheds load (~85 s in all).
+
+    Connection refused or dropped, 429 ("storage is (re)initializing") and 502/503/504 are retried
+    with backoff 0, 1, 2, 4, 8, then 10 s, for every verb: a create is safe to repeat because every
+    object kubetask creates has a fixed name (a repeat answers 409, which the callers adopt), and
+    status writes are merge patches. Without this a restart of kube-apiserver failed every step that
+    made a call during the ~10 s it was down."""
+    return urllib3.Retry(
+        total=12, backoff_factor=0.5, backoff_max=10, allowed_methods=None,
+        status_forcelist=(429, 502, 503, 504), respect_retry_after_header=True, raise_on_status=False,
+    )
 
 
 class WaitInterrupted(Exception):
@@ -54,6 +69,7 @@ def load_kube_config(kubeconfig: str | None = None) -> None:
         kubernetes.config.load_kube_config(config_file=kubeconfig)
     configuration = kubernetes.client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = CONNECTIONS_PER_PROCESS
+    configuration.retries = api_retry_policy()
     kubernetes.client.Configuration.set_default(configuration)
 
 

@@ -1,0 +1,130 @@
+"""The run's Kubernetes client rides out an API server that is restarting: refused connections, 429
+and 503 are retried with backoff; answers that mean something (404, 409) are not."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from kubetask_dagster.kube import Kube, api_retry_policy
+
+TASK = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": "t", "namespace": "ns", "uid": "u"}}
+
+
+class ScriptedApiServer:
+    """Answers each request with the next (status, body) of a script; records the requests."""
+
+    def __init__(self, script: list[tuple[int, dict]], port: int = 0):
+        self.script = list(script)
+        self.requests: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.requests.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                code, body = outer.script.pop(0) if outer.script else (500, {})
+                payload = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if code == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PATCH = do_POST = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def kube_for(url: str, tmp_path) -> Kube:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": url}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+    }))
+    return Kube(kubeconfig=str(kubeconfig))
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """The same policy with sleeps of 0.05 s to 0.4 s (~3.5 s in all), so tests do not wait out real backoff."""
+    import kubetask_dagster.kube as kube_module
+
+    def fast():
+        return api_retry_policy().new(backoff_factor=0.05, backoff_max=0.4)
+
+    monkeypatch.setattr(kube_module, "api_retry_policy", fast)
+
+
+def test_a_read_through_429_and_503_answers_once_the_server_is_back(tmp_path, fast_backoff):
+    server = ScriptedApiServer([(429, {"message": "storage is (re)initializing"}), (503, {}), (200, TASK)])
+    try:
+        assert kube_for(server.url, tmp_path).get_custom("tasks", "ns", "t")["metadata"]["uid"] == "u"
+        assert len(server.requests) == 3
+    finally:
+        server.close()
+
+
+def test_a_status_patch_is_retried_too(tmp_path, fast_backoff):
+    server = ScriptedApiServer([(503, {}), (200, TASK)])
+    try:
+        assert kube_for(server.url, tmp_path).patch_status("tasks", "ns", "t", {"phase": "Running"}) is not None
+        assert [verb for verb, _ in server.requests] == ["PATCH", "PATCH"]
+    finally:
+        server.close()
+
+
+def test_meaningful_answers_are_not_retried(tmp_path, fast_backoff):
+    server = ScriptedApiServer([(404, {}), (409, {"reason": "Conflict"})])
+    try:
+        kube = kube_for(server.url, tmp_path)
+        assert kube.get_custom("tasks", "ns", "gone") is None
+        with pytest.raises(ApiException) as conflict:
+            kube.patch_status("tasks", "ns", "t", {"phase": "Running"})
+        assert conflict.value.status == 409
+        assert len(server.requests) == 2
+    finally:
+        server.close()
+
+
+def test_a_refused_connection_is_retried_until_the_server_listens(tmp_path, fast_backoff):
+    with socket.socket() as probe:  # a free port nobody listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kube = kube_for(f"http://127.0.0.1:{port}", tmp_path)
+    answer: dict = {}
+
+    def read() -> None:
+        try:
+            answer["task"] = kube.get_custom("tasks", "ns", "t")
+        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+            answer["error"] = e
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threading.Event().wait(0.5)  # the first attempts are refused
+    server = ScriptedApiServer([(200, TASK)], port=port)
+    try:
+        reader.join(timeout=10)
+        assert answer.get("task", {}).get("metadata", {}).get("uid") == "u", answer
+    finally:
+        server.close()
