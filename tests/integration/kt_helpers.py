@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from kubetask_dagster.launcher import ZYGOTE_MODULE
+
 
 def inline(path: str, text: str) -> dict:
     return {"type": "File", "file": {"filePath": path, "source": {"inline": text}}}
@@ -58,7 +60,8 @@ def event_reasons(kubectl, namespace: str, name: str, kind: str = "Task") -> lis
 
 
 def run_worker_pids(dagster_home: str) -> list[int]:
-    """Run worker processes: spawned children of the code server whose DAGSTER_HOME is this session's."""
+    """Run worker processes of this session's Dagster: forks of the launcher's zygote (their parent is
+    the zygote too) or, with Dagster's default launcher, the code server's spawned children."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -66,9 +69,14 @@ def run_worker_pids(dagster_home: str) -> list[int]:
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
+            parent = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[1]
+            parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
             continue
-        if "spawn_main" in cmdline and f"DAGSTER_HOME={dagster_home}".encode() in environ:
+        if f"DAGSTER_HOME={dagster_home}".encode() not in environ:
+            continue
+        forked = ZYGOTE_MODULE in cmdline and ZYGOTE_MODULE in parent_cmdline
+        if forked or "spawn_main" in cmdline:
             pids.append(int(proc.name))
     return pids
 
@@ -103,6 +111,11 @@ def wait_batchrun(kubectl, wait_for, namespace: str, name: str, phases: set[str]
     return wait_phase(kubectl, wait_for, namespace, name, phases, timeout=timeout, kind="batchrun")
 
 
-def wait_tasks(kubectl, wait_for, namespace: str, name: str, count: int, timeout: float = 60) -> dict[str, dict]:
-    return wait_for(lambda: (t := tasks_of(kubectl, namespace, name)) and len(t) == count and t,
-                    timeout=timeout, interval=0.3, what=f"{count} Tasks of BatchRun {name}")
+def wait_tasks(kubectl, wait_for, namespace: str, name: str, count: int, timeout: float = 60,
+               phases: set[str] | None = None) -> dict[str, dict]:
+    """The BatchRun's ``count`` Tasks, once they all exist (and, given ``phases``, all are in one of
+    them: a Task's status is written just after its creation, so a fresh Task has no phase yet)."""
+    def ready():
+        t = tasks_of(kubectl, namespace, name)
+        return len(t) == count and (phases is None or all(phase(x) in phases for x in t.values())) and t
+    return wait_for(ready, timeout=timeout, interval=0.3, what=f"{count} Tasks of BatchRun {name}" + (f" in {sorted(phases)}" if phases else ""))
