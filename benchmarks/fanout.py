@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from kubetask_dagster import manifests, status  # noqa: E402
 from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
-from local_stack import STORAGES, Stack, local_stack, tree_rss_bytes  # noqa: E402
+from local_stack import STORAGES, Stack, local_stack, tree_memory_bytes  # noqa: E402
 
 WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
              "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
@@ -84,16 +84,23 @@ class JobCounter:
 
 
 class MemorySampler:
+    """Peak RSS and peak PSS of each component's process tree, sampled twice a second."""
+
     def __init__(self, pids: dict[str, int]):
-        self.pids, self.peak = pids, collections.Counter()
+        self.pids, self.peak, self.peak_pss = pids, collections.Counter(), collections.Counter()
         self.stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
         while not self.stop.is_set():
             for name, pid in self.pids.items():
-                self.peak[name] = max(self.peak[name], tree_rss_bytes(pid))
+                memory = tree_memory_bytes(pid)
+                self.peak[name] = max(self.peak[name], memory["rss"])
+                self.peak_pss[name] = max(self.peak_pss[name], memory["pss"])
             time.sleep(0.5)
+
+    def report_mb(self) -> tuple[dict[str, int], dict[str, int]]:
+        return ({k: round(v / 2**20) for k, v in self.peak.items()}, {k: round(v / 2**20) for k, v in self.peak_pss.items()})
 
 
 def run_system(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
@@ -185,7 +192,7 @@ def main() -> int:
             results[label] = fn(stack, api, ns, args.tasks, args.parallelism)
             if sampler:
                 sampler.stop.set()
-                results[label]["peak_rss_mb"] = {k: round(v / 2**20) for k, v in sampler.peak.items()}
+                results[label]["peak_rss_mb"], results[label]["peak_pss_mb"] = sampler.report_mb()
         s, b = results["system"], results["baseline"]
         print(f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}")
         print(f"{'measure':<26} {'system':>10} {'baseline':>10} {'ratio':>7}")
@@ -199,7 +206,8 @@ def main() -> int:
         # what Kubernetes itself spends on a Job (controller-manager, scheduler, kwok), the same here.
         kubernetes_share = baseline_total - BASELINE_CLIENT_REQUESTS
         print(f"{'  of them kubetask own':<26} {system_total - kubernetes_share:>10.1f} {BASELINE_CLIENT_REQUESTS:>10.1f}")
-        print("peak RSS (MB, process trees; run workers are children of the code server):", s.get("peak_rss_mb"))
+        print("peak RSS (MB, process trees; run workers are forks in the daemon's tree):", s.get("peak_rss_mb"))
+        print("peak PSS (MB, the same trees, shared pages split among the processes sharing them):", s.get("peak_pss_mb"))
         print(json.dumps(results))
     return 0
 

@@ -100,8 +100,10 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             subprocess.run(cmd, env=env, capture_output=True)
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (procfs)."""
+def tree_memory_bytes(pid: int) -> dict[str, int]:
+    """RSS and PSS of a process and all its descendants. Run workers forked from one warm process
+    share most of their pages: RSS counts those once per worker, PSS splits them among the sharers,
+    so PSS is the tree's real footprint."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -110,13 +112,16 @@ def tree_rss_bytes(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    total = {"rss": 0, "pss": 0}
+    todo = [pid]
     while todo:
         current = todo.pop()
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    total["rss"] += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    total["pss"] += int(line.split()[1]) * 1024
         except OSError:
             pass
         todo.extend(children.get(current, []))

@@ -61,7 +61,7 @@ def main() -> int:
         sampler = MemorySampler(stack.pids)
         system = run_system(stack, api, "solo-system", args.tasks)
         sampler.stop.set()
-        system["peak_rss_mb"] = {k: round(v / 2**20) for k, v in sampler.peak.items()}
+        system["peak_rss_mb"], system["peak_pss_mb"] = sampler.report_mb()
         stack.run("create", "namespace", "solo-baseline")
         baseline = run_baseline(stack, api, "solo-baseline", args.tasks, args.tasks)
         baseline["all_terminal_s"] = baseline["completed_s"]
@@ -75,6 +75,7 @@ def main() -> int:
         print(f"{'Tasks Completed':<26} {system['completed']:>10} {args.tasks:>10}")
         print(f"{'API requests per Task':<26} {sum(system['requests_per_task'].values()):>10.1f} {sum(baseline['requests_per_task'].values()):>10.1f}")
         print("peak RSS (MB, process trees):", system["peak_rss_mb"])
+        print("peak PSS (MB, shared pages split):", system["peak_pss_mb"])
         print(json.dumps({"storage": args.storage, "system": system, "baseline": baseline}))
     return 0
 

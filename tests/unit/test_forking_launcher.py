@@ -1,0 +1,96 @@
+"""ForkingRunLauncher on a real Dagster instance: a run executes in a fork of the zygote, with its
+pid recorded; terminate interrupts it; a killed worker fails the health check."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, reconstructable
+from dagster._core.instance_for_test import instance_for_test
+from dagster._core.storage.dagster_run import DagsterRunStatus
+
+import launcher_jobs
+from kubetask_dagster.launcher import HOST_TAG, PID_TAG, ForkingRunLauncher, WorkerStatus
+
+
+@pytest.fixture
+def instance(monkeypatch):
+    # the zygote and its workers import the test's jobs (and this checkout) by module name
+    here = Path(__file__).resolve().parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parents[1]), os.environ.get("PYTHONPATH", "")]))
+    with instance_for_test(overrides={"run_launcher": {"module": "kubetask_dagster.launcher", "class": "ForkingRunLauncher"}}) as inst:
+        yield inst
+        inst.run_launcher.dispose()
+
+
+def launch(instance: DagsterInstance, job_fn, marker: Path):
+    recon = reconstructable(job_fn)
+    run = instance.create_run_for_job(
+        job_def=job_fn, run_config={"ops": {next(iter(job_fn.nodes_in_topological_order)).name: {"config": {"path": str(marker)}}}},
+        job_code_origin=recon.get_python_origin(),
+    )
+    instance.launch_run(run.run_id, workspace=None)
+    return run.run_id
+
+
+def wait_until(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_a_run_executes_in_a_forked_worker_and_succeeds(instance, tmp_path):
+    assert isinstance(instance.run_launcher, ForkingRunLauncher)
+    marker = tmp_path / "pid"
+    run_id = launch(instance, launcher_jobs.quick_job, marker)
+    run = wait_until(lambda: (r := instance.get_run_by_id(run_id)).is_finished and r)
+    assert run.status == DagsterRunStatus.SUCCESS
+    worker = int(marker.read_text())
+    assert run.tags[PID_TAG] == str(worker) and run.tags[HOST_TAG]
+    assert worker != os.getpid()
+    zygote = instance.run_launcher._zygote
+    assert zygote is not None and zygote.poll() is None
+    # the same zygote forks the next run
+    second = launch(instance, launcher_jobs.quick_job, tmp_path / "pid2")
+    assert wait_until(lambda: (r := instance.get_run_by_id(second)).is_finished and r).status == DagsterRunStatus.SUCCESS
+    assert instance.run_launcher._zygote is zygote
+
+
+def test_terminate_interrupts_the_worker(instance, tmp_path):
+    marker = tmp_path / "pid"
+    run_id = launch(instance, launcher_jobs.slow_job, marker)
+    wait_until(marker.exists)
+    run = instance.get_run_by_id(run_id)
+    assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    assert instance.run_launcher.terminate(run_id)
+    run = wait_until(lambda: (r := instance.get_run_by_id(run_id)).is_finished and r, timeout=30)
+    assert run.status == DagsterRunStatus.CANCELED
+
+
+def test_a_killed_worker_fails_the_health_check(instance, tmp_path):
+    marker = tmp_path / "pid"
+    run_id = launch(instance, launcher_jobs.slow_job, marker)
+    worker = int(wait_until(lambda: marker.exists() and marker.read_text()))
+    os.kill(worker, signal.SIGKILL)
+    run = instance.get_run_by_id(run_id)
+    result = wait_until(lambda: (h := instance.run_launcher.check_run_worker_health(run)).status == WorkerStatus.FAILED and h, timeout=10)
+    assert str(worker) in result.msg
+
+
+def test_a_dead_zygote_is_replaced(instance, tmp_path):
+    run_id = launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
+    wait_until(lambda: instance.get_run_by_id(run_id).is_finished)
+    old = instance.run_launcher._zygote
+    old.kill()
+    old.wait()
+    second = launch(instance, launcher_jobs.quick_job, tmp_path / "pid2")
+    assert wait_until(lambda: (r := instance.get_run_by_id(second)).is_finished and r).status == DagsterRunStatus.SUCCESS
+    assert instance.run_launcher._zygote is not old
