@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from kubetask_dagster import manifests, status  # noqa: E402
 from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
-from local_stack import STORAGES, Stack, local_stack, tree_memory_bytes  # noqa: E402
+from local_stack import STORAGES, Stack, _children, local_stack, tree_cpu_seconds, tree_memory_bytes  # noqa: E402
 
 WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
              "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
@@ -84,23 +84,40 @@ class JobCounter:
 
 
 class MemorySampler:
-    """Peak RSS and peak PSS of each component's process tree, sampled twice a second."""
+    """Per component (process tree): peak RSS, peak PSS, and the CPU seconds spent while sampling
+    (each process's CPU counted from its first to its last sample, so forked run workers that come
+    and go are included)."""
 
     def __init__(self, pids: dict[str, int]):
         self.pids, self.peak, self.peak_pss = pids, collections.Counter(), collections.Counter()
+        self._cpu_first: dict[str, dict[int, float]] = collections.defaultdict(dict)
+        self._cpu_last: dict[str, dict[int, float]] = collections.defaultdict(dict)
         self.stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _run(self):
-        while not self.stop.is_set():
+        while True:
+            children = _children()
             for name, pid in self.pids.items():
-                memory = tree_memory_bytes(pid)
+                memory = tree_memory_bytes(pid, children)
                 self.peak[name] = max(self.peak[name], memory["rss"])
                 self.peak_pss[name] = max(self.peak_pss[name], memory["pss"])
-            time.sleep(0.5)
+                for proc, seconds in tree_cpu_seconds(pid, children).items():
+                    self._cpu_first[name].setdefault(proc, seconds)
+                    self._cpu_last[name][proc] = seconds
+            if self.stop.wait(0.5):
+                return
+
+    def finish(self) -> None:
+        self.stop.set()
+        self._thread.join()
 
     def report_mb(self) -> tuple[dict[str, int], dict[str, int]]:
         return ({k: round(v / 2**20) for k, v in self.peak.items()}, {k: round(v / 2**20) for k, v in self.peak_pss.items()})
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {name: round(sum(last[p] - self._cpu_first[name][p] for p in last), 1) for name, last in self._cpu_last.items()}
 
 
 def run_system(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
@@ -188,10 +205,11 @@ def main() -> int:
         for label, fn in (("system", run_system), ("baseline", run_baseline)):
             ns = f"fan-{label}"
             stack.run("create", "namespace", ns)
-            sampler = MemorySampler(stack.pids) if label == "system" else None
+            sampler = MemorySampler(stack.pids)
             results[label] = fn(stack, api, ns, args.tasks, args.parallelism)
-            if sampler:
-                sampler.stop.set()
+            sampler.finish()
+            results[label]["cpu_s"] = sampler.cpu_seconds()
+            if label == "system":
                 results[label]["peak_rss_mb"], results[label]["peak_pss_mb"] = sampler.report_mb()
         s, b = results["system"], results["baseline"]
         print(f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}")
@@ -208,6 +226,10 @@ def main() -> int:
         print(f"{'  of them kubetask own':<26} {system_total - kubernetes_share:>10.1f} {BASELINE_CLIENT_REQUESTS:>10.1f}")
         print("peak RSS (MB, process trees; run workers are forks in the daemon's tree):", s.get("peak_rss_mb"))
         print("peak PSS (MB, the same trees, shared pages split among the processes sharing them):", s.get("peak_pss_mb"))
+        print(f"CPU seconds by component (2 cores): system {sum(s['cpu_s'].values()):.1f}, baseline {sum(b['cpu_s'].values()):.1f}"
+              " (the baseline's own client is this process, not counted)")
+        for name in s["cpu_s"]:
+            print(f"  {name:<24} {s['cpu_s'][name]:>8.1f} {b['cpu_s'].get(name, 0.0):>8.1f}")
         print(json.dumps(results))
     return 0
 

@@ -43,6 +43,9 @@ class Stack:
         return subprocess.run([*self.kubectl, *args], input=input, text=True, check=True, capture_output=True).stdout
 
 
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
 @contextlib.contextmanager
 def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = (), storage: str = "sqlite"):
     """Start what a benchmark needs; yield a Stack; stop everything afterwards, even on errors.
@@ -62,13 +65,18 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
     env = {**os.environ, "KUBETASK_CLUSTER_RUN": str(run_root / "cluster")}
     cluster, dagster_script = str(ROOT / "deploy/local/cluster"), str(ROOT / "deploy/local/dagster")
     stops: list[list[str]] = []
+    stack_pids: dict[str, int] = {}
     bridge = None
     try:
         out = subprocess.run([cluster, "start"], env=env, check=True, capture_output=True, text=True).stdout
         stops.append([cluster, "stop"])
         env["KUBECONFIG"] = kubeconfig = _exports(out)["KUBECONFIG"]
+        for name in CONTROL_PLANE:
+            pid_file = run_root / "cluster" / f"{name}.pid"
+            if pid_file.exists():
+                stack_pids[name] = int(pid_file.read_text().split()[0])
         bindir = subprocess.run([cluster, "bindir"], env=env, check=True, capture_output=True, text=True).stdout.strip()
-        stack = Stack(kubeconfig, [f"{bindir}/kubectl", f"--kubeconfig={kubeconfig}"], env, run_root)
+        stack = Stack(kubeconfig, [f"{bindir}/kubectl", f"--kubeconfig={kubeconfig}"], env, run_root, pids=stack_pids)
         stack.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         stack.run("wait", "--for=condition=Established", "crd", "--all")
         if dagster:
@@ -100,10 +108,7 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             subprocess.run(cmd, env=env, capture_output=True)
 
 
-def tree_memory_bytes(pid: int) -> dict[str, int]:
-    """RSS and PSS of a process and all its descendants. Run workers forked from one warm process
-    share most of their pages: RSS counts those once per worker, PSS splits them among the sharers,
-    so PSS is the tree's real footprint."""
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -112,10 +117,24 @@ def tree_memory_bytes(pid: int) -> dict[str, int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total = {"rss": 0, "pss": 0}
-    todo = [pid]
+    return children
+
+
+def _tree(pid: int, children: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_memory_bytes(pid: int, children: dict[int, list[int]] | None = None) -> dict[str, int]:
+    """RSS and PSS of a process and all its descendants. Run workers forked from one warm process
+    share most of their pages: RSS counts those once per worker, PSS splits them among the sharers,
+    so PSS is the tree's real footprint."""
+    total = {"rss": 0, "pss": 0}
+    for current in _tree(pid, children if children is not None else _children()):
         try:
             for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):
@@ -124,5 +143,17 @@ def tree_memory_bytes(pid: int) -> dict[str, int]:
                     total["pss"] += int(line.split()[1]) * 1024
         except OSError:
             pass
-        todo.extend(children.get(current, []))
     return total
+
+
+def tree_cpu_seconds(pid: int, children: dict[int, list[int]] | None = None) -> dict[int, float]:
+    """CPU time (user + system) so far of each live process of the tree, by pid."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for current in _tree(pid, children if children is not None else _children()):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu[current] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return cpu

@@ -60,8 +60,9 @@ def main() -> int:
         stack.run("create", "namespace", "solo-system")
         sampler = MemorySampler(stack.pids)
         system = run_system(stack, api, "solo-system", args.tasks)
-        sampler.stop.set()
+        sampler.finish()
         system["peak_rss_mb"], system["peak_pss_mb"] = sampler.report_mb()
+        system["cpu_s"] = sampler.cpu_seconds()
         stack.run("create", "namespace", "solo-baseline")
         baseline = run_baseline(stack, api, "solo-baseline", args.tasks, args.tasks)
         baseline["all_terminal_s"] = baseline["completed_s"]
@@ -76,6 +77,7 @@ def main() -> int:
         print(f"{'API requests per Task':<26} {sum(system['requests_per_task'].values()):>10.1f} {sum(baseline['requests_per_task'].values()):>10.1f}")
         print("peak RSS (MB, process trees):", system["peak_rss_mb"])
         print("peak PSS (MB, shared pages split):", system["peak_pss_mb"])
+        print("CPU seconds by component while the system ran:", system["cpu_s"])
         print(json.dumps({"storage": args.storage, "system": system, "baseline": baseline}))
     return 0
 
