@@ -91,17 +91,23 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
 
     def _fork(self, line: str) -> int:
         with self._lock:
-            for _ in range(2):  # a zygote that died is replaced once
+            for _ in range(2):  # a zygote found dead before it read the request is replaced once
                 zygote = self._running_zygote()
                 try:
                     zygote.stdin.write(line + "\n")
                     zygote.stdin.flush()
-                    reply = zygote.stdout.readline()
                 except (BrokenPipeError, OSError, ValueError):
+                    self._stop_zygote()
+                    continue
+                # Once it has the request, asking again could start the run twice: no retry.
+                try:
+                    reply = zygote.stdout.readline()
+                except (OSError, ValueError):
                     reply = ""
                 if reply.strip().isdigit():
                     return int(reply)
                 self._stop_zygote()
+                break
             raise DagsterLaunchFailedError("the run worker zygote did not answer; see the daemon's log")
 
     def _running_zygote(self) -> subprocess.Popen[str]:

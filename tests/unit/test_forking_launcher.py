@@ -94,3 +94,16 @@ def test_a_dead_zygote_is_replaced(instance, tmp_path):
     second = launch(instance, launcher_jobs.quick_job, tmp_path / "pid2")
     assert wait_until(lambda: (r := instance.get_run_by_id(second)).is_finished and r).status == DagsterRunStatus.SUCCESS
     assert instance.run_launcher._zygote is not old
+
+
+def test_a_zygote_that_took_the_request_and_died_is_not_asked_again(instance, tmp_path, monkeypatch):
+    """Asking a second zygote could start the same run twice; the launch fails instead."""
+    import kubetask_dagster.launcher as launcher_module
+    from dagster._core.errors import DagsterLaunchFailedError
+
+    requests = tmp_path / "requests"
+    monkeypatch.setenv("SILENT_ZYGOTE_LOG", str(requests))
+    monkeypatch.setattr(launcher_module, "ZYGOTE_MODULE", "silent_zygote")
+    with pytest.raises(DagsterLaunchFailedError):
+        launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
+    assert len(requests.read_text().splitlines()) == 1
