@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from kubetask_dagster import manifests, status  # noqa: E402
 from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
-from local_stack import STORAGES, Stack, _children, local_stack, tree_cpu_seconds, tree_memory_bytes  # noqa: E402
+from local_stack import STORAGES, Stack, local_stack, process_children, tree_cpu_seconds, tree_memory_bytes  # noqa: E402
 
 WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
              "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
@@ -83,7 +83,7 @@ class JobCounter:
         self.max_running = max(self.max_running, len(self.running))
 
 
-class MemorySampler:
+class ProcessSampler:
     """Per component (process tree): peak RSS, peak PSS, and the CPU seconds spent while sampling
     (each process's CPU counted from its first to its last sample, so forked run workers that come
     and go are included)."""
@@ -98,7 +98,7 @@ class MemorySampler:
 
     def _run(self):
         while True:
-            children = _children()
+            children = process_children()
             for name, pid in self.pids.items():
                 memory = tree_memory_bytes(pid, children)
                 self.peak[name] = max(self.peak[name], memory["rss"])
@@ -205,7 +205,7 @@ def main() -> int:
         for label, fn in (("system", run_system), ("baseline", run_baseline)):
             ns = f"fan-{label}"
             stack.run("create", "namespace", ns)
-            sampler = MemorySampler(stack.pids)
+            sampler = ProcessSampler(stack.pids)
             results[label] = fn(stack, api, ns, args.tasks, args.parallelism)
             sampler.finish()
             results[label]["cpu_s"] = sampler.cpu_seconds()

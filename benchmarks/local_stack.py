@@ -108,7 +108,8 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             subprocess.run(cmd, env=env, capture_output=True)
 
 
-def _children() -> dict[int, list[int]]:
+def process_children() -> dict[int, list[int]]:
+    """Every live process's children, by parent pid (procfs); read once per sample and shared."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -134,7 +135,7 @@ def tree_memory_bytes(pid: int, children: dict[int, list[int]] | None = None) ->
     share most of their pages: RSS counts those once per worker, PSS splits them among the sharers,
     so PSS is the tree's real footprint."""
     total = {"rss": 0, "pss": 0}
-    for current in _tree(pid, children if children is not None else _children()):
+    for current in _tree(pid, children if children is not None else process_children()):
         try:
             for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):
@@ -150,7 +151,7 @@ def tree_cpu_seconds(pid: int, children: dict[int, list[int]] | None = None) -> 
     """CPU time (user + system) so far of each live process of the tree, by pid."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu = {}
-    for current in _tree(pid, children if children is not None else _children()):
+    for current in _tree(pid, children if children is not None else process_children()):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             cpu[current] = (int(fields[11]) + int(fields[12])) / tick

@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fanout import WORKSPACE, JobCounter, MemorySampler, api_requests, inline, run_baseline  # noqa: E402
+from fanout import WORKSPACE, JobCounter, ProcessSampler, api_requests, inline, run_baseline  # noqa: E402
 from local_stack import STORAGES, Stack, local_stack  # noqa: E402
 
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -58,7 +58,7 @@ def main() -> int:
     with local_stack(storage=args.storage) as stack:
         api = stack.api()
         stack.run("create", "namespace", "solo-system")
-        sampler = MemorySampler(stack.pids)
+        sampler = ProcessSampler(stack.pids)
         system = run_system(stack, api, "solo-system", args.tasks)
         sampler.finish()
         system["peak_rss_mb"], system["peak_pss_mb"] = sampler.report_mb()

@@ -61,7 +61,7 @@ def event_reasons(kubectl, namespace: str, name: str, kind: str = "Task") -> lis
 
 def run_worker_pids(dagster_home: str) -> list[int]:
     """Run worker processes of this session's Dagster: forks of the launcher's zygote (their parent is
-    the zygote too) or, with Dagster's default launcher, the code server's spawned children."""
+    the zygote, whose command line they share)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -75,8 +75,7 @@ def run_worker_pids(dagster_home: str) -> list[int]:
             continue
         if f"DAGSTER_HOME={dagster_home}".encode() not in environ:
             continue
-        forked = ZYGOTE_MODULE in cmdline and ZYGOTE_MODULE in parent_cmdline
-        if forked or "spawn_main" in cmdline:
+        if ZYGOTE_MODULE in cmdline and ZYGOTE_MODULE in parent_cmdline:
             pids.append(int(proc.name))
     return pids
 
