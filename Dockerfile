@@ -19,6 +19,7 @@ RUN groupadd --system --gid 10001 kubetask \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kubetask ./kubetask
 COPY kubetask_dagster ./kubetask_dagster
 COPY crd_bridge ./crd_bridge
 # dagster-postgres: the Helm deployment keeps runs, events and schedules in Postgres.

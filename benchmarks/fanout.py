@@ -24,9 +24,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubetask_dagster import manifests, status  # noqa: E402
-from kubetask_dagster.api import Task, WorkspaceConfig  # noqa: E402
-from kubetask_dagster.contexts import StaticReader, aggregate, all_contexts, resolve  # noqa: E402
+from kubetask.domain import manifests, status  # noqa: E402
+from kubetask.api import Task, WorkspaceConfig  # noqa: E402
+from kubetask.domain.contexts import aggregate, all_contexts, resolve  # noqa: E402
+from tests.fakes import StaticReader  # noqa: E402
 from local_stack import STORAGES, Stack, local_stack, process_children, tree_cpu_seconds, tree_memory_bytes  # noqa: E402
 
 WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},

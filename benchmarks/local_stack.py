@@ -77,7 +77,7 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
                 stack_pids[name] = int(pid_file.read_text().split()[0])
         bindir = subprocess.run([cluster, "bindir"], env=env, check=True, capture_output=True, text=True).stdout.strip()
         stack = Stack(kubeconfig, [f"{bindir}/kubectl", f"--kubeconfig={kubeconfig}"], env, run_root, pids=stack_pids)
-        stack.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        stack.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "deploy" / "crds" / "bases"))
         stack.run("wait", "--for=condition=Established", "crd", "--all")
         if dagster:
             env["DAGSTER_HOME"] = str(run_root / "dagster")

@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from kubetask_dagster.api import GROUP, VERSION
+from kubetask.api import GROUP, VERSION
 
 from . import metrics
 from .batchruns import BatchRunReconciler, BatchRunStore, BatchTaskIndex, KubernetesBatchRunApi

@@ -31,8 +31,9 @@ import kopf
 import kubernetes
 from prometheus_client import Counter
 
-from kubetask_dagster import catalog, schedules
-from kubetask_dagster.api import GROUP, VERSION, annotations
+from kubetask import vocabulary
+from kubetask.domain import catalog, scheduling as schedules
+from kubetask.api import GROUP, VERSION
 from kubetask_dagster.catalog import BatchEntry
 
 from . import metrics
@@ -362,7 +363,7 @@ class BatchSync:
             raise
         uid = batch["metadata"]["uid"]
         items = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "batchruns", label_selector=f"{annotations.LABEL_BATCH}={name}")["items"]
+            GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={name}")["items"]
         runs = [r for r in items if schedules.owned_by(r, uid)]
         sched = (batch.get("spec") or {}).get("schedule")
         if sched:

@@ -49,11 +49,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from kubetask_dagster import batches
-from kubetask_dagster import status as task_status
-from kubetask_dagster.api import GROUP, VERSION, BatchRunPhase, TaskPhase, annotations
-from kubetask_dagster.api.batch import DEFAULT_PARALLELISM
-from kubetask_dagster.batches import index_of
+from kubetask import vocabulary
+from kubetask.domain import batches
+from kubetask.domain import status as task_status
+from kubetask.api import GROUP, VERSION, BatchRunPhase, TaskPhase
+from kubetask.api.batch import DEFAULT_PARALLELISM
+from kubetask.domain.batches import index_of
 
 from . import metrics
 from .reconcile import ReconcileLoop
@@ -164,12 +165,12 @@ def is_terminal(obj: Mapping[str, Any]) -> bool:
 
 
 def paused(obj: Mapping[str, Any]) -> bool:
-    return str(_annotations(obj).get(annotations.PAUSE, "")).strip().lower() == "true"
+    return str(_annotations(obj).get(vocabulary.PAUSE, "")).strip().lower() == "true"
 
 
 def rerun_request(obj: Mapping[str, Any]) -> str | None:
     """The value of ``kubetask.io/rerun`` (None when absent)."""
-    value = _annotations(obj).get(annotations.RERUN)
+    value = _annotations(obj).get(vocabulary.RERUN)
     return None if value is None else str(value).strip()
 
 
@@ -196,7 +197,7 @@ def finalized(obj: Mapping[str, Any]) -> bool:
 
 
 def batchrun_of(task: Mapping[str, Any]) -> str | None:
-    return (_meta(task).get("labels") or {}).get(annotations.LABEL_BATCH_RUN) or None
+    return (_meta(task).get("labels") or {}).get(vocabulary.LABEL_BATCH_RUN) or None
 
 
 def owner_uids(task: Mapping[str, Any]) -> tuple[str, ...]:
@@ -315,7 +316,7 @@ class KubernetesBatchRunApi(KubernetesApi):
         items: list[Obj] = []
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"label_selector": f"{annotations.LABEL_BATCH_RUN}={batchrun}", "limit": 500,
+            kwargs: dict[str, Any] = {"label_selector": f"{vocabulary.LABEL_BATCH_RUN}={batchrun}", "limit": 500,
                                       "_request_timeout": (5, 120)}
             if token:
                 kwargs["_continue"] = token
@@ -743,7 +744,7 @@ class BatchRunReconciler(ReconcileLoop):
         with self._lock:
             self._runs[existing.run_id] = existing
         metrics.BATCHRUN_ADOPTED.labels("existing").inc()
-        self._event(obj, REASON_ADOPTED, f"following Dagster run {existing.run_id} (started by {_annotations(obj).get(annotations.EXECUTED_BY)}): "
+        self._event(obj, REASON_ADOPTED, f"following Dagster run {existing.run_id} (started by {_annotations(obj).get(vocabulary.EXECUTED_BY)}): "
                                          f"{self.run_url(existing.run_id)}")
         return None
 
@@ -805,9 +806,9 @@ class BatchRunReconciler(ReconcileLoop):
             self._last_write[key] = now
             self._wake.pop(key, None)
         if "phase" in patch and phase == PAUSED:
-            self._event(obj, REASON_PAUSED, f"{annotations.PAUSE} is set: no further Task starts; running Tasks finish")
+            self._event(obj, REASON_PAUSED, f"{vocabulary.PAUSE} is set: no further Task starts; running Tasks finish")
         elif "phase" in patch and current == PAUSED:
-            self._event(obj, REASON_RESUMED, f"{annotations.PAUSE} was removed: Tasks start again")
+            self._event(obj, REASON_RESUMED, f"{vocabulary.PAUSE} was removed: Tasks start again")
         return None
 
     def _maybe_reopen(self, obj: Obj, run_id: str) -> float | None:
@@ -857,7 +858,7 @@ class BatchRunReconciler(ReconcileLoop):
             if not existing.finished:
                 self._request_stop(obj, existing.run_id)
             return None
-        message = f"stopped on request ({annotations.STOP}) before its run started"
+        message = f"stopped on request ({vocabulary.STOP}) before its run started"
         self._write(obj, {
             "phase": STOPPED,
             "completionTime": task_status.rfc3339(self._now()),
@@ -936,7 +937,7 @@ class BatchRunReconciler(ReconcileLoop):
         restart) instead of the BatchRun's current run: phase Running again; a pending rerun request is
         satisfied by it."""
         previous = run_id_of(obj)
-        obj = self._clear_annotations(obj, [annotations.RERUN])
+        obj = self._clear_annotations(obj, [vocabulary.RERUN])
         parent = run.tags.get(PARENT_RUN_ID_TAG)
         origin = f"a re-execution of {parent}" if parent else "started from Dagster"
         message = f"following Dagster run {run.run_id} ({origin}) instead of {previous}"
@@ -1099,8 +1100,8 @@ class BatchRunReconciler(ReconcileLoop):
         value = rerun_request(obj) or ""
         run_id = run_id_of(obj) or ""
         if value.lower() != RERUN_FAILED:
-            self._clear_annotations(obj, [annotations.RERUN])
-            self._event(obj, REASON_RERUN_REFUSED, f'{annotations.RERUN} must be "{RERUN_FAILED}", not {value!r}; annotation removed',
+            self._clear_annotations(obj, [vocabulary.RERUN])
+            self._event(obj, REASON_RERUN_REFUSED, f'{vocabulary.RERUN} must be "{RERUN_FAILED}", not {value!r}; annotation removed',
                         warning=True)
             metrics.BATCHRUN_RERUNS.labels("refused").inc()
             return None
@@ -1114,7 +1115,7 @@ class BatchRunReconciler(ReconcileLoop):
         else:
             # The stop request is over: a re-executed expand_batch must not find it (safe before the
             # launch: the rerun annotation, still there, carries the request if the bridge dies now).
-            obj = self._clear_annotations(obj, [annotations.STOP])
+            obj = self._clear_annotations(obj, [vocabulary.STOP])
             try:
                 steps = self._steps_to_rerun(obj)
                 if steps:
@@ -1125,7 +1126,7 @@ class BatchRunReconciler(ReconcileLoop):
                 if e.kind in ("DagsterInvalidSubsetError", "DagsterInvariantViolationError"):
                     return self._nothing_to_rerun(obj, f"Dagster has nothing to re-execute in run {run_id} ({e.message.strip()})")
                 metrics.BATCHRUN_SUBMISSION_ERRORS.labels("rejected").inc()
-                self._clear_annotations(obj, [annotations.RERUN])
+                self._clear_annotations(obj, [vocabulary.RERUN])
                 self._event(obj, REASON_RERUN_REFUSED, f"Dagster refused to re-execute run {run_id}: {e}; annotation removed", warning=True)
                 metrics.BATCHRUN_RERUNS.labels("refused").inc()
                 return None
@@ -1134,7 +1135,7 @@ class BatchRunReconciler(ReconcileLoop):
                 raise
         # Annotation first: a crash after it leaves a newer run that the adoption picks up; a crash
         # before it finds the run by its parent tag above.
-        obj = self._clear_annotations(obj, [annotations.RERUN, annotations.STOP])
+        obj = self._clear_annotations(obj, [vocabulary.RERUN, vocabulary.STOP])
         message = f"re-executing the failed and never-started Tasks of Dagster run {run_id} in run {new_id}"
         self._write(obj, self._reopened(obj, new_id, REASON_RERUN, message), "rerun")
         with self._lock:
@@ -1161,7 +1162,7 @@ class BatchRunReconciler(ReconcileLoop):
         return sorted(steps) + ["summarize_batch"] if steps else []
 
     def _nothing_to_rerun(self, obj: Obj, why: str) -> None:
-        self._clear_annotations(obj, [annotations.RERUN])
+        self._clear_annotations(obj, [vocabulary.RERUN])
         self._event(obj, REASON_NOTHING_TO_RERUN, f"nothing to rerun: {why}; annotation removed")
         metrics.BATCHRUN_RERUNS.labels("nothing").inc()
         return None

@@ -36,9 +36,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from kubetask_dagster import status as task_status
-from kubetask_dagster.api import GROUP, VERSION, TaskPhase, annotations
-from kubetask_dagster.api.workspace import DEFAULT_WORKSPACE_CONFIG
+from kubetask import vocabulary
+from kubetask.domain import status as task_status
+from kubetask.api import GROUP, VERSION, TaskPhase
+from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
 
 from . import metrics
 from .reconcile import Conflict, Gone, ReconcileLoop
@@ -123,11 +124,11 @@ def is_terminal(obj: Mapping[str, Any]) -> bool:
 
 def executed_elsewhere(obj: Mapping[str, Any]) -> bool:
     """Created and run by a BatchRun's run: not the bridge's to run."""
-    return bool((_meta(obj).get("annotations") or {}).get(annotations.EXECUTED_BY))
+    return bool((_meta(obj).get("annotations") or {}).get(vocabulary.EXECUTED_BY))
 
 
 def stop_requested(obj: Mapping[str, Any]) -> bool:
-    return str((_meta(obj).get("annotations") or {}).get(annotations.STOP, "")).strip().lower() == "true"
+    return str((_meta(obj).get("annotations") or {}).get(vocabulary.STOP, "")).strip().lower() == "true"
 
 
 def being_deleted(obj: Mapping[str, Any]) -> bool:

@@ -18,7 +18,6 @@ key is left undeclared: it shows in the asset catalog with its event history, an
 need the set of Tasks as partitions (a reload per Task, or dynamic partitions that grow forever).
 """
 
-import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,27 +35,13 @@ from dagster import (
 )
 from kubernetes.client.rest import ApiException
 
-from .api import GROUP, VERSION
-from .api.batch import MAX_BATCHRUN_NAME
-from .catalog import BatchEntry
-from .schedules import ANNOTATION_REQUESTED_BY, batchrun_body, owned_by
-from .taskflow import KubeResource
+from kubetask.api import GROUP, VERSION
+from kubetask import vocabulary
+from kubetask.domain.catalog import BatchEntry
+from kubetask.domain.scheduling import materialization_batchrun_body, materialization_batchrun_name, owned_by
+from kubetask_dagster.resources import KubeResource
 
 BACKFILL_TAG = "dagster/backfill"
-SUFFIX_LENGTH = 7
-
-
-def materialization_batchrun_name(batch: str, request_id: str) -> str:
-    """``<batch>-m<7 hex of the request>``, the Batch's name cut so that the whole fits a BatchRun name."""
-    suffix = "-m" + hashlib.sha256(request_id.encode()).hexdigest()[:SUFFIX_LENGTH]
-    return batch[: MAX_BATCHRUN_NAME - len(suffix)].rstrip("-.") + suffix
-
-
-def materialization_batchrun_body(batch: dict[str, Any], name: str, run_id: str) -> dict[str, Any]:
-    """The BatchRun a materialization creates: the bridge runs it (no executed-by annotation)."""
-    return batchrun_body(batch, name, extra_annotations={ANNOTATION_REQUESTED_BY: f"run/{run_id}"})
-
-
 def create_batchrun(api: Any, namespace: str, batch_name: str, request_id: str, run_id: str) -> tuple[dict[str, Any], bool]:
     """Create (or find, for a retried step or another run of the same backfill) the request's BatchRun.
 
@@ -115,7 +100,7 @@ def batch_asset(entry: BatchEntry) -> AssetsDefinition:
         metadata=metadata,
         group_name=entry.group_name,
         kinds={"kubernetes"},
-        tags={"kubetask.io/namespace": ns},
+        tags={vocabulary.TAG_NAMESPACE: ns},
         skippable=True,  # the op records no materialization: the Tasks do, when they have run
         partitions_def=partitions,
     )

@@ -17,17 +17,15 @@ from dagster import Definitions, PreviewWarning
 # Internal to Dagster ("meant for internal usage"), the mechanism its state-backed integrations use; dagster is pinned to 1.13.*.
 from dagster._core.definitions.definitions_load_context import StateBackedDefinitionsLoader
 
-from . import catalog, sqlite_tuning
-from .assets import batch_assets
-from .catalog import BatchEntry
-from .io import RunStorageIOManager
-from .jobs import batch_job, task_job
-from .schedules import batch_schedules
-from .taskflow import KubeResource
+from kubetask_dagster import catalog
+from kubetask_dagster.assets import batch_assets
+from kubetask.domain import catalog as catalog_entries
+from kubetask.domain.catalog import BatchEntry
+from kubetask_dagster.resources import KubeResource, RunStorageIOManager
+from kubetask_dagster.jobs import batch_job, task_job
+from kubetask_dagster.schedules import batch_schedules
 
 log = logging.getLogger(__name__)
-
-sqlite_tuning.apply_from_env()  # the local stack's SQLite storage without fsync (run workers import this)
 
 RECONSTRUCTION_KEY = "kubetask/batch-catalog"
 
@@ -57,10 +55,10 @@ class BatchCatalogLoader(StateBackedDefinitionsLoader[str]):
         return RECONSTRUCTION_KEY
 
     def fetch_state(self) -> str:
-        return catalog.dumps(catalog.load_entries())
+        return catalog_entries.dumps(catalog.load_entries())
 
     def defs_from_state(self, state: str) -> Definitions:
-        return build_definitions(catalog.loads(state))
+        return build_definitions(catalog_entries.loads(state))
 
 
 def load_definitions() -> Definitions:

@@ -1,27 +1,32 @@
-"""The one adapter over Kubernetes: the kubernetes client and dagster-k8s's DagsterKubernetesClient.
+"""The run worker's one adapter over Kubernetes: the kubernetes client and dagster-k8s's client.
 
-Everything that talks to the API server from the run's ops goes through ``Kube``; the domain modules
-(contexts, manifests, status) stay pure.
+Everything the run's ops ask of the API server goes through ``Kube``: custom resources and their
+status, the context readers (``contexts.ContextReader``), the ConfigMap, Secret and Job of an attempt,
+waiting for the pod, and Events. Client configuration and retries (``kubetask.kube.config``), the
+Event body (``kubetask.kube.events``) and the caches (``kubetask.kube.informer``) are shared with the
+bridge; how a pod ended is decided by the pure ``kubetask.domain.outcomes``.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import kubernetes
-import urllib3
 from dagster_k8s.client import DagsterK8sUnrecoverableAPIError, DagsterKubernetesClient
 from kubernetes.client.rest import ApiException
 
-from .api import GROUP, VERSION
-from .contexts import HttpFetcher
-from .informer import Informer, InformerRegistry
+from kubetask.api import GROUP, VERSION
+from kubetask import vocabulary
+from kubetask.domain import outcomes
+from kubetask.domain.outcomes import PodOutcome
+from kubetask.kube import config
+from kubetask.kube.events import EventRecorder
+from kubetask.kube.http import HttpFetcher
+from kubetask.kube.informer import Informer, InformerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -30,71 +35,23 @@ WAKE_SECONDS = 0.5  # how soon a waiter notices a deadline or an interrupt when 
 JOB_CACHE_GRACE_SECONDS = 10.0  # a Job absent from the cache this long after creation is looked up
 DIRECT_READ_SECONDS = 5.0  # ... at most this often per waiting Task
 INFORMER_SYNC_SECONDS = 30.0
-CONNECTIONS_PER_PROCESS = 64  # steps of a BatchRun share one client: one connection each, no queueing
-
-
-def api_retry_policy() -> urllib3.Retry:
-    """How a request rides out an API server that restarts or sheds load (~85 s in all).
-
-    Connection refused or dropped, 429 ("storage is (re)initializing") and 502/503/504 are retried
-    with backoff 0, 1, 2, 4, 8, then 10 s, for every verb: a create is safe to repeat because every
-    object kubetask creates has a fixed name (a repeat answers 409, which the callers adopt), and
-    status writes are merge patches. Without this a restart of kube-apiserver failed every step that
-    made a call during the ~10 s it was down."""
-    return urllib3.Retry(
-        total=12, backoff_factor=0.5, backoff_max=10, allowed_methods=None,
-        status_forcelist=(429, 502, 503, 504), respect_retry_after_header=True, raise_on_status=False,
-    )
 
 
 class WaitInterrupted(Exception):
     """The run is being terminated while a step waited for its pod."""
 
-# A pod waiting for one of these will not start without a person fixing something.
-_STUCK_WAITING_REASONS = {
-    "ErrImagePull": "ImagePullFailed",
-    "ImagePullBackOff": "ImagePullFailed",
-    "InvalidImageName": "ImagePullFailed",
-    "CreateContainerConfigError": "ContainerConfigError",
-    "CreateContainerError": "ContainerConfigError",
-    "RunContainerError": "ContainerConfigError",
-}
-
-
-def load_kube_config(kubeconfig: str | None = None) -> None:
-    """In-cluster config inside a pod, else the kubeconfig file (argument, $KUBECONFIG or ~/.kube/config)."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config()
-    else:
-        kubernetes.config.load_kube_config(config_file=kubeconfig)
-    configuration = kubernetes.client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = CONNECTIONS_PER_PROCESS
-    configuration.retries = api_retry_policy()
-    kubernetes.client.Configuration.set_default(configuration)
-
-
-@dataclass
-class PodOutcome:
-    """How one attempt's pod ended."""
-
-    succeeded: bool
-    reason: str
-    message: str
-    pod_name: str | None = None
-    exit_code: int | None = None
-
-
 class Kube:
     """Kubernetes calls of the task ops."""
 
     def __init__(self, kubeconfig: str | None = None, fetcher: HttpFetcher | None = None):
-        load_kube_config(kubeconfig)
+        config.install_run_worker_default(kubeconfig)
         self.client = DagsterKubernetesClient.production_client()
         self.core = self.client.core_api
         self.batch = self.client.batch_api
         self.custom = kubernetes.client.CustomObjectsApi()
         self._fetcher = fetcher or HttpFetcher()
         self._informers = InformerRegistry()
+        self._events = EventRecorder(self.core, component="kubetask-dagster")
         self._recent: dict[tuple[str, str, str], tuple[float, dict[str, Any] | None]] = {}
         self._recent_lock = threading.Lock()
 
@@ -212,11 +169,11 @@ class Kube:
             if interrupted():
                 raise WaitInterrupted(job_name)
             if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
-                return PodOutcome(False, "Timeout", f"the attempt ran longer than {int(deadline_seconds)} s", last_pod)
+                return PodOutcome(False, vocabulary.TIMEOUT, f"the attempt ran longer than {int(deadline_seconds)} s", last_pod)
             pod_version = pods.version
             for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
-                outcome = _pod_outcome(pod)
+                outcome = outcomes.pod_outcome(pod)
                 if outcome is not None:
                     return outcome
                 if pod.status.phase == "Running" and seen_running != last_pod:
@@ -231,9 +188,9 @@ class Kube:
                 last_direct_read, confirmed_missing = now, job is None
             if job is not None:
                 job_seen = True
-                outcome = _job_outcome(job, job_name, last_pod)
+                outcome = outcomes.job_outcome(job, job_name, last_pod)
             else:  # gone: only when the API server itself says so, after the Job had existed
-                outcome = _job_outcome(None, job_name, last_pod) if job_seen and confirmed_missing else None
+                outcome = outcomes.job_outcome(None, job_name, last_pod) if job_seen and confirmed_missing else None
             if outcome is None and last_pod is None and time.monotonic() - started > no_pod_grace:
                 outcome = self._pod_creation_failure(namespace, job_name)
                 no_pod_grace += 60.0  # look at the Events again a minute later, not on every wake-up
@@ -249,47 +206,13 @@ class Kube:
     def _pod_creation_failure(self, namespace: str, job_name: str) -> PodOutcome | None:
         events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={job_name}").items
         failed = [e.message for e in events if e.reason == "FailedCreate"]
-        return PodOutcome(False, "PodCreationFailed", failed[-1]) if failed else None
+        return PodOutcome(False, vocabulary.POD_CREATION_FAILED, failed[-1]) if failed else None
 
     # --- events -------------------------------------------------------------------------------
 
     def emit_event(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record a Kubernetes Event on a kubetask object (best effort: never fails the caller)."""
-        meta = obj["metadata"]
-        body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
-                "kind": obj.get("kind", "Task"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": "kubetask-dagster"},
-            "firstTimestamp": _rfc3339_now(),
-            "lastTimestamp": _rfc3339_now(),
-            "count": 1,
-        }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as e:  # an Event is a courtesy; the status is the record
-            log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
-
-
-def _job_outcome(job, job_name: str, last_pod: str | None) -> PodOutcome | None:
-    """The attempt's result read from its Job: deleted, failed (deadline) or complete; else None."""
-    if job is None or job.metadata.deletion_timestamp is not None:
-        return PodOutcome(False, "JobDeleted", f"Job {job_name} was deleted before its pod finished", last_pod)
-    for cond in (job.status.conditions if job.status else None) or []:
-        if cond.type == "Failed" and cond.status == "True":
-            reason = "Timeout" if cond.reason == "DeadlineExceeded" else (cond.reason or "JobFailed")
-            return PodOutcome(False, reason, f"Job {job_name} failed: {cond.message or cond.reason}", last_pod)
-        if cond.type == "Complete" and cond.status == "True":
-            return PodOutcome(True, "Completed", f"Job {job_name} completed", last_pod, 0)
-    return None
+        self._events.emit(obj, reason, message, warning=warning)
 
 
 def _unless_missing(call, *args):
@@ -302,33 +225,3 @@ def _unless_missing(call, *args):
         raise
 
 
-def _rfc3339_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _pod_outcome(pod) -> PodOutcome | None:
-    """The attempt's result if the pod has ended or cannot start; None while it may still run."""
-    name = pod.metadata.name
-    status = pod.status
-    for init in status.init_container_statuses or []:
-        term = init.state.terminated if init.state else None
-        if term is not None and term.exit_code != 0:
-            return PodOutcome(False, "InitContainerFailed", f"init container {init.name} exited with {term.exit_code} ({term.reason})", name, term.exit_code)
-        waiting = init.state.waiting if init.state else None
-        if waiting is not None and waiting.reason in _STUCK_WAITING_REASONS:
-            return PodOutcome(False, _STUCK_WAITING_REASONS[waiting.reason], f"init container {init.name}: {waiting.reason}: {waiting.message or ''}".strip(), name)
-    agent = next((c for c in status.container_statuses or [] if c.name == "agent"), None)
-    if agent is not None and agent.state is not None:
-        if agent.state.waiting is not None and agent.state.waiting.reason in _STUCK_WAITING_REASONS:
-            w = agent.state.waiting
-            return PodOutcome(False, _STUCK_WAITING_REASONS[w.reason], f"{w.reason}: {w.message or ''}".strip(), name)
-        term = agent.state.terminated
-        if term is not None and status.phase in ("Succeeded", "Failed"):
-            if term.exit_code == 0:
-                return PodOutcome(True, "Completed", "the agent exited with 0", name, 0)
-            return PodOutcome(False, "AgentFailed", f"the agent exited with {term.exit_code} ({term.reason or 'Error'})", name, term.exit_code)
-    if status.phase == "Failed":
-        return PodOutcome(False, status.reason or "PodFailed", status.message or "the pod failed", name)
-    if status.phase == "Succeeded":
-        return PodOutcome(True, "Completed", "the pod succeeded", name, 0)
-    return None

@@ -25,8 +25,7 @@ is RUNNING by default only starts ticking at the daemon's next iteration, losing
 """
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,205 +39,39 @@ from dagster import (
 )
 from kubernetes.client.rest import ApiException
 
-from . import status as status_fns
-from .api import API_VERSION, GROUP, VERSION, BatchRunPhase, annotations
-from .api.batch import DEFAULT_PARALLELISM, MAX_BATCHRUN_NAME
-from .catalog import BatchEntry
-from .jobs import batch_job, batch_run_config
-from .taskflow import KubeResource
+from kubetask import objects, vocabulary
+from kubetask.api import GROUP, VERSION
+from kubetask.api.batch import DEFAULT_PARALLELISM
+from kubetask.domain import status as status_fns
+from kubetask.domain.catalog import BatchEntry
+from kubetask.domain.runs import batch_run_config
+from kubetask.domain.scheduling import (
+    batchrun_body,
+    batchrun_tags,
+    owned_by,
+    plan_tick,
+    runs_to_prune,
+    scheduled_batchrun_body,
+    status_from_runs,
+    history_limits,
+)
+from kubetask_dagster.jobs import batch_job
+from kubetask_dagster.resources import KubeResource
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SUCCESSFUL_HISTORY = 3
-DEFAULT_FAILED_HISTORY = 1
-EXECUTED_BY_SCHEDULE = "schedule"
-ANNOTATION_SCHEDULED_AT = "kubetask.io/scheduled-at"
-ANNOTATION_REQUESTED_BY = "kubetask.io/requested-by"
-"""On a BatchRun created from Dagster (a tick or a materialization): the Dagster run or schedule that asked."""
-
-TAG_KIND = "kubetask.io/kind"
-TAG_NAMESPACE = "kubetask.io/namespace"
-TAG_NAME = "kubetask.io/name"
-TAG_UID = "kubetask.io/uid"
-TAG_GENERATION = "kubetask.io/generation"
-TAG_BATCH = "kubetask.io/batch"
-TAG_SCHEDULED_FOR = "kubetask.io/scheduled-for"
-
-FINISHED = frozenset(p.value for p in BatchRunPhase if p.terminal)
-SUCCEEDED = BatchRunPhase.COMPLETED.value
 
 Obj = Mapping[str, Any]
 
 
-# --- reading BatchRuns (pure) --------------------------------------------------------------------
-
-
-def _meta(obj: Obj) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
-
-
-def phase_of(obj: Obj) -> str | None:
-    return (obj.get("status") or {}).get("phase")
-
-
-def is_finished(obj: Obj) -> bool:
-    return phase_of(obj) in FINISHED
-
-
-def stop_requested(obj: Obj) -> bool:
-    return str((_meta(obj).get("annotations") or {}).get(annotations.STOP, "")).strip().lower() == "true"
-
-
-def owned_by(obj: Obj, batch_uid: str) -> bool:
-    return any(ref.get("kind") == "Batch" and ref.get("uid") == batch_uid for ref in _meta(obj).get("ownerReferences") or [])
-
-
-def _created(obj: Obj) -> tuple[str, str]:
-    meta = _meta(obj)
-    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
-
-
-def _finished_at(obj: Obj) -> tuple[str, str, str]:
-    status = obj.get("status") or {}
-    return (str(status.get("completionTime") or _meta(obj).get("creationTimestamp") or ""), *_created(obj))
-
-
-def active_runs(runs: Iterable[Obj]) -> list[Obj]:
-    """Not finished and not being deleted, oldest first."""
-    return sorted((r for r in runs if not is_finished(r) and not _meta(r).get("deletionTimestamp")), key=_created)
-
-
-def tick_batchrun_name(batch: str, scheduled_time: datetime) -> str:
-    """``<batch>-<minutes since the epoch>`` of the tick: the same name for every evaluation of one tick."""
-    return f"{batch}-{int(scheduled_time.timestamp()) // 60}"
-
-
-def history_limits(schedule: Mapping[str, Any] | None) -> tuple[int, int]:
-    schedule = schedule or {}
-    ok, failed = schedule.get("successfulRunsHistoryLimit"), schedule.get("failedRunsHistoryLimit")
-    return (DEFAULT_SUCCESSFUL_HISTORY if ok is None else int(ok), DEFAULT_FAILED_HISTORY if failed is None else int(failed))
-
-
-def runs_to_prune(runs: Iterable[Obj], successful_limit: int, failed_limit: int) -> list[str]:
-    """Names of finished BatchRuns beyond the history limits, oldest first (Stopped counts as failed)."""
-    finished = [r for r in runs if is_finished(r) and not _meta(r).get("deletionTimestamp")]
-    ok = sorted((r for r in finished if phase_of(r) == SUCCEEDED), key=_finished_at, reverse=True)
-    bad = sorted((r for r in finished if phase_of(r) != SUCCEEDED), key=_finished_at, reverse=True)
-    extra = ok[max(0, successful_limit):] + bad[max(0, failed_limit):]
-    return [_meta(r)["name"] for r in sorted(extra, key=_finished_at)]
-
-
-def status_from_runs(runs: Iterable[Obj], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``active`` and ``lastSuccessfulTime`` of a Batch from its BatchRuns (a merge patch of its status)."""
-    runs = list(runs)
-    patch: dict[str, Any] = {"active": [{"name": _meta(r)["name"]} for r in active_runs(runs)] or None}
-    times = [str(t) for t in ((r.get("status") or {}).get("completionTime") for r in runs if phase_of(r) == SUCCEEDED) if t]
-    previous = (current or {}).get("lastSuccessfulTime")
-    latest = max(times + ([str(previous)] if previous else []), default=None)  # RFC 3339 UTC sorts as text
-    if latest and latest != previous:
-        patch["lastSuccessfulTime"] = latest
-    return patch
-
-
-def status_changed(current: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
-    current = current or {}
-    return any((current.get(k) or None) != (v or None) for k, v in patch.items())
-
-
-@dataclass(frozen=True)
-class TickPlan:
-    """What one tick does: skip (with the reason), or create ``name`` after stopping ``stop``."""
-
-    name: str
-    skip: str | None = None
-    stop: tuple[str, ...] = ()
-    exists: bool = False
-
-
-def plan_tick(batch: Obj, runs: Sequence[Obj], scheduled_time: datetime) -> TickPlan:
-    """The tick's decision from the Batch as it is now and its BatchRuns (owned by it)."""
-    meta = _meta(batch)
-    name = tick_batchrun_name(meta["name"], scheduled_time)
-    sched = (batch.get("spec") or {}).get("schedule")
-    if meta.get("deletionTimestamp"):
-        return TickPlan(name, skip=f"Batch {meta['namespace']}/{meta['name']} is being deleted")
-    if not sched:
-        return TickPlan(name, skip=f"Batch {meta['namespace']}/{meta['name']} has no spec.schedule any more")
-    if sched.get("suspend"):
-        return TickPlan(name, skip="spec.schedule.suspend is true")
-    existing = next((r for r in runs if _meta(r).get("name") == name), None)
-    if existing is not None:
-        return TickPlan(name, exists=True)  # this tick was evaluated before: its run request is the same
-    others = [r for r in active_runs(runs) if _meta(r).get("name") != name]
-    policy = sched.get("concurrencyPolicy") or "Allow"
-    if policy == "Forbid" and others:
-        names = ", ".join(_meta(r)["name"] for r in others)
-        return TickPlan(name, skip=f"concurrencyPolicy Forbid: BatchRun {names} is still active")
-    if policy == "Replace":
-        return TickPlan(name, stop=tuple(_meta(r)["name"] for r in others if not stop_requested(r)))
-    return TickPlan(name)
-
-
-# --- BatchRun objects (pure) -------------------------------------------------------------------
-
-
-def batch_owner(batch: Obj) -> dict[str, Any]:
-    meta = _meta(batch)
-    return {"apiVersion": API_VERSION, "kind": "Batch", "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
-
-
-def batchrun_body(batch: Obj, name: str, *, extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A BatchRun of ``batch`` (``spec.batchRef``), owned by it and labelled with its name."""
-    meta = _meta(batch)
-    if len(name) > MAX_BATCHRUN_NAME:
-        raise ValueError(f"BatchRun name {name!r} is longer than {MAX_BATCHRUN_NAME} characters")
-    body: dict[str, Any] = {
-        "apiVersion": API_VERSION,
-        "kind": "BatchRun",
-        "metadata": {
-            "name": name,
-            "namespace": meta["namespace"],
-            "labels": {annotations.LABEL_BATCH: meta["name"]},
-            "ownerReferences": [batch_owner(batch)],
-        },
-        "spec": {"batchRef": meta["name"]},
-    }
-    if extra_annotations:
-        body["metadata"]["annotations"] = dict(extra_annotations)
-    return body
-
-
-def scheduled_batchrun_body(batch: Obj, name: str, schedule_name: str, scheduled_time: datetime) -> dict[str, Any]:
-    return batchrun_body(batch, name, extra_annotations={
-        annotations.EXECUTED_BY: f"{EXECUTED_BY_SCHEDULE}/{schedule_name}",
-        ANNOTATION_REQUESTED_BY: f"schedule/{schedule_name}",
-        ANNOTATION_SCHEDULED_AT: status_fns.rfc3339(scheduled_time),
-    })
-
-
-def batchrun_tags(batchrun: Obj) -> dict[str, str]:
-    """The run tags the bridge uses for a BatchRun's run (it finds a run by kind, uid and generation)."""
-    meta = _meta(batchrun)
-    return {
-        TAG_KIND: "BatchRun",
-        TAG_NAMESPACE: meta["namespace"],
-        TAG_NAME: meta["name"],
-        TAG_UID: meta.get("uid") or "",
-        TAG_GENERATION: str(meta.get("generation") or 1),
-        TAG_BATCH: (batchrun.get("spec") or {}).get("batchRef") or "",
-    }
-
-
 def run_request(batch: Obj, batchrun: Obj, scheduled_time: datetime) -> RunRequest:
     """The tick's run of ``batch_job`` for ``batchrun`` (``run_key`` = its name: one run per tick)."""
-    meta = _meta(batchrun)
+    meta = objects.meta(batchrun)
     spec = batchrun.get("spec") or {}
     parallelism = spec.get("parallelism") or (batch.get("spec") or {}).get("parallelism") or DEFAULT_PARALLELISM
     return RunRequest(
         run_key=meta["name"],
         run_config=batch_run_config(meta["namespace"], meta["name"], meta.get("uid") or "", int(parallelism)),
-        tags={**batchrun_tags(batchrun), TAG_SCHEDULED_FOR: status_fns.rfc3339(scheduled_time)},
+        tags={**batchrun_tags(batchrun), vocabulary.TAG_SCHEDULED_FOR: status_fns.rfc3339(scheduled_time)},
     )
 
 
@@ -248,14 +81,14 @@ def run_request(batch: Obj, batchrun: Obj, scheduled_time: datetime) -> RunReque
 def list_batch_runs(api: Any, namespace: str, batch: str, batch_uid: str) -> list[dict[str, Any]]:
     """The BatchRuns of a Batch: labelled with its name and owned by this incarnation of it."""
     items = api.custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "batchruns", label_selector=f"{annotations.LABEL_BATCH}={batch}")["items"]
+        GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={batch}")["items"]
     return [r for r in items if owned_by(r, batch_uid)]
 
 
 def request_stop(api: Any, namespace: str, name: str) -> None:
     try:
         api.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "batchruns", name, {"metadata": {"annotations": {annotations.STOP: "true"}}},
+            GROUP, VERSION, namespace, "batchruns", name, {"metadata": {"annotations": {vocabulary.STOP: "true"}}},
             _content_type="application/merge-patch+json")
     except ApiException as e:
         if e.status != 404:
@@ -328,7 +161,7 @@ def preview_tick(api: Any, namespace: str, batch_name: str, scheduled_time: date
     body = batchrun_body(batch, plan.name)  # not created: a preview has no uid yet
     request = run_request(batch, body, scheduled_time)
     note = f" after stopping {', '.join(plan.stop)}" if plan.stop else ""
-    return request.with_replaced_attrs(tags={**request.tags, "kubetask.io/preview": f"would create BatchRun {plan.name}{note}"})
+    return request.with_replaced_attrs(tags={**request.tags, vocabulary.TAG_PREVIEW: f"would create BatchRun {plan.name}{note}"})
 
 
 def is_recorded_tick(context: ScheduleEvaluationContext) -> bool:
@@ -364,7 +197,7 @@ def batch_schedule(entry: BatchEntry) -> ScheduleDefinition:
         description=(f"Batch {ns}/{batch}: a BatchRun at `{spec.cron}` ({spec.time_zone}), "
                      f"concurrencyPolicy {spec.concurrency_policy}. On/off follows spec.schedule.suspend."),
         metadata={"namespace": ns, "batch": batch, "uid": entry.uid, "kubectl": entry.kubectl},
-        tags={TAG_BATCH: batch, TAG_NAMESPACE: ns},
+        tags={vocabulary.TAG_BATCH: batch, vocabulary.TAG_NAMESPACE: ns},
     )
     def _tick(context: ScheduleEvaluationContext, kube: KubeResource):
         when = context.scheduled_execution_time or _floor_minute(datetime.now(timezone.utc))

@@ -4,7 +4,7 @@ The session starts its own cluster in a private run directory and stops it at th
 KUBETASK_TEST_KUBECONFIG points at a cluster that is already running (e.g. a dev cluster started
 with `deploy/local/cluster start`; its CRDs are then re-applied, nothing is stopped).
 
-The cluster fixture applies crds/*.yaml. A CRD the apiserver rejects does not fail every test:
+The cluster fixture applies deploy/crds/bases/*.yaml. A CRD the apiserver rejects does not fail every test:
 it is recorded in cluster.crd_errors, and tests that need the CRDs request the `crds` fixture,
 which fails them with the apiserver's message.
 
@@ -31,7 +31,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "deploy" / "local" / "cluster"
-CRDS_DIR = REPO / "crds"
+CRDS_DIR = REPO / "deploy" / "crds" / "bases"
 CACHE = Path(os.environ.get("KUBETASK_CACHE", Path.home() / ".cache" / "kubetask-dagster"))
 INTEGRATION_DIR = Path(__file__).resolve().parent
 

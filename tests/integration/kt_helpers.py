@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from kubetask_dagster.launcher import ZYGOTE_MODULE
+from kubetask_dagster.local.launcher import ZYGOTE_MODULE
 
 
 def inline(path: str, text: str) -> dict:

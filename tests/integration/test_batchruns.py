@@ -259,8 +259,8 @@ def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namesp
 
 
 def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, namespace, crds):
-    from kubetask_dagster.api.batch import MAX_BATCHRUN_NAME
-    from kubetask_dagster.status import batchrun_summary
+    from kubetask.api.batch import MAX_BATCHRUN_NAME
+    from kubetask.domain.status import batchrun_summary
 
     name = "b" * MAX_BATCHRUN_NAME
     run_id = "0f6a7c1e-7d3b-4f57-9a54-4ad4c3f1b2e9"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kubetask_dagster.api import (
+from kubetask.api import (
     Batch,
     BatchRun,
     ContextType,
@@ -15,7 +15,7 @@ from kubetask_dagster.api import (
     WorkspaceConfig,
     parse_duration,
 )
-from kubetask_dagster.api.cron import is_valid_cron, to_five_fields
+from kubetask.api.cron import is_valid_cron, to_five_fields
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MODELS = {"Task": Task, "WorkspaceConfig": WorkspaceConfig, "Batch": Batch, "BatchRun": BatchRun}

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kubetask_dagster.kube import Kube, api_retry_policy
+from kubetask.kube.config import api_retry_policy
+from kubetask_dagster.kube import Kube
 
 TASK = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": "t", "namespace": "ns", "uid": "u"}}
 
@@ -67,7 +68,7 @@ def kube_for(url: str, tmp_path) -> Kube:
 @pytest.fixture
 def fast_backoff(monkeypatch):
     """The same policy with sleeps of 0.05 s to 0.4 s (~3.5 s in all), so tests do not wait out real backoff."""
-    import kubetask_dagster.kube as kube_module
+    import kubetask.kube.config as kube_module
 
     def fast():
         return api_retry_policy().new(backoff_factor=0.05, backoff_max=0.4)

@@ -7,18 +7,20 @@ from dagster import AssetKey, DagsterInstance, materialize
 from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 from dagster._core.definitions.reconstruct import repository_def_from_target_def
 
+from kubetask import vocabulary
+from kubetask.domain import catalog as catalog_entries
 from kubetask_dagster import catalog, definitions
-from kubetask_dagster.api import annotations
-from kubetask_dagster.api.batch import MAX_BATCHRUN_NAME
-from kubetask_dagster.assets import batch_assets, materialization_batchrun_name
-from kubetask_dagster.batch_ops import batch_asset_key
-from kubetask_dagster.taskflow import KubeResource
+from kubetask.api.batch import MAX_BATCHRUN_NAME
+from kubetask.domain.scheduling import materialization_batchrun_name
+from kubetask_dagster.assets import batch_assets
+from kubetask_dagster.ops.batch import batch_asset_key
+from kubetask_dagster.resources import KubeResource
 
 from test_schedules import FakeKube, batch
 
 
 def entries(*objs):
-    return catalog.entries_from_batches(objs)
+    return catalog_entries.entries_from_batches(objs)
 
 
 def test_one_asset_per_batch_with_a_partition_per_task():
@@ -69,8 +71,8 @@ def test_materializing_creates_a_batchrun_for_the_bridge(fake_api, tmp_path):
         meta = created["metadata"]
         assert meta["name"] == materialization_batchrun_name("nightly", result.run_id)
         assert meta["ownerReferences"][0]["kind"] == "Batch" and meta["ownerReferences"][0]["uid"] == "uid-1"
-        assert meta["labels"] == {annotations.LABEL_BATCH: "nightly"} and created["spec"] == {"batchRef": "nightly"}
-        assert annotations.EXECUTED_BY not in meta["annotations"]  # the bridge submits batch_job for it
+        assert meta["labels"] == {vocabulary.LABEL_BATCH: "nightly"} and created["spec"] == {"batchRef": "nightly"}
+        assert vocabulary.EXECUTED_BY not in meta["annotations"]  # the bridge submits batch_job for it
         assert meta["annotations"]["kubetask.io/requested-by"] == f"run/{result.run_id}"
         # The request is an observation; the Tasks materialize their partitions when they complete.
         assert result.get_asset_materialization_events() == []

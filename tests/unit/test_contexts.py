@@ -8,20 +8,20 @@ import time
 
 import pytest
 
-from kubetask_dagster.api import Context, Task, WorkspaceConfigSpec
-from kubetask_dagster.contexts import (
+from kubetask.api import Context, Task, WorkspaceConfigSpec
+from kubetask.domain.contexts import (
     ContextFile,
-    HttpFetcher,
     Part,
     SourceInfo,
-    StaticReader,
     aggregate,
     all_contexts,
     display_url,
     file_keys,
     resolve,
 )
-from kubetask_dagster.errors import TaskError
+from kubetask.domain.errors import TaskError
+from kubetask.kube.http import HttpFetcher
+from tests.fakes import StaticReader
 
 NS = "team-a"
 

@@ -4,17 +4,18 @@ from pathlib import Path
 
 import yaml
 
-from kubetask_dagster.api import crdgen
+from kubetask.tools import crdgen
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "deploy" / "crds" / "bases"
 
 
 def test_committed_crds_match_the_models():
     generated = crdgen.crd_files()
     committed = {p.name: p.read_text() for p in CRDS.glob("*.yaml")}
-    assert set(committed) == set(generated), "crds/ has extra or missing files: run kubetask-crds"
+    assert set(committed) == set(generated), "deploy/crds/bases/ has extra or missing files: run kubetask-crds"
     for name, text in generated.items():
-        assert committed[name] == text, f"crds/{name} is stale: run kubetask-crds"
+        assert committed[name] == text, f"deploy/crds/bases/{name} is stale: run kubetask-crds"
 
 
 def test_check_mode_detects_drift(tmp_path):
@@ -66,7 +67,7 @@ def test_cel_messages_name_their_field():
 
 
 def test_api_reference_matches_the_models():
-    from kubetask_dagster.api import docgen
+    from kubetask.tools import docgen
 
-    committed = (CRDS.parent / "docs" / "api.md").read_text()
+    committed = (REPO / "docs" / "api.md").read_text()
     assert committed == docgen.render(), "docs/api.md is stale: run kubetask-api-docs"

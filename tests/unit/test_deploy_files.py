@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from crd_bridge import leader
-from kubetask_dagster.api import WorkspaceConfig
-from kubetask_dagster.api.crdgen import crd_files
-from kubetask_dagster.api.crdgen import main as crdgen
+from kubetask.api import WorkspaceConfig
+from kubetask.tools.crdgen import crd_files
+from kubetask.tools.crdgen import main as crdgen
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -37,10 +37,16 @@ def kustomizations() -> list[Path]:
 # --- kustomize layout --------------------------------------------------------------------------------
 
 
-def test_crd_copies_match_the_models():
-    assert crdgen(["--out", str(DEPLOY / "crds"), "--check"]) == 0, "run: kubetask-crds --out deploy/crds"
+def test_the_crds_kustomization_lists_every_generated_crd():
+    assert crdgen(["--out", str(DEPLOY / "crds" / "bases"), "--check"]) == 0, "run: kubetask-crds"
     listed = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(crd_files())
+    assert sorted(listed) == sorted(f"bases/{name}" for name in crd_files())
+
+
+def test_the_crds_exist_once():
+    copies = [p.relative_to(DEPLOY.parent).as_posix() for p in DEPLOY.parent.rglob("kubetask.io_*.yaml")
+              if ".git" not in p.parts]
+    assert sorted(copies) == sorted(f"deploy/crds/bases/{name}" for name in crd_files())
 
 
 def test_every_kustomization_lists_what_exists_and_stays_inside_its_directory():
@@ -161,7 +167,7 @@ def test_dockerfiles_build_small_non_root_images():
     assert re.search(r"^USER 10001:10001$", main, re.M)
     assert 'CMD ["python", "-m", "crd_bridge"]' in main
     copied = {src for line in re.findall(r"^COPY (.+)$", main, re.M) for src in line.split()[:-1]}
-    assert {"pyproject.toml", "README.md", "kubetask_dagster", "crd_bridge", "workspace.yaml"} <= copied
+    assert {"pyproject.toml", "README.md", "kubetask", "kubetask_dagster", "crd_bridge", "workspace.yaml"} <= copied
     assert all((REPO / src).exists() for src in copied)
     echo = (REPO / "agents" / "echo" / "Dockerfile").read_text()
     assert re.search(r"^FROM alpine:", echo, re.M) and re.search(r"^USER 10001:10001$", echo, re.M)

@@ -14,7 +14,7 @@ from dagster._core.instance_for_test import instance_for_test
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 import launcher_jobs
-from kubetask_dagster.launcher import HOST_TAG, PID_TAG, ForkingRunLauncher, WorkerStatus
+from kubetask_dagster.local.launcher import HOST_TAG, PID_TAG, ForkingRunLauncher, WorkerStatus
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def instance(monkeypatch):
     # the zygote and its workers import the test's jobs (and this checkout) by module name
     here = Path(__file__).resolve().parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parents[1]), os.environ.get("PYTHONPATH", "")]))
-    with instance_for_test(overrides={"run_launcher": {"module": "kubetask_dagster.launcher", "class": "ForkingRunLauncher"}}) as inst:
+    with instance_for_test(overrides={"run_launcher": {"module": "kubetask_dagster.local.launcher", "class": "ForkingRunLauncher"}}) as inst:
         yield inst
         inst.run_launcher.dispose()
 
@@ -98,7 +98,7 @@ def test_a_dead_zygote_is_replaced(instance, tmp_path):
 
 def test_a_zygote_that_took_the_request_and_died_is_not_asked_again(instance, tmp_path, monkeypatch):
     """Asking a second zygote could start the same run twice; the launch fails instead."""
-    import kubetask_dagster.launcher as launcher_module
+    import kubetask_dagster.local.launcher as launcher_module
     from dagster._core.errors import DagsterLaunchFailedError
 
     requests = tmp_path / "requests"

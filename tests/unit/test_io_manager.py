@@ -14,7 +14,7 @@ from dagster import (
     reconstructable,
 )
 
-from kubetask_dagster.io import KEY_PREFIX, RunStorageIOManager
+from kubetask_dagster.resources import KEY_PREFIX, RunStorageIOManager
 
 CALLS: list[str] = []
 

@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 
-from kubetask_dagster.api import Context, Task, WorkspaceConfigSpec
-from kubetask_dagster.contexts import StaticReader, aggregate, resolve
-from kubetask_dagster.errors import TaskError
-from kubetask_dagster.manifests import (
+from kubetask.api import Context, Task, WorkspaceConfigSpec
+from kubetask.domain.contexts import aggregate, resolve
+from tests.fakes import StaticReader
+from kubetask.domain.errors import TaskError
+from kubetask.domain.manifests import (
     DEFAULT_GIT_IMAGE,
     GIT_CLONE_SCRIPT,
     GIT_CREDENTIAL_HELPER,

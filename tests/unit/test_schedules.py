@@ -12,11 +12,13 @@ from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, build_sch
 from kubernetes.client.rest import ApiException
 
 from crd_bridge.batches import BatchSync, desired_toggle, owner_batch
+from kubetask import vocabulary
+from kubetask.domain import catalog as catalog_entries
+from kubetask.domain import scheduling
 from kubetask_dagster import catalog, schedules
-from kubetask_dagster.api import annotations
-from kubetask_dagster.api.batch import MAX_SCHEDULED_BATCH_NAME
+from kubetask.api.batch import MAX_SCHEDULED_BATCH_NAME
 from kubetask_dagster.definitions import build_definitions
-from kubetask_dagster.taskflow import KubeResource
+from kubetask_dagster.resources import KubeResource
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -40,12 +42,12 @@ def run(name: str, phase: str | None = None, *, owner_uid: str = "uid-1", batch_
     obj: dict[str, Any] = {
         "apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "creationTimestamp": created,
-                     "labels": {annotations.LABEL_BATCH: batch_name},
+                     "labels": {vocabulary.LABEL_BATCH: batch_name},
                      "ownerReferences": [{"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "name": batch_name, "uid": owner_uid}]},
         "spec": {"batchRef": batch_name},
     }
     if stop:
-        obj["metadata"]["annotations"] = {annotations.STOP: "true"}
+        obj["metadata"]["annotations"] = {vocabulary.STOP: "true"}
     if phase:
         obj["status"] = {"phase": phase, **({"completionTime": completed} if completed else {})}
     return obj
@@ -55,7 +57,7 @@ def run(name: str, phase: str | None = None, *, owner_uid: str = "uid-1", batch_
 
 
 def test_catalog_entries_names_partitions_cron_and_tz():
-    entries = catalog.entries_from_batches([
+    entries = catalog_entries.entries_from_batches([
         batch("plain", tasks=2),
         batch("nightly", schedule={"cron": "@daily", "timeZone": "Europe/Berlin", "concurrencyPolicy": "Forbid",
                                    "successfulRunsHistoryLimit": 5}, parallelism=4, workspaceConfigRef="ws"),
@@ -79,18 +81,18 @@ def test_catalog_is_tolerant_and_round_trips():
         batch("bad-cron", schedule={"cron": "every day"}),  # the API server refuses it; the catalog ignores the schedule
         batch("no-spec") | {"spec": None},
     ]
-    entries = catalog.entries_from_batches(objs)
+    entries = catalog_entries.entries_from_batches(objs)
     assert [(e.name, e.schedule, e.tasks) for e in entries] == [("bad-cron", None, 3), ("no-spec", None, 0)]
-    again = catalog.loads(catalog.dumps(catalog.entries_from_batches([batch(schedule={"cron": "1 2 * * *"})])))
-    assert again == catalog.entries_from_batches([batch(schedule={"cron": "1 2 * * *"})])
+    again = catalog_entries.loads(catalog_entries.dumps(catalog_entries.entries_from_batches([batch(schedule={"cron": "1 2 * * *"})])))
+    assert again == catalog_entries.entries_from_batches([batch(schedule={"cron": "1 2 * * *"})])
 
 
 def test_schedule_names_are_valid_and_unique():
-    names = {catalog.schedule_name(ns, b) for ns, b in [("a", "b-c"), ("a", "b.c"), ("a--b", "c"), ("a", "b--c"), ("a-b", "c")]}
+    names = {catalog_entries.schedule_name(ns, b) for ns, b in [("a", "b-c"), ("a", "b.c"), ("a--b", "c"), ("a", "b--c"), ("a-b", "c")]}
     assert len(names) == 5
     assert all(n.replace("_", "a").isalnum() for n in names)
-    assert catalog.schedule_name("team-a", "nightly") == "batch__team_a__nightly"  # readable when it can be
-    assert catalog.schedule_name("a", "b.c") == catalog.schedule_name("a", "b.c")  # stable
+    assert catalog_entries.schedule_name("team-a", "nightly") == "batch__team_a__nightly"  # readable when it can be
+    assert catalog_entries.schedule_name("a", "b.c") == catalog_entries.schedule_name("a", "b.c")  # stable
 
 
 def test_load_entries_never_fails():
@@ -99,7 +101,7 @@ def test_load_entries_never_fails():
             raise ConnectionRefusedError("connection refused")
 
     assert catalog.load_entries(env={}, custom_api=Down()) == []
-    assert catalog.load_entries(env={catalog.ENV_CATALOG: "off"}, custom_api=Down()) == []
+    assert catalog.load_entries(env={catalog_entries.ENV_CATALOG: "off"}, custom_api=Down()) == []
 
     class Paged:
         calls: list = []
@@ -111,13 +113,13 @@ def test_load_entries_never_fails():
             return {"items": [batch("two", ns=ns)], "metadata": {}}
 
     api = Paged()
-    entries = catalog.load_entries(env={catalog.ENV_NAMESPACES: " x, y "}, custom_api=api)
+    entries = catalog.load_entries(env={catalog_entries.ENV_NAMESPACES: " x, y "}, custom_api=api)
     assert [(e.namespace, e.name) for e in entries] == [("x", "one"), ("x", "two"), ("y", "two")]
     assert api.calls == [("x", None), ("x", "t"), ("y", None)]
 
 
 def test_definitions_from_catalog():
-    entries = catalog.entries_from_batches([
+    entries = catalog_entries.entries_from_batches([
         batch("nightly", schedule={"cron": "@hourly", "timeZone": "Asia/Tokyo"}),
         batch("never", schedule={"cron": "0 0 31 2 *"}),  # valid cron, never fires: Dagster refuses it, the location still loads
         batch("plain"),
@@ -134,11 +136,11 @@ def test_definitions_from_catalog():
 
 
 def test_tick_name_is_minutes_since_epoch():
-    name = schedules.tick_batchrun_name("nightly", T0)
+    name = scheduling.tick_batchrun_name("nightly", T0)
     assert name == f"nightly-{int(T0.timestamp()) // 60}" and len(name) == len("nightly-") + 8
     berlin = T0.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
-    assert schedules.tick_batchrun_name("nightly", berlin) == name  # the time zone does not change the name
-    assert len(schedules.tick_batchrun_name("x" * MAX_SCHEDULED_BATCH_NAME, T0)) <= 42
+    assert scheduling.tick_batchrun_name("nightly", berlin) == name  # the time zone does not change the name
+    assert len(scheduling.tick_batchrun_name("x" * MAX_SCHEDULED_BATCH_NAME, T0)) <= 42
 
 
 @pytest.mark.parametrize("policy", ["Allow", "Forbid", "Replace", None])
@@ -146,23 +148,23 @@ def test_plan_tick_by_policy(policy):
     sched = {"cron": "* * * * *", **({"concurrencyPolicy": policy} if policy else {})}
     b = batch(schedule=sched)
     runs = [run("nightly-1", "Running"), run("nightly-2", "Completed"), run("nightly-3", None), run("nightly-4", "Running", stop=True)]
-    plan = schedules.plan_tick(b, runs, T0)
-    assert plan.name == schedules.tick_batchrun_name("nightly", T0)
+    plan = scheduling.plan_tick(b, runs, T0)
+    assert plan.name == scheduling.tick_batchrun_name("nightly", T0)
     if policy == "Forbid":
         assert plan.skip and "nightly-1, nightly-3, nightly-4" in plan.skip
     elif policy == "Replace":
         assert plan.skip is None and plan.stop == ("nightly-1", "nightly-3")  # nightly-4 is already being stopped
     else:
         assert plan.skip is None and plan.stop == ()
-    assert schedules.plan_tick(b, [run("nightly-2", "Completed"), run("nightly-5", "Failed")], T0) == schedules.TickPlan(plan.name)
+    assert scheduling.plan_tick(b, [run("nightly-2", "Completed"), run("nightly-5", "Failed")], T0) == scheduling.TickPlan(plan.name)
 
 
 def test_plan_tick_skips_and_repeats():
-    assert schedules.plan_tick(batch(schedule={"cron": "* * * * *", "suspend": True}), [], T0).skip == "spec.schedule.suspend is true"
-    assert "no spec.schedule" in schedules.plan_tick(batch(), [], T0).skip
-    name = schedules.tick_batchrun_name("nightly", T0)
+    assert scheduling.plan_tick(batch(schedule={"cron": "* * * * *", "suspend": True}), [], T0).skip == "spec.schedule.suspend is true"
+    assert "no spec.schedule" in scheduling.plan_tick(batch(), [], T0).skip
+    name = scheduling.tick_batchrun_name("nightly", T0)
     # The same tick evaluated again (daemon restart): not a Forbid skip of its own BatchRun.
-    again = schedules.plan_tick(batch(schedule={"cron": "* * * * *", "concurrencyPolicy": "Forbid"}), [run(name, "Running")], T0)
+    again = scheduling.plan_tick(batch(schedule={"cron": "* * * * *", "concurrencyPolicy": "Forbid"}), [run(name, "Running")], T0)
     assert again.exists and again.skip is None
 
 
@@ -177,34 +179,34 @@ def test_history_pruning_keeps_the_newest():
         run("busy", "Running"),
         run("new", None),
     ]
-    assert schedules.runs_to_prune(runs, 3, 1) == ["ok-1", "bad-1"]
-    assert schedules.runs_to_prune(runs, 0, 0) == ["ok-1", "bad-1", "ok-2", "bad-2", "ok-3", "ok-4"]
-    assert schedules.runs_to_prune(runs, 10, 10) == []
-    assert schedules.history_limits(None) == (3, 1)
-    assert schedules.history_limits({"successfulRunsHistoryLimit": 0, "failedRunsHistoryLimit": 7}) == (0, 7)
+    assert scheduling.runs_to_prune(runs, 3, 1) == ["ok-1", "bad-1"]
+    assert scheduling.runs_to_prune(runs, 0, 0) == ["ok-1", "bad-1", "ok-2", "bad-2", "ok-3", "ok-4"]
+    assert scheduling.runs_to_prune(runs, 10, 10) == []
+    assert scheduling.history_limits(None) == (3, 1)
+    assert scheduling.history_limits({"successfulRunsHistoryLimit": 0, "failedRunsHistoryLimit": 7}) == (0, 7)
 
 
 def test_status_from_runs():
     runs = [run("a", "Running", created="2026-12-01T02:00:00Z"), run("b", None, created="2026-12-01T01:00:00Z"),
             run("c", "Completed", completed="2026-12-01T03:00:00Z"), run("d", "Completed", completed="2026-12-01T04:00:00Z")]
-    patch = schedules.status_from_runs(runs, {"lastSuccessfulTime": "2026-12-01T03:30:00Z"})
+    patch = scheduling.status_from_runs(runs, {"lastSuccessfulTime": "2026-12-01T03:30:00Z"})
     assert patch == {"active": [{"name": "b"}, {"name": "a"}], "lastSuccessfulTime": "2026-12-01T04:00:00Z"}
     # Never moves back (the newest completed run may have been pruned); no active runs -> field removed.
-    assert schedules.status_from_runs([runs[2]], {"lastSuccessfulTime": "2026-12-02T00:00:00Z"}) == {"active": None}
-    assert not schedules.status_changed({"active": [{"name": "b"}]}, {"active": [{"name": "b"}]})
-    assert not schedules.status_changed({}, {"active": None})
-    assert schedules.status_changed({"active": [{"name": "b"}]}, {"active": None})
+    assert scheduling.status_from_runs([runs[2]], {"lastSuccessfulTime": "2026-12-02T00:00:00Z"}) == {"active": None}
+    assert not scheduling.status_changed({"active": [{"name": "b"}]}, {"active": [{"name": "b"}]})
+    assert not scheduling.status_changed({}, {"active": None})
+    assert scheduling.status_changed({"active": [{"name": "b"}]}, {"active": None})
 
 
 def test_scheduled_batchrun_body_and_run_request():
     b = batch(schedule={"cron": "* * * * *"}, parallelism=3)
-    body = schedules.scheduled_batchrun_body(b, "nightly-29000000", "batch__team_a__nightly", T0)
+    body = scheduling.scheduled_batchrun_body(b, "nightly-29000000", "batch__team_a__nightly", T0)
     meta = body["metadata"]
     assert meta["ownerReferences"] == [{"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "name": "nightly", "uid": "uid-1",
                                         "controller": True, "blockOwnerDeletion": True}]
     assert meta["labels"] == {"kubetask.io/batch": "nightly"} and body["spec"] == {"batchRef": "nightly"}
-    assert meta["annotations"][annotations.EXECUTED_BY] == "schedule/batch__team_a__nightly"  # the bridge does not submit it
-    assert meta["annotations"][schedules.ANNOTATION_SCHEDULED_AT] == "2026-12-01T03:00:00Z"
+    assert meta["annotations"][vocabulary.EXECUTED_BY] == "schedule/batch__team_a__nightly"  # the bridge does not submit it
+    assert meta["annotations"][vocabulary.SCHEDULED_AT] == "2026-12-01T03:00:00Z"
     created = copy.deepcopy(body)
     created["metadata"]["uid"] = "br-uid"
     req = schedules.run_request(b, created, T0)
@@ -214,7 +216,7 @@ def test_scheduled_batchrun_body_and_run_request():
     assert req.tags["kubetask.io/uid"] == "br-uid" and req.tags["kubetask.io/kind"] == "BatchRun"
     assert req.tags["kubetask.io/scheduled-for"] == "2026-12-01T03:00:00Z"
     with pytest.raises(ValueError):
-        schedules.batchrun_body(b, "x" * 43)
+        scheduling.batchrun_body(b, "x" * 43)
 
 
 # --- the tick against a fake API ---------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_tick_creates_an_owned_batchrun_prunes_and_writes_status():
     api.custom.add("batchruns", run("nightly-2", "Completed", completed="2026-12-01T02:00:00Z"))
     api.custom.add("batchruns", run("other", "Completed", owner_uid="an-older-batch"))  # same name, earlier Batch: not ours
     result = schedules.evaluate_tick(api, "team-a", "nightly", "batch__team_a__nightly", T0)
-    name = schedules.tick_batchrun_name("nightly", T0)
+    name = scheduling.tick_batchrun_name("nightly", T0)
     assert isinstance(result, RunRequest) and result.run_key == name
     created = api.custom.objs[("batchruns", "team-a", name)]
     assert created["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
@@ -320,7 +322,7 @@ def test_tick_forbid_replace_suspend_and_gone():
 
     api.custom.objs[("batches", "team-a", "nightly")]["spec"]["schedule"]["concurrencyPolicy"] = "Replace"
     assert isinstance(schedules.evaluate_tick(api, "team-a", "nightly", "s", T0), RunRequest)
-    assert api.custom.objs[("batchruns", "team-a", "nightly-1")]["metadata"]["annotations"] == {annotations.STOP: "true"}
+    assert api.custom.objs[("batchruns", "team-a", "nightly-1")]["metadata"]["annotations"] == {vocabulary.STOP: "true"}
 
     api.custom.objs[("batches", "team-a", "nightly")]["spec"]["schedule"]["suspend"] = True
     assert isinstance(schedules.evaluate_tick(api, "team-a", "nightly", "s", T0.replace(minute=1)), SkipReason)
@@ -331,10 +333,10 @@ def test_schedule_definition_evaluates_through_dagster(monkeypatch):
     api = FakeKube()
     api.custom.add("batches", batch(schedule={"cron": "*/5 * * * *", "timeZone": "Europe/Berlin"}))
     monkeypatch.setattr(KubeResource, "api", property(lambda self: api))
-    entries = catalog.entries_from_batches([api.custom.objs[("batches", "team-a", "nightly")]])
+    entries = catalog_entries.entries_from_batches([api.custom.objs[("batches", "team-a", "nightly")]])
     repo = build_definitions(entries).get_repository_def()
     sched = repo.get_schedule_def("batch__team_a__nightly")
-    name = schedules.tick_batchrun_name("nightly", T0)
+    name = scheduling.tick_batchrun_name("nightly", T0)
 
     # A dry run ("Test schedule" in the UI): the decision, but no BatchRun.
     preview = sched.evaluate_tick(build_schedule_context(scheduled_execution_time=T0, resources={"kube": KubeResource()}))
@@ -480,11 +482,11 @@ def test_bridge_toggles_follow_suspend():
 
 
 def test_desired_toggle_and_owner():
-    on = catalog.entry_from_batch(batch(schedule={"cron": "* * * * *"}))
-    off = catalog.entry_from_batch(batch(schedule={"cron": "* * * * *", "suspend": True}))
+    on = catalog_entries.entry_from_batch(batch(schedule={"cron": "* * * * *"}))
+    off = catalog_entries.entry_from_batch(batch(schedule={"cron": "* * * * *", "suspend": True}))
     assert [desired_toggle(on, s) for s in ("RUNNING", "STOPPED", None)] == [None, "start", "start"]
     assert [desired_toggle(off, s) for s in ("RUNNING", "STOPPED")] == ["stop", None]
-    assert desired_toggle(catalog.entry_from_batch(batch()), "STOPPED") is None
+    assert desired_toggle(catalog_entries.entry_from_batch(batch()), "STOPPED") is None
     assert owner_batch(run("x")) == ("team-a", "nightly")
     assert owner_batch({"metadata": {"namespace": "a", "name": "x"}}) is None
 

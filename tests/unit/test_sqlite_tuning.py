@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 import sqlalchemy
 
-from kubetask_dagster import sqlite_tuning
+from kubetask_dagster.local import sqlite_tuning
 
 
 @pytest.fixture
@@ -23,19 +23,25 @@ def _synchronous(tmp_path) -> int:
         return conn.execute(sqlalchemy.text("PRAGMA synchronous")).scalar()
 
 
-def test_unset_changes_nothing(fresh, monkeypatch, tmp_path):
-    monkeypatch.delenv(sqlite_tuning.ENV, raising=False)
-    assert sqlite_tuning.apply_from_env() is None
+def test_unset_changes_nothing(fresh, tmp_path):
+    assert sqlite_tuning.apply(None) is None
     assert _synchronous(tmp_path) == sqlite3.connect(":memory:").execute("PRAGMA synchronous").fetchone()[0]
 
 
-def test_off_applies_to_every_new_sqlite_connection(fresh, monkeypatch, tmp_path):
-    monkeypatch.setenv(sqlite_tuning.ENV, "off")
-    assert sqlite_tuning.apply_from_env() == "OFF"
+def test_off_applies_to_every_new_sqlite_connection(fresh, tmp_path):
+    assert sqlite_tuning.apply("off") == "OFF"
     assert _synchronous(tmp_path) == 0
 
 
-def test_a_bad_value_is_refused(fresh, monkeypatch):
-    monkeypatch.setenv(sqlite_tuning.ENV, "fast")
-    with pytest.raises(ValueError, match="KUBETASK_SQLITE_SYNCHRONOUS"):
-        sqlite_tuning.apply_from_env()
+def test_a_bad_value_is_refused(fresh):
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        sqlite_tuning.apply("fast")
+
+
+def test_the_launcher_config_turns_it_on_for_its_process_and_its_zygote(fresh, tmp_path):
+    from kubetask_dagster.local.launcher import SQLITE_FLAG, ForkingRunLauncher
+
+    launcher = ForkingRunLauncher.from_config_value(None, {"sqlite_synchronous": "OFF"})
+    assert _synchronous(tmp_path) == 0
+    assert launcher._zygote_args() == [SQLITE_FLAG, "OFF"]
+    assert ForkingRunLauncher.from_config_value(None, {})._zygote_args() == []

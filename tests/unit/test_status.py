@@ -2,8 +2,8 @@
 
 from datetime import datetime, timedelta, timezone
 
-from kubetask_dagster import status
-from kubetask_dagster.api import BatchRunStatus, RetryPolicy, TaskSpec, TaskStatus, WorkspaceConfigSpec
+from kubetask.domain import status
+from kubetask.api import BatchRunStatus, RetryPolicy, TaskSpec, TaskStatus, WorkspaceConfigSpec
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)

@@ -21,8 +21,8 @@ from dagster import (
     reconstructable,
 )
 
-from kubetask_dagster.executor import step_interrupted, threaded_executor
-from kubetask_dagster.io import RunStorageIOManager
+from kubetask_dagster.execution.executor import step_interrupted, threaded_executor
+from kubetask_dagster.resources import RunStorageIOManager
 
 WIDTH = 8
 _lock = threading.Lock()

@@ -1,0 +1,81 @@
+"""BatchRun expansion (pure): commonContext + variableContexts[i] -> Task i, names, parallelism."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kubetask import vocabulary
+from kubetask.api import BatchRun, BatchTemplate
+from kubetask.api.base import API_VERSION
+from kubetask.api.batch import DEFAULT_PARALLELISM
+
+EXECUTED_BY_BATCHRUN = "batchrun"
+
+
+def task_name(batchrun_name: str, index: int) -> str:
+    """Task ``index`` of a BatchRun, as the original named it."""
+    return f"{batchrun_name}-task-{index}"
+
+
+def mapping_key(index: int) -> str:
+    """Dagster mapping key of Task ``index`` (step ``run_batch_task[task_<i>]``)."""
+    return f"task_{index}"
+
+
+def index_of(name: str) -> int | None:
+    """The index of a BatchRun's Task from its name, or None."""
+    match = re.search(r"-task-(\d+)$", name)
+    return int(match.group(1)) if match else None
+
+
+def executed_by(batchrun_name: str) -> str:
+    """The ``kubetask.io/executed-by`` value of a BatchRun's Tasks: the bridge leaves them alone."""
+    return f"{EXECUTED_BY_BATCHRUN}/{batchrun_name}"
+
+
+def effective_parallelism(batchrun: BatchRun, template: BatchTemplate) -> int:
+    """BatchRun over Batch over the default."""
+    return batchrun.spec.parallelism or template.parallelism or DEFAULT_PARALLELISM
+
+
+def template_of(batchrun: BatchRun, batch_spec: BatchTemplate | None) -> BatchTemplate:
+    """The batch a BatchRun runs: its inline spec, or the referenced Batch's (given)."""
+    if batchrun.spec.batch_spec is not None:
+        return batchrun.spec.batch_spec
+    if batch_spec is None:
+        raise ValueError("a BatchRun with batchRef needs the Batch's spec")
+    return batch_spec
+
+
+def expand(batchrun: BatchRun, template: BatchTemplate) -> list[dict[str, Any]]:
+    """The Task objects of a BatchRun: owned by it, labelled with it, executed by its run."""
+    meta = batchrun.metadata
+    labels = {vocabulary.LABEL_BATCH_RUN: meta.name}
+    if batchrun.spec.batch_ref:
+        labels[vocabulary.LABEL_BATCH] = batchrun.spec.batch_ref
+    owner = {"apiVersion": API_VERSION, "kind": "BatchRun", "name": meta.name, "uid": meta.uid,
+             "controller": True, "blockOwnerDeletion": True}
+    common = [c.to_k8s() for c in template.common_context]
+    tasks = []
+    for i, variable in enumerate(template.variable_contexts):
+        spec: dict[str, Any] = {"contexts": common + [c.to_k8s() for c in variable]}
+        if template.workspace_config_ref:
+            spec["workspaceConfigRef"] = template.workspace_config_ref
+        if template.timeout:
+            spec["timeout"] = template.timeout
+        if template.retries:
+            spec["retries"] = template.retries.to_k8s()
+        tasks.append({
+            "apiVersion": API_VERSION,
+            "kind": "Task",
+            "metadata": {
+                "name": task_name(meta.name, i),
+                "namespace": meta.namespace,
+                "labels": dict(labels),
+                "annotations": {vocabulary.EXECUTED_BY: executed_by(meta.name)},
+                "ownerReferences": [owner],
+            },
+            "spec": spec,
+        })
+    return tasks

@@ -1,0 +1,273 @@
+"""Task and BatchRun status as pure functions: phases, conditions, retry backoff, timeouts, summaries.
+
+Task phases: Pending (run submitted) -> Queued (waiting for a slot) -> Running -> Completed | Failed |
+Stopped. A terminal phase is written once; only a rerun moves Failed or Stopped back to Running.
+
+Every transition writes two conditions with the same reason and message:
+
+- ``Succeeded``: ``Unknown`` until the Task ends, then ``True`` (Completed) or ``False`` (Failed, Stopped).
+- ``Ready``: ``True`` only when Completed, ``False`` otherwise (the original's condition type, so
+  ``kubectl wait --for=condition=Ready`` waits for success).
+
+Reasons: ``RunSubmitted`` (Pending), ``Queued`` (or the caller's, Queued), ``Running``, ``Completed``,
+and the caller's reason for retrying, Failed and Stopped (``AgentFailed``, ``DeadlineExceeded``,
+``ContextRefNotFound``, ``StopRequested``...).
+
+The Task builders take the current status (camelCase dict as stored, or None) and return the body of
+a JSON merge patch of ``/status``: camelCase keys, RFC 3339 times, ``None`` to delete a field, and
+the whole ``conditions`` list (a merge patch replaces lists). ``now`` defaults to the current time.
+Between attempts the Task stays Running (``retrying``), its conditions carrying the failure reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kubetask.api import BatchRunPhase, RetryPolicy, TaskPhase, TaskSpec, WorkspaceConfigSpec, parse_duration
+from kubetask.api.batch import MAX_FAILED_TASKS_LISTED
+
+DEFAULT_INITIAL_DELAY = timedelta(seconds=10)
+DEFAULT_FACTOR = 2.0
+DEFAULT_MAX_DELAY = timedelta(minutes=10)
+MAX_CONDITION_MESSAGE = 32768
+
+READY = "Ready"
+SUCCEEDED = "Succeeded"
+
+TERMINAL_PHASES = frozenset(phase.value for phase in TaskPhase if phase.terminal)
+_RERUNNABLE = frozenset({TaskPhase.FAILED.value, TaskPhase.STOPPED.value})
+
+
+def now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def rfc3339(dt: datetime) -> str:
+    """``2026-12-01T00:00:00Z``: UTC, whole seconds (a naive datetime is taken as UTC)."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    type: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    observed_generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new list with condition ``type`` set; ``lastTransitionTime`` is kept when the status is unchanged."""
+    previous = next((c for c in conditions or [] if c.get("type") == type), None)
+    changed = previous is None or previous.get("status") != status
+    condition: dict[str, Any] = {
+        "type": type,
+        "status": status,
+        "reason": reason,
+        "message": message[:MAX_CONDITION_MESSAGE],
+        "lastTransitionTime": rfc3339(now) if changed else previous.get("lastTransitionTime", rfc3339(now)),
+    }
+    if observed_generation is not None:
+        condition["observedGeneration"] = observed_generation
+    result = [condition if c.get("type") == type else dict(c) for c in conditions or []]
+    return result if previous is not None else [*result, condition]
+
+
+def is_terminal(phase: str | None) -> bool:
+    return phase in TERMINAL_PHASES
+
+
+def may_transition(current: str | None, new: str) -> bool:
+    """Whether a status write moving ``current`` to ``new`` may happen.
+
+    A terminal phase is final (rewriting it is refused too, so the first outcome wins), except that a
+    rerun moves Failed or Stopped to Running. Nothing goes back to Pending once it has run
+    (a Queued Task that is admitted becomes Pending).
+    """
+    if is_terminal(current):
+        return current in _RERUNNABLE and new == TaskPhase.RUNNING.value
+    if new == TaskPhase.PENDING.value:
+        return current in (None, TaskPhase.PENDING.value, TaskPhase.QUEUED.value)
+    return True
+
+
+# --- Task status patches -----------------------------------------------------------------------
+
+Status = Mapping[str, Any] | None
+
+
+def _transition(
+    current: Status,
+    phase: TaskPhase,
+    reason: str,
+    message: str,
+    at: datetime | None,
+    generation: int | None = None,
+) -> dict[str, Any]:
+    current = current or {}
+    at = at or datetime.now(timezone.utc)
+    generation = current.get("observedGeneration") if generation is None else generation
+    if phase is TaskPhase.COMPLETED:
+        succeeded, ready = "True", "True"
+    elif phase.terminal:
+        succeeded, ready = "False", "False"
+    else:
+        succeeded, ready = "Unknown", "False"
+    conditions = set_condition(current.get("conditions"), SUCCEEDED, succeeded, reason, message, at, generation)
+    conditions = set_condition(conditions, READY, ready, reason, message, at, generation)
+    patch: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": conditions}
+    if generation is not None:
+        patch["observedGeneration"] = generation
+    if phase.terminal:
+        patch["completionTime"] = rfc3339(at)
+    return patch
+
+
+def submitted(current: Status, *, run_id: str, run_url: str | None, generation: int | None, now: datetime | None = None) -> dict[str, Any]:
+    """Pending: the Dagster run is submitted."""
+    patch = _transition(current, TaskPhase.PENDING, "RunSubmitted", f"Dagster run {run_id} submitted", now, generation)
+    patch["dagsterRunId"] = run_id
+    if run_url:
+        patch["dagsterRunUrl"] = run_url
+    return patch
+
+
+def queued(current: Status, *, message: str, reason: str = "Queued", now: datetime | None = None) -> dict[str, Any]:
+    """Queued: waiting for a concurrency slot (``message`` says which limit)."""
+    return _transition(current, TaskPhase.QUEUED, reason, message, now)
+
+
+def running(
+    current: Status,
+    *,
+    job_name: str,
+    attempt: int,
+    pod_name: str | None = None,
+    started: datetime | None = None,
+    generation: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Running: attempt ``attempt`` runs in ``job_name``. ``startTime`` (``started`` or now) is set once;
+    the exit code, completion time and pod of an earlier attempt are cleared."""
+    current = current or {}
+    now = now or datetime.now(timezone.utc)
+    patch = _transition(current, TaskPhase.RUNNING, "Running", f"attempt {attempt} running in Job {job_name}", now, generation)
+    patch.update(jobName=job_name, attempt=attempt, exitCode=None, completionTime=None)
+    if pod_name or current.get("attempt") != attempt:
+        patch["podName"] = pod_name
+    if not current.get("startTime"):
+        patch["startTime"] = rfc3339(started or now)
+    return patch
+
+
+def pod_started(current: Status, *, pod_name: str) -> dict[str, Any]:
+    """The pod of the current attempt exists: record its name (phase and conditions unchanged).
+
+    ``current`` is unused; it is there so that every builder is called the same way."""
+    return {"podName": pod_name}
+
+
+def retrying(current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Still Running: an attempt failed for ``reason`` and another one follows (``message`` says when)."""
+    patch = _transition(current, TaskPhase.RUNNING, reason, message, now)
+    if exit_code is not None:
+        patch["exitCode"] = exit_code
+    return patch
+
+
+def completed(current: Status, *, exit_code: int, pod_name: str | None = None, message: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Completed: the agent exited successfully."""
+    patch = _transition(current, TaskPhase.COMPLETED, "Completed", message or f"agent exited with code {exit_code}", now)
+    patch["exitCode"] = exit_code
+    if pod_name:
+        patch["podName"] = pod_name
+    return patch
+
+
+def failed(current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Failed, for ``reason`` (a CamelCase condition reason)."""
+    patch = _transition(current, TaskPhase.FAILED, reason, message, now)
+    if exit_code is not None:
+        patch["exitCode"] = exit_code
+    return patch
+
+
+def stopped(current: Status, reason: str, message: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """Stopped by a person, a terminated run or a deletion, for ``reason`` (e.g. StopRequested, RunTerminated)."""
+    return _transition(current, TaskPhase.STOPPED, reason, message, now)
+
+
+# --- retries and timeouts ----------------------------------------------------------------------
+
+
+def retry_delay(policy: RetryPolicy | None, retry_number: int) -> float:
+    """Seconds to wait before retry ``retry_number`` (from 1): initialDelay * factor^(n-1), capped at maxDelay."""
+    backoff = policy.backoff if policy is not None else None
+    initial = parse_duration(backoff.initial_delay) if backoff and backoff.initial_delay else DEFAULT_INITIAL_DELAY
+    factor = backoff.factor if backoff and backoff.factor is not None else DEFAULT_FACTOR
+    cap = parse_duration(backoff.max_delay) if backoff and backoff.max_delay else DEFAULT_MAX_DELAY
+    exponent = max(retry_number, 1) - 1
+    try:
+        delay = initial.total_seconds() * factor**exponent
+    except OverflowError:
+        delay = math.inf
+    return min(delay, cap.total_seconds())
+
+
+def effective_timeout_seconds(task_spec: TaskSpec, workspace_spec: WorkspaceConfigSpec, batch_default: str | None = None) -> int | None:
+    """Timeout of one attempt in whole seconds (rounded up): the Task's, the Batch's, the WorkspaceConfig's, or None."""
+    text = task_spec.timeout or batch_default or workspace_spec.default_timeout
+    if text is None:
+        return None
+    return max(1, math.ceil(parse_duration(text).total_seconds()))
+
+
+def effective_retries(task_spec: TaskSpec, batch_default: RetryPolicy | None = None) -> RetryPolicy | None:
+    """The Task's retry policy, else the Batch's default, else None (no retries)."""
+    return task_spec.retries or batch_default
+
+
+# --- BatchRun ----------------------------------------------------------------------------------
+
+
+def batchrun_summary(
+    tasks: Sequence[tuple[str, str | None, str | None]],
+    total: int,
+    paused: bool,
+    stopped: bool,
+) -> dict[str, Any]:
+    """``phase``, ``progress`` and ``failedTasks`` of a BatchRun from its Tasks' ``(name, phase, reason)``.
+
+    Tasks not created yet (``total`` minus those given) and Tasks without a phase count as pending.
+    ``failedTasks`` lists the first 50 Failed Tasks in the given order. The phase is Stopped when a
+    stop was requested; else, once every Task is terminal, Completed (none failed or stopped) or
+    Failed; else Paused when paused; else Running once any Task left Pending; else Pending.
+    """
+    counts = dict.fromkeys(("queued", "running", "completed", "failed", "stopped"), 0)
+    failed_tasks: list[dict[str, str]] = []
+    for name, phase, reason in tasks:
+        key = (phase or "").lower()
+        if key in counts:
+            counts[key] += 1
+        if phase == TaskPhase.FAILED.value and len(failed_tasks) < MAX_FAILED_TASKS_LISTED:
+            failed_tasks.append({"name": name, "reason": reason or "Failed"})
+    total = max(total, len(tasks))
+    pending = total - sum(counts.values())
+    progress = {"total": total, "pending": pending, **counts}
+    finished = pending == counts["queued"] == counts["running"] == 0
+    if stopped:
+        phase = BatchRunPhase.STOPPED
+    elif finished:
+        phase = BatchRunPhase.COMPLETED if counts["failed"] == counts["stopped"] == 0 else BatchRunPhase.FAILED
+    elif paused:
+        phase = BatchRunPhase.PAUSED
+    elif pending < total:
+        phase = BatchRunPhase.RUNNING
+    else:
+        phase = BatchRunPhase.PENDING
+    return {"phase": phase.value, "progress": progress, "failedTasks": failed_tasks}

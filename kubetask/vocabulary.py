@@ -1,0 +1,180 @@
+"""Every public string of kubetask.io: labels, annotations, Dagster run tags, condition reasons, phases.
+
+One place, so the bridge and the ops cannot disagree on a spelling or on how an annotation is read:
+each annotation the controllers honour has exactly one parser here (``stop_requested``,
+``pause_requested``, ``rerun_request``), and both sides call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubetask.api.batch import BatchRunPhase
+from kubetask.api.task import TaskPhase
+
+# --- annotations the controllers honour -----------------------------------------------------------
+
+STOP = "kubetask.io/stop"
+"""`"true"` on a Task or BatchRun: terminate its Dagster run and stop its Jobs."""
+
+PAUSE = "kubetask.io/pause"
+"""`"true"` on a BatchRun: dispatch no new Tasks (running ones finish); remove it to resume."""
+
+RERUN = "kubetask.io/rerun"
+"""`"failed"` on a finished BatchRun: re-execute its failed and never-started Tasks; cleared when taken."""
+
+RERUN_FAILED = "failed"
+"""The one value ``kubetask.io/rerun`` accepts."""
+
+# --- annotations the controllers write --------------------------------------------------------------
+
+EXECUTED_BY = "kubetask.io/executed-by"
+"""On a Task created by a BatchRun's run: the Dagster run that executes it (the bridge leaves it alone)."""
+
+EXECUTED_BY_BATCHRUN = "batchrun"
+"""Prefix of ``kubetask.io/executed-by`` on a BatchRun's Tasks (``batchrun/<name>``)."""
+
+EXECUTED_BY_SCHEDULE = "schedule"
+"""Prefix of ``kubetask.io/requested-by`` on a BatchRun a Batch's schedule created."""
+
+SCHEDULED_AT = "kubetask.io/scheduled-at"
+"""On a scheduled BatchRun: the tick it was created for (RFC 3339)."""
+
+REQUESTED_BY = "kubetask.io/requested-by"
+"""On a BatchRun created from Dagster (schedule tick or asset materialization): who asked."""
+
+DAGSTER_RUN_ID = "kubetask.io/dagster-run-id"
+"""On a Task's Job and pod: the Dagster run that created it."""
+
+TASK_UID = "kubetask.io/task-uid"
+"""On a Task's Job and pod: the uid of the Task it belongs to."""
+
+# --- labels -----------------------------------------------------------------------------------------
+
+LABEL_TASK = "kubetask.io/task"
+LABEL_BATCH = "kubetask.io/batch"
+LABEL_BATCH_RUN = "kubetask.io/batch-run"
+LABEL_ATTEMPT = "kubetask.io/attempt"
+LABEL_APP = "app"
+APP = "kubetask"
+PROTECTED_LABEL_PREFIX = "kubetask.io/"
+"""Labels under this prefix that kubetask sets on a pod are never overridden by ``podLabels``."""
+
+# --- Dagster run tags (the contract between the bridge and the code location) -----------------------
+
+TAG_KIND = "kubetask.io/kind"
+TAG_NAMESPACE = "kubetask.io/namespace"
+TAG_NAME = "kubetask.io/name"
+TAG_UID = "kubetask.io/uid"
+TAG_GENERATION = "kubetask.io/generation"
+TAG_BATCH = "kubetask.io/batch"
+TAG_SCHEDULED_FOR = "kubetask.io/scheduled-for"
+TAG_PREVIEW = "kubetask.io/preview"
+
+KIND_TASK = "Task"
+KIND_BATCH = "Batch"
+KIND_BATCHRUN = "BatchRun"
+KIND_WORKSPACE_CONFIG = "WorkspaceConfig"
+
+# --- phases -----------------------------------------------------------------------------------------
+
+TASK_TERMINAL = frozenset(p.value for p in TaskPhase if p.terminal)
+BATCHRUN_TERMINAL = frozenset(p.value for p in BatchRunPhase if p.terminal)
+TASK_RERUNNABLE = frozenset({TaskPhase.FAILED.value, TaskPhase.STOPPED.value})
+
+# --- condition types --------------------------------------------------------------------------------
+
+READY = "Ready"
+SUCCEEDED = "Succeeded"
+
+# --- condition and Event reasons --------------------------------------------------------------------
+# Context resolution and the Job (``TaskError`` reasons, written by the run's ops).
+CONTEXT_REF_NOT_FOUND = "ContextRefNotFound"
+"""A ConfigMap, Secret or key that a context (or a RemoteFile header) refers to does not exist."""
+REMOTE_FILE_UNAVAILABLE = "RemoteFileUnavailable"
+"""A RemoteFile could not be fetched: connection error, timeout, HTTP status >= 400, too large, not text."""
+CONTEXT_TOO_LARGE = "ContextTooLarge"
+"""The context files do not fit the 1 MiB limit of a ConfigMap or Secret."""
+CONTEXT_KEY_CONFLICT = "ContextKeyConflict"
+"""Two context file paths still map to the same ConfigMap key after disambiguation (practically never)."""
+MOUNT_PATH_CONFLICT = "MountPathConflict"
+"""Two mounts of the agent container (context file, credential, Git checkout, /tools) share a path."""
+WORKSPACE_CONFIG_NOT_FOUND = "WorkspaceConfigNotFound"
+"""The Task's WorkspaceConfig does not exist in its namespace."""
+BATCH_NOT_FOUND = "BatchNotFound"
+"""A BatchRun's ``batchRef`` names no Batch."""
+TASK_NAME_CONFLICT = "TaskNameConflict"
+"""A Task a BatchRun would create already exists and belongs to something else."""
+
+# The agent's pod (written by the run's ops).
+JOB_CREATED = "JobCreated"
+AGENT_FAILED = "AgentFailed"
+INIT_CONTAINER_FAILED = "InitContainerFailed"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+POD_CREATION_FAILED = "PodCreationFailed"
+POD_FAILED = "PodFailed"
+JOB_FAILED = "JobFailed"
+JOB_DELETED = "JobDeleted"
+TIMEOUT = "Timeout"
+RUN_TERMINATED = "RunTerminated"
+WORKSPACE_LIMIT = "WorkspaceLimit"
+"""A Task of a run worker waits for a ``maxConcurrentTasks`` slot."""
+WAITING_FOR_TURN = "WaitingForTurn"
+"""A BatchRun's Task waits for a place within the BatchRun's parallelism."""
+RETRYING = "Retrying"
+COMPLETED = "Completed"
+
+# The run (written by the bridge on Tasks and BatchRuns).
+RUN_SUBMITTED = "RunSubmitted"
+WORKSPACE_CONCURRENCY_LIMIT = "WorkspaceConcurrencyLimit"
+"""A standalone Task waits as Queued for its WorkspaceConfig's ``maxConcurrentTasks``."""
+DAGSTER_UNAVAILABLE = "DagsterUnavailable"
+RUN_SUBMISSION_FAILED = "RunSubmissionFailed"
+STOP_REQUESTED = "StopRequested"
+RUN_FAILED = "RunFailed"
+RUN_CANCELED = "RunCanceled"
+RUN_ENDED_WITHOUT_STATUS = "RunEndedWithoutStatus"
+RUN_NOT_FOUND = "RunNotFound"
+RUN_ADOPTED = "RunAdopted"
+RUN_ENDED = "RunEnded"
+"""On a BatchRun's Task that its run never finished."""
+
+# BatchRuns only.
+ALL_TASKS_COMPLETED = "AllTasksCompleted"
+TASKS_FAILED = "TasksFailed"
+RERUN_STARTED = "RerunStarted"
+NOTHING_TO_RERUN = "NothingToRerun"
+RERUN_REFUSED = "RerunRefused"
+PAUSED = "Paused"
+RESUMED = "Resumed"
+
+
+# --- parsers: one per annotation, used by the bridge and the ops alike ---------------------------------
+
+
+def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    """``metadata.annotations`` of a raw object (``{}`` when absent)."""
+    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
+
+
+def _flag(annotations: Mapping[str, Any] | None, name: str) -> bool:
+    # Kubernetes users write "true", "True" and " true"; all of them mean yes.
+    return str((annotations or {}).get(name, "")).strip().lower() == "true"
+
+
+def stop_requested(annotations: Mapping[str, Any] | None) -> bool:
+    """``kubetask.io/stop`` is set to true (any case, surrounding blanks ignored)."""
+    return _flag(annotations, STOP)
+
+
+def pause_requested(annotations: Mapping[str, Any] | None) -> bool:
+    """``kubetask.io/pause`` is set to true (any case, surrounding blanks ignored)."""
+    return _flag(annotations, PAUSE)
+
+
+def rerun_request(annotations: Mapping[str, Any] | None) -> str | None:
+    """The stripped value of ``kubetask.io/rerun`` (None when absent); only ``"failed"`` is valid."""
+    value = (annotations or {}).get(RERUN)
+    return None if value is None else str(value).strip()

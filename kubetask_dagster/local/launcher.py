@@ -1,0 +1,260 @@
+"""A Dagster run launcher for one host that forks run workers from a warm process.
+
+Dagster's ``DefaultRunLauncher`` asks the code server to *spawn* a fresh interpreter per run, which
+then imports Dagster, the kubernetes client and this code location before the first step: 2.3-2.9 s
+on two cores, most of a standalone Task's apply-to-Job latency, and a full import's worth of CPU per
+run. ``ForkingRunLauncher`` keeps one *zygote* process that imported all of that once; each run
+worker is a fork of it that runs exactly what ``dagster api execute_run`` runs (the command
+Dagster's K8s and Docker launchers start), so runs, steps, event logs, re-execution and termination
+are Dagster's own.
+
+One host only: the daemon launches, and ``terminate`` and the run-monitoring health check act on the
+worker's pid (recorded as run tags with the host name). That is the local stack; deployments use
+``K8sRunLauncher`` (``deploy/dagster/values.yaml``).
+
+The zygote (``python -m kubetask_dagster.local.launcher``) reads one serialized ``ExecuteRunArgs`` per
+line on stdin, forks, and answers the child's pid on its original stdout. The zygote ends when the
+daemon closes its stdin; run workers go on. Zygote and workers stay in the daemon's process group, so
+stopping the local stack (``deploy/local/dagster stop``) ends them with it, as it ended the code
+server's spawned workers before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+from dagster import Field
+from dagster import _check as check
+from dagster._core.errors import DagsterLaunchFailedError
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+from kubetask_dagster.local import sqlite_tuning
+
+PID_TAG = "kubetask/run-worker-pid"
+HOST_TAG = "kubetask/run-worker-host"
+ZYGOTE_MODULE = "kubetask_dagster.local.launcher"
+SQLITE_FLAG = "--sqlite-synchronous"
+
+# What a run worker imports before its first step; definitions itself is left out because importing
+# it outside a run lists the Batches from the API server.
+PRELOAD = (
+    "dagster._cli.api",
+    "dagster._grpc.impl",
+    "dagster._core.execution.api",
+    "dagster_k8s.client",
+    "kubernetes.client",
+    "kubetask_dagster.jobs",
+    "kubetask_dagster.assets",
+    "kubetask_dagster.schedules",
+    "kubetask_dagster.resources",
+    "kubetask_dagster.catalog",
+)
+
+
+class ForkingRunLauncher(RunLauncher, ConfigurableClass):
+    """Launches each run as a fork of a warm zygote process on this host."""
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None, sqlite_synchronous: str | None = None):
+        self._inst_data = inst_data
+        self._sqlite_synchronous = sqlite_synchronous
+        sqlite_tuning.apply(sqlite_synchronous)  # the daemon's own writes (queue, run status)
+        self._zygote: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {
+            "sqlite_synchronous": Field(
+                str, is_required=False,
+                description="PRAGMA synchronous of every SQLite connection of the daemon and the run workers "
+                            "(OFF for a throw-away local DAGSTER_HOME; see kubetask_dagster/local/sqlite_tuning.py).",
+            ),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> "ForkingRunLauncher":
+        return cls(inst_data=inst_data, sqlite_synchronous=config_value.get("sqlite_synchronous"))
+
+    # --- launching --------------------------------------------------------------------------------
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        run = context.dagster_run
+        args = ExecuteRunArgs(job_origin=check.not_none(run.job_code_origin), run_id=run.run_id,
+                              instance_ref=self._instance.get_ref())
+        pid = self._fork(serialize_value(args))
+        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+
+    def _fork(self, line: str) -> int:
+        with self._lock:
+            for _ in range(2):  # a zygote found dead before it read the request is replaced once
+                zygote = self._running_zygote()
+                try:
+                    zygote.stdin.write(line + "\n")
+                    zygote.stdin.flush()
+                except (BrokenPipeError, OSError, ValueError):
+                    self._stop_zygote()
+                    continue
+                # Once it has the request, asking again could start the run twice: no retry.
+                try:
+                    reply = zygote.stdout.readline()
+                except (OSError, ValueError):
+                    reply = ""
+                if reply.strip().isdigit():
+                    return int(reply)
+                self._stop_zygote()
+                break
+            raise DagsterLaunchFailedError("the run worker zygote did not answer; see the daemon's log")
+
+    def _running_zygote(self) -> subprocess.Popen[str]:
+        if self._zygote is None or self._zygote.poll() is not None:
+            self._zygote = subprocess.Popen(
+                [sys.executable, "-m", ZYGOTE_MODULE, *self._zygote_args()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            ready = self._zygote.stdout.readline().strip()
+            if ready != "ready":
+                self._stop_zygote()
+                raise DagsterLaunchFailedError(f"the run worker zygote failed to start ({ready!r}); see the daemon's log")
+        return self._zygote
+
+    def _zygote_args(self) -> list[str]:
+        return [SQLITE_FLAG, self._sqlite_synchronous] if self._sqlite_synchronous else []
+
+    def _stop_zygote(self) -> None:
+        if self._zygote is not None:
+            try:
+                self._zygote.stdin.close()
+                self._zygote.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._zygote.kill()
+            self._zygote = None
+
+    def dispose(self) -> None:
+        with self._lock:
+            self._stop_zygote()
+
+    # --- termination and health -----------------------------------------------------------------
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if not run or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        pid = worker_pid(run)
+        if pid is None or not _is_run_worker(pid):
+            self._instance.report_engine_event(
+                f"No run worker of this host to interrupt (pid {run.tags.get(PID_TAG)!r} on {run.tags.get(HOST_TAG)!r})",
+                run, cls=self.__class__)
+            return False
+        os.kill(pid, signal.SIGINT)  # what Dagster's own cancellation sends; the worker stops its steps
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        pid = worker_pid(run)
+        if pid is None:  # another host's run, or tags not written yet: nothing known against it
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker pid of this host recorded")
+        if _is_run_worker(pid):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} exited", run_worker_id=str(pid))
+
+
+def worker_pid(run: DagsterRun) -> int | None:
+    """The run worker's pid when it was forked on this host."""
+    pid = run.tags.get(PID_TAG, "")
+    if run.tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
+        return None
+    return int(pid)
+
+
+def _is_run_worker(pid: int) -> bool:
+    """The process exists and is a fork of a zygote (not an unrelated process that reused the pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return ZYGOTE_MODULE.encode() in cmdline and state != "Z"
+
+
+# --- the zygote ---------------------------------------------------------------------------------
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """Preload, then fork one run worker per line of stdin; answer each child's pid."""
+    argv = sys.argv[1:] if argv is None else argv
+    if SQLITE_FLAG in argv:
+        sqlite_tuning.apply(argv[argv.index(SQLITE_FLAG) + 1])
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # everything else the zygote and its children print goes to stderr (the daemon's log)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished run workers
+    _warm_up()
+    replies.write("ready\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        pid = os.fork()
+        if pid == 0:
+            replies.close()
+            _run_worker(line.strip())
+        replies.write(f"{pid}\n")
+
+
+def _warm_up() -> None:
+    """Import what every run worker imports. Opening the instance once imports its storages'
+    modules (SQLAlchemy, alembic, the dialects), ~60% of a forked worker's CPU without it; the
+    instance is closed again so no connection crosses the fork."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+    try:
+        from dagster import DagsterInstance
+
+        with DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)
+    except Exception:  # noqa: BLE001 - only an optimisation: workers import what is missing themselves
+        traceback.print_exc()
+
+
+def _run_worker(serialized_args: str) -> None:
+    """In the forked child: execute the run, then exit (never return into the zygote's loop)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the run may wait on subprocesses of its own
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        from dagster._cli.api import execute_run_command
+
+        execute_run_command.callback(input_json=serialized_args, compressed_input_json=None)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - a worker must exit, never return into the zygote's loop
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == "__main__":
+    serve()

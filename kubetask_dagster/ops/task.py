@@ -1,0 +1,311 @@
+"""The ops of one Task: prepare its context files, then run one attempt of its agent's Job.
+
+The flow: prepare its context files, then run one attempt.
+
+Shared by ``task_job`` (a standalone Task) and ``batch_job`` (each mapped step of a BatchRun). Both
+steps read the Task and its WorkspaceConfig fresh from the API server, write the Task's status
+through the status subresource, and record Events. Nothing that passes between steps, nor anything
+logged, contains context content: only paths, keys, sizes and hashes.
+"""
+
+
+import time
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetObservation,
+    Config,
+    DagsterExecutionInterruptedError,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    RetryRequested,
+    op,
+)
+
+from kubetask import vocabulary
+from kubetask.domain import manifests, status
+from kubetask.api import GitContext, Task, WorkspaceConfig
+from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
+from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
+from kubetask.domain.errors import TaskError
+from kubetask_dagster.execution.executor import step_interrupted
+from kubetask_dagster.kube import Kube, PodOutcome, WaitInterrupted
+from kubetask_dagster.resources import KubeResource
+from kubetask.domain.redact import Redactor
+from kubetask_dagster.execution.slots import WorkspaceSlots, pool_key
+
+WORKSPACE_MAX_AGE_SECONDS = 5.0  # concurrent Tasks of one run worker share a read of their WorkspaceConfig
+
+
+class TaskRef(Config):
+    """Which Task this run executes (set by the bridge)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 1
+
+
+def task_asset_key(namespace: str) -> AssetKey:
+    """One asset per namespace; each Task is a partition of it."""
+    return AssetKey(["kubetask", namespace, "tasks"])
+
+
+class TaskReporter:
+    """Writes what happened to a Task where people look: its status, Events and Dagster's log."""
+
+    def __init__(self, context: OpExecutionContext, kube: Kube, task_obj: dict[str, Any]):
+        self.context = context
+        self.kube = kube
+        self.obj = task_obj
+        self.ns = task_obj["metadata"]["namespace"]
+        self.name = task_obj["metadata"]["name"]
+
+    @property
+    def current(self) -> dict[str, Any]:
+        return self.obj.get("status") or {}
+
+    def patch(self, patch: dict[str, Any]) -> None:
+        """Merge-patch the status, unless it would leave a terminal phase the wrong way."""
+        new_phase = patch.get("phase")
+        if new_phase and not status.may_transition(self.current.get("phase"), new_phase):
+            self.context.log.info(f"not moving Task {self.ns}/{self.name} from {self.current.get('phase')} to {new_phase}")
+            return
+        updated = self.kube.patch_status("tasks", self.ns, self.name, patch)
+        if updated is not None:
+            self.obj = updated
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        """A Kubernetes Event on the Task; warnings also go to Dagster's log.
+
+        Normal events stay out of Dagster's log: every log line is a row written to its event log,
+        the bottleneck of a large BatchRun, and the step's materialization already says as much."""
+        self.kube.emit_event(self.obj, reason, message, warning=warning)
+        if warning:
+            self.context.log.warning(f"{reason}: {message}")
+
+    def fail(self, reason: str, message: str, exit_code: int | None = None) -> None:
+        self.patch(status.failed(self.current, reason, message, exit_code=exit_code))
+        self.event(reason, message, warning=True)
+
+
+def load_task(kube: Kube, ref: TaskRef) -> dict[str, Any]:
+    obj = kube.get_custom("tasks", ref.namespace, ref.name)
+    if obj is None or obj["metadata"]["uid"] != ref.uid:
+        raise Failure(f"Task {ref.namespace}/{ref.name} (uid {ref.uid}) no longer exists", allow_retries=False)
+    return obj
+
+
+def load_workspace(kube: Kube, task: Task) -> WorkspaceConfig:
+    name = task.spec.workspace_config_ref or DEFAULT_WORKSPACE_CONFIG
+    obj = kube.get_custom("workspaceconfigs", task.metadata.namespace, name, max_age=WORKSPACE_MAX_AGE_SECONDS)
+    if obj is None:
+        raise TaskError(vocabulary.WORKSPACE_CONFIG_NOT_FOUND, f'WorkspaceConfig "{name}" not found in namespace "{task.metadata.namespace}"')
+    return WorkspaceConfig.model_validate(obj)
+
+
+def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef, task_obj: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret.
+
+    Returns what the attempt needs: the Task's reference, the files' paths, keys and hashes (no
+    content) and the Git checkouts. ``task_obj`` is the Task as just read by the caller, if any."""
+    api = kube.api
+    obj = task_obj or load_task(api, config)
+    task = Task.model_validate(obj)
+    reporter = TaskReporter(context, api, obj)
+    if vocabulary.stop_requested(task.metadata.annotations):
+        reporter.patch(status.stopped(reporter.current, vocabulary.STOP_REQUESTED, f"{vocabulary.STOP} is set; nothing was run"))
+        raise Failure(description="the Task carries the stop annotation", allow_retries=False)
+    try:
+        workspace = load_workspace(api, task)
+        resolution = resolve(all_contexts(task, workspace.spec), config.namespace, api)
+        files = aggregate(resolution.parts)
+        config_map, secret = manifests.build_context_objects(task, files)
+        if config_map is not None:
+            api.apply_config_map(config_map)
+        if secret is not None:
+            api.apply_secret(secret)
+    except TaskError as e:
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=f"{e.reason}: {e.message}", allow_retries=False) from None
+    described = [f.describe() for f in files]
+    context.add_output_metadata(
+        {
+            "files": MetadataValue.json(described),
+            "git": MetadataValue.json([g.to_k8s() for g in resolution.git]),
+        }
+    )
+    return {"task": config.model_dump(), "files": described, "git": [g.to_k8s() for g in resolution.git]}
+
+
+def _files(prepared: dict[str, Any]) -> list[ContextFile]:
+    """Mount descriptions for the Job builder (the content already lives in the ConfigMap/Secret)."""
+    return [ContextFile(f["filePath"], "", f["sensitive"], f["key"], []) for f in prepared["files"]]
+
+
+def _next_attempt(api: Kube, task: Task, run_id: str) -> tuple[int, bool]:
+    """The attempt to run and whether its Job already exists (a restarted op resumes it).
+
+    An unfinished Job that an earlier run left behind (its worker died) is deleted: this run supersedes it."""
+    last = (task.status.attempt if task.status else None) or 0
+    if last:
+        job = api.get_job(task.metadata.namespace, manifests.job_name(task.metadata.name, last))
+        finished = job is not None and any(c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or [])
+        if job is not None and not finished:
+            if (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
+                return last, True
+            # left running by a run that died (its worker was killed): this rerun supersedes it
+            api.delete_job(task.metadata.namespace, job.metadata.name)
+    return last + 1, False
+
+
+def run_attempt(
+    context: OpExecutionContext,
+    kube: KubeResource,
+    prepared: dict[str, Any],
+    lineage: tuple[AssetKey, str] | None = None,
+    task_obj: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one attempt: create its Job, wait for the pod to end, record the outcome; retry per the Task.
+
+    ``lineage`` is the asset and partition the outcome is recorded under (default: the namespace's
+    task asset, partition = Task name). Raises RetryRequested while the Task's retries last, and
+    Failure when the Task failed for good. ``task_obj`` is the Task as just read by the caller, if any."""
+    config = TaskRef(**prepared["task"])
+    api = kube.api
+    obj = task_obj or load_task(api, config)
+    task = Task.model_validate(obj)
+    reporter = TaskReporter(context, api, obj)
+    try:
+        workspace = load_workspace(api, task)
+    except TaskError as e:
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=str(e), allow_retries=False) from None
+
+    policy = status.effective_retries(task.spec, None)
+    timeout = status.effective_timeout_seconds(task.spec, workspace.spec)
+    attempt, resuming = _next_attempt(api, task, context.run_id)
+    try:
+        job = manifests.build_job(
+            task, workspace.spec, _files(prepared), [_git(g) for g in prepared["git"]],
+            attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
+        )
+    except TaskError as e:  # e.g. a context file and a credential mounted at one path
+        reporter.fail(e.reason, e.message)
+        raise Failure(description=str(e), allow_retries=False) from None
+    job_name = job["metadata"]["name"]
+    slots = _workspace_slots(context, task, workspace)
+    if slots is not None:
+        slots.acquire(
+            on_wait=lambda: reporter.patch(status.queued(
+                reporter.current, reason=vocabulary.WORKSPACE_LIMIT,
+                message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})")),
+            interrupted=step_interrupted,
+        )
+    try:
+        outcome, duration = _run_job(context, api, reporter, task, job, config, attempt, resuming, timeout)
+    finally:
+        if slots is not None:
+            slots.release()
+    asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
+    log_tail = _log_tail(api, kube, task, workspace, outcome)
+    if log_tail and not outcome.succeeded:
+        context.log.warning(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
+    metadata = {
+        "task": f"{config.namespace}/{config.name}",
+        "uid": config.uid,
+        "job": job_name,
+        "pod": outcome.pod_name or "",
+        "attempt": attempt,
+        "exit_code": outcome.exit_code if outcome.exit_code is not None else -1,
+        "duration_s": round(duration, 3),
+        "outcome": outcome.reason,
+        "context_sources": MetadataValue.json(prepared["files"]),
+        "log_tail": MetadataValue.text(log_tail),  # redacted; in the metadata rather than one more log row
+        "kubectl": f"kubectl -n {config.namespace} get task {config.name}; kubectl -n {config.namespace} describe job {job_name}",
+    }
+    if outcome.succeeded:
+        reporter.patch(status.completed(reporter.current, exit_code=outcome.exit_code or 0, pod_name=outcome.pod_name))
+        reporter.event(vocabulary.COMPLETED, f"attempt {attempt} completed (Job {job_name})")
+        context.log_event(AssetMaterialization(asset_key, partition=partition, metadata=metadata))
+        return {"attempt": attempt, "job": job_name, "exitCode": outcome.exit_code}
+
+    context.log_event(AssetObservation(asset_key, partition=partition, metadata=metadata))
+    retries_left = policy is not None and context.retry_number < policy.limit
+    if retries_left and outcome.reason != vocabulary.JOB_DELETED:
+        delay = status.retry_delay(policy, context.retry_number + 1)
+        message = f"attempt {attempt} failed ({outcome.reason}: {outcome.message}); retrying in {delay:g} s"
+        reporter.patch(status.retrying(reporter.current, outcome.reason, message, exit_code=outcome.exit_code))
+        reporter.event(vocabulary.RETRYING, message, warning=True)
+        raise RetryRequested(max_retries=policy.limit, seconds_to_wait=delay)
+    reporter.fail(outcome.reason, f"attempt {attempt}: {outcome.message}", exit_code=outcome.exit_code)
+    raise Failure(description=f"{outcome.reason}: {outcome.message}", allow_retries=False)
+
+
+def _workspace_slots(context: OpExecutionContext, task: Task, workspace: WorkspaceConfig) -> WorkspaceSlots | None:
+    """The step's claim on its WorkspaceConfig's pool, when ``maxConcurrentTasks`` is set."""
+    limit = workspace.spec.max_concurrent_tasks
+    if not limit:
+        return None
+    key = pool_key(task.metadata.namespace, workspace.metadata.name)
+    return WorkspaceSlots(context.instance, key, limit, context.run_id, context.get_step_execution_context().step.key)
+
+
+def _run_job(context: OpExecutionContext, api: Kube, reporter: TaskReporter, task: Task, job: dict[str, Any],
+             config: TaskRef, attempt: int, resuming: bool, timeout: int | None) -> tuple[PodOutcome, float]:
+    """Mark the Task Running, create its Job (unless resuming one) and wait for the pod's end."""
+    job_name = job["metadata"]["name"]
+    reporter.patch(
+        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
+        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
+    )
+    if not resuming:
+        created = api.create_job(job)
+        reporter.event(vocabulary.JOB_CREATED, f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))
+    started = time.monotonic()
+    try:
+        outcome = api.wait_for_pod_end(
+            config.namespace,
+            job_name,
+            label_selector=manifests.watch_selector(task),
+            deadline_seconds=None if timeout is None else timeout + 60,
+            on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
+            interrupted=step_interrupted,
+        )
+    except (DagsterExecutionInterruptedError, WaitInterrupted):
+        api.delete_job(config.namespace, job_name)
+        reporter.patch(status.stopped(reporter.current, vocabulary.RUN_TERMINATED, f"the Dagster run was terminated; Job {job_name} deleted"))
+        reporter.event("Stopped", f"the Dagster run was terminated; Job {job_name} deleted")
+        raise DagsterExecutionInterruptedError() from None
+    return outcome, time.monotonic() - started
+
+
+def _git(data: dict[str, Any]) -> GitContext:
+    return GitContext.model_validate(data)
+
+
+def _log_tail(api: Kube, kube: KubeResource, task: Task, workspace: WorkspaceConfig, outcome: PodOutcome) -> str:
+    """The agent log's last lines with every Secret value the Task can see replaced."""
+    if not outcome.pod_name:
+        return ""
+    text = api.pod_log_tail(task.metadata.namespace, outcome.pod_name, kube.log_tail_lines)
+    return Redactor.for_task(api, task, workspace).redact(text)
+
+
+# --- the ops of task_job ----------------------------------------------------------------------
+
+
+@op(out=Out(dict, description="The context files (paths, keys, hashes; no content) and Git checkouts."))
+def prepare_task(context: OpExecutionContext, config: TaskRef, kube: KubeResource) -> dict[str, Any]:
+    """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret."""
+    return prepare(context, kube, config)
+
+
+@op
+def run_agent(context: OpExecutionContext, prepared: dict[str, Any], kube: KubeResource) -> dict[str, Any]:
+    """Run one attempt of the agent's Job; each retry of this step is one attempt of the Task."""
+    return run_attempt(context, kube, prepared)

@@ -1,0 +1,57 @@
+"""The resources of the code location: the run worker's Kubernetes access, and an IO manager.
+
+``KubeResource`` gives every op of a run worker one ``Kube`` adapter (one connection pool, one
+informer per namespace).
+
+``RunStorageIOManager`` keeps step outputs in Dagster's own run storage, so that any run worker can read them.
+
+A re-execution from failure loads the outputs of the steps it skips (``expand_batch``'s Task
+references) from the parent run. The default IO manager keeps them on the run worker's local disk,
+which a new run pod (K8sRunLauncher) cannot read; Dagster's run storage (SQLite locally, Postgres in
+a deployment) is shared by every process of the instance. Outputs here are small JSON (references,
+hashes, never context content).
+"""
+
+import json
+from functools import cached_property
+from typing import Any
+
+from dagster import ConfigurableIOManager, ConfigurableResource, Failure, InputContext, OutputContext
+
+from kubetask.domain import manifests
+from kubetask_dagster.kube import Kube
+
+KEY_PREFIX = "kubetask/io/"
+
+
+class KubeResource(ConfigurableResource):
+    """Kubernetes access of the run worker (in-cluster, or the kubeconfig in $KUBECONFIG)."""
+
+    kubeconfig: str | None = None
+    git_image: str = manifests.DEFAULT_GIT_IMAGE
+    log_tail_lines: int = 50
+
+    @cached_property
+    def api(self) -> Kube:
+        return Kube(self.kubeconfig)
+
+
+def _key(identifier) -> str:
+    return KEY_PREFIX + "/".join(identifier)
+
+
+class RunStorageIOManager(ConfigurableIOManager):
+    """Stores each output as JSON under ``kubetask/io/<run>/<step>/<output>[/<mapping key>]``."""
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        storage = context.step_context.instance.run_storage
+        storage.set_cursor_values({_key(context.get_identifier()): json.dumps(obj)})
+
+    def load_input(self, context: InputContext) -> Any:
+        upstream = context.upstream_output
+        assert upstream is not None
+        key = _key(upstream.get_identifier())
+        value = context.instance.run_storage.get_cursor_values({key}).get(key)
+        if value is None:
+            raise Failure(f"the output {key} of an earlier step is not in Dagster's run storage")
+        return json.loads(value)
