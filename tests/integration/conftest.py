@@ -8,12 +8,16 @@ The cluster fixture applies deploy/crds/bases/*.yaml. A CRD the apiserver reject
 it is recorded in cluster.crd_errors, and tests that need the CRDs request the `crds` fixture,
 which fails them with the apiserver's message.
 
-Pods never run: kwok moves them through their phases. Pod labels and annotations steer it:
-`kubetask.io/test-outcome: fail|hang`, `kubetask.io/test-exit-code`, `kubetask.io/test-duration-ms`.
+Pods never run: kwok moves them through their phases (deploy/local/kwok-stages.yaml). Pod labels and
+annotations steer it: `kubetask.io/test-outcome: fail|hang|image-pull-error`, `kubetask.io/test-exit-code`,
+`kubetask.io/test-duration-ms`, `kubetask.io/test-succeed-attempt`. A test sets them on its own objects:
+a WorkspaceConfig's podLabels (every pod of its Tasks), or, for single Tasks, the `steer` fixture's
+kwok Stage, which labels the pods of the Tasks named.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -215,6 +219,26 @@ def _namespace_name(test_name: str) -> str:
     suffix = secrets.token_hex(3)
     base = base[: 63 - len("t--") - len(suffix)].rstrip("-")
     return f"t-{base}-{suffix}"
+
+
+@pytest.fixture
+def steer(cluster: Cluster, namespace: str) -> Any:
+    """steer(tasks, labels, attempts=None): kwok labels the agent pods of these Tasks of the test's
+    namespace with these steering labels (kt_helpers.steering_stage); the Stages go with the test."""
+    from kt_helpers import steering_stage
+
+    names: list[str] = []
+
+    def make(tasks: list[str], labels: dict[str, str], attempts: list[int] | None = None) -> str:
+        name = f"steer-{namespace}-{len(names)}"
+        stage = steering_stage(name, namespace, tasks, labels, attempts)
+        cluster.kubectl("create", "-f", "-", input=json.dumps(stage))
+        names.append(name)
+        return name
+
+    yield make
+    if names:
+        cluster.kubectl("delete", "stages.kwok.x-k8s.io", "--ignore-not-found", "--wait=false", *names, check=False)
 
 
 @pytest.fixture

@@ -31,6 +31,34 @@ def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
             "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}
 
 
+def steering_stage(name: str, namespace: str, tasks: list[str], labels: dict[str, str],
+                   attempts: list[int] | None = None) -> dict:
+    """A kwok Stage that gives the agent pods of ``tasks`` (their ``kubetask.io/task`` label; only the
+    ``attempts`` given, else every attempt) in ``namespace`` the steering ``labels`` of
+    deploy/local/kwok-stages.yaml, e.g. ``{"kubetask.io/test-outcome": "fail"}``.
+
+    Its weight of 1 beats the default Stages (weight 0), and it matches a pod until the pod carries the
+    labels, so kwok labels the pod first, before any default Stage starts it; then the defaults take it
+    on, now steered. Create it before the pods exist (kwok reads a new pod's Stages when it sees the pod)."""
+    match = " and ".join(f'(.metadata.labels[{json.dumps(k)}] == {json.dumps(v)})' for k, v in labels.items())
+    expressions = [
+        {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+        {"key": ".metadata.namespace", "operator": "In", "values": [namespace]},
+        {"key": '.metadata.labels["kubetask.io/task"]', "operator": "In", "values": list(tasks)},
+        {"key": match, "operator": "NotIn", "values": ["true"]},
+    ]
+    if attempts is not None:
+        expressions.append({"key": '.metadata.labels["kubetask.io/attempt"]', "operator": "In",
+                            "values": [str(a) for a in attempts]})
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Pod"}, "weight": 1,
+                 "selector": {"matchExpressions": expressions},
+                 "next": {"patches": [{"type": "merge", "template": json.dumps({"metadata": {"labels": labels}})}]}},
+    }
+
+
 def get(kubectl, namespace: str, kind: str, name: str) -> dict | None:
     result = kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None

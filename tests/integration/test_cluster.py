@@ -1,4 +1,5 @@
-"""The local control plane behaves like a cluster: Job controller, kwok pod outcomes, GC, logs."""
+"""The local control plane behaves like a cluster: Job controller, kwok pod outcomes (and a test's own
+kwok Stage steering single Tasks), GC, logs."""
 
 from __future__ import annotations
 
@@ -120,6 +121,27 @@ def test_duration_annotation_and_hang(namespace, batch, core, wait_for) -> None:
     [pod] = job_pods(core, namespace, "stuck")
     assert pod.status.phase == "Running"
     assert job_condition(batch, namespace, "stuck") is None
+
+
+def test_a_tests_own_stage_steers_the_pods_of_single_tasks(namespace, batch, core, wait_for, steer) -> None:
+    """A Stage created now (kwok started long ago) labels the pods of Task b's first attempt: that pod
+    fails with exit code 4; b's second attempt and Task a, unsteered, complete."""
+    steer(["b"], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "4"}, attempts=[1])
+    for job, task, attempt in (("a-1", "a", "1"), ("b-1", "b", "1"), ("b-2", "b", "2")):
+        batch.create_namespaced_job(namespace, job_body(job, labels={"kubetask.io/task": task, "kubetask.io/attempt": attempt}))
+
+    def finished():
+        outcomes = {j: job_condition(batch, namespace, j) for j in ("a-1", "b-1", "b-2")}
+        return all(outcomes.values()) and outcomes
+
+    outcomes = wait_for(finished, what="the three Jobs to finish")
+    assert outcomes == {"a-1": "Complete", "b-1": "Failed", "b-2": "Complete"}
+    [pod] = job_pods(core, namespace, "b-1")
+    assert pod.metadata.labels["kubetask.io/test-outcome"] == "fail"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 4
+    for job in ("a-1", "b-2"):
+        [pod] = job_pods(core, namespace, job)
+        assert "kubetask.io/test-outcome" not in pod.metadata.labels
 
 
 def test_owner_deletion_garbage_collects_job(namespace, batch, core, wait_for) -> None:
