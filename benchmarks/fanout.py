@@ -24,14 +24,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubetask.domain import manifests, status  # noqa: E402
-from kubetask.api import Task, WorkspaceConfig  # noqa: E402
-from kubetask.domain.contexts import aggregate, all_contexts, resolve  # noqa: E402
-from tests.fakes import StaticReader  # noqa: E402
 from local_stack import STORAGES, Stack, local_stack, process_children, tree_cpu_seconds, tree_memory_bytes  # noqa: E402
 
-WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
-             "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
+from kubetask.api import Task, WorkspaceConfig  # noqa: E402
+from kubetask.domain import manifests, status  # noqa: E402
+from kubetask.domain.contexts import aggregate, all_contexts, resolve  # noqa: E402
+from tests.fakes import StaticReader  # noqa: E402
+
+WORKSPACE = {
+    "apiVersion": "kubetask.io/v1alpha1",
+    "kind": "WorkspaceConfig",
+    "metadata": {"name": "default"},
+    "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"},
+}
 
 
 # The baseline client's requests per Task: create the Task, its ConfigMap and Job; patch Running, then Completed.
@@ -115,18 +120,40 @@ class ProcessSampler:
         self._thread.join()
 
     def report_mb(self) -> tuple[dict[str, int], dict[str, int]]:
-        return ({k: round(v / 2**20) for k, v in self.peak.items()}, {k: round(v / 2**20) for k, v in self.peak_pss.items()})
+        return (
+            {k: round(v / 2**20) for k, v in self.peak.items()},
+            {k: round(v / 2**20) for k, v in self.peak_pss.items()},
+        )
 
     def cpu_seconds(self) -> dict[str, float]:
-        return {name: round(sum(last[p] - self._cpu_first[name][p] for p in last), 1) for name, last in self._cpu_last.items()}
+        return {
+            name: round(sum(last[p] - self._cpu_first[name][p] for p in last), 1)
+            for name, last in self._cpu_last.items()
+        }
 
 
 def run_system(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
     stack.run("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(WORKSPACE))
-    batchrun = {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "metadata": {"name": "fan"},
-                "spec": {"parallelism": parallelism, "batchSpec": {
-                    "commonContext": [inline("Benchmark task.")],
-                    "variableContexts": [[{"type": "File", "file": {"filePath": "/workspace/target.md", "source": {"inline": f"target {i}"}}}] for i in range(n)]}}}
+    batchrun = {
+        "apiVersion": "kubetask.io/v1alpha1",
+        "kind": "BatchRun",
+        "metadata": {"name": "fan"},
+        "spec": {
+            "parallelism": parallelism,
+            "batchSpec": {
+                "commonContext": [inline("Benchmark task.")],
+                "variableContexts": [
+                    [
+                        {
+                            "type": "File",
+                            "file": {"filePath": "/workspace/target.md", "source": {"inline": f"target {i}"}},
+                        }
+                    ]
+                    for i in range(n)
+                ],
+            },
+        },
+    }
     jobs = JobCounter(api, ns)
     custom = kubernetes.client.CustomObjectsApi(api)
     before = api_requests(stack)
@@ -134,16 +161,22 @@ def run_system(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
     stack.run("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(batchrun))
     phase = None
     while time.monotonic() - started < 3600:
-        phase = (custom.get_namespaced_custom_object("kubetask.io", "v1alpha1", ns, "batchruns", "fan").get("status") or {}).get("phase")
+        phase = (
+            custom.get_namespaced_custom_object("kubetask.io", "v1alpha1", ns, "batchruns", "fan").get("status") or {}
+        ).get("phase")
         if phase in ("Completed", "Failed", "Stopped"):
             break
         time.sleep(0.5)
     done = time.monotonic() - started
     after = api_requests(stack)
     jobs.stop.set()
-    return {"phase": phase, "all_jobs_created_s": max(jobs.jobs.values()) - started if len(jobs.jobs) >= n else None,
-            "completed_s": done, "max_running_pods": jobs.max_running,
-            "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]}}
+    return {
+        "phase": phase,
+        "all_jobs_created_s": max(jobs.jobs.values()) - started if len(jobs.jobs) >= n else None,
+        "completed_s": done,
+        "max_running_pods": jobs.max_running,
+        "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]},
+    }
 
 
 def run_baseline(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
@@ -164,22 +197,39 @@ def run_baseline(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
 
     def one(i: int) -> None:
         name = f"fan-task-{i}"
-        body = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
-                "metadata": {"name": name, "annotations": {"kubetask.io/executed-by": "baseline"}},
-                "spec": {"contexts": [inline("Benchmark task."), inline(f"target {i}")]}}
+        body = {
+            "apiVersion": "kubetask.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": name, "annotations": {"kubetask.io/executed-by": "baseline"}},
+            "spec": {"contexts": [inline("Benchmark task."), inline(f"target {i}")]},
+        }
         obj = custom.create_namespaced_custom_object("kubetask.io", "v1alpha1", ns, "tasks", body)
         task = Task.model_validate(obj)
         files = aggregate(resolve(all_contexts(task, workspace.spec), ns, StaticReader()).parts)
         cm, _ = manifests.build_context_objects(task, files)
         ended[name] = threading.Event()
         core.create_namespaced_config_map(ns, cm)
-        job = manifests.build_job(task, workspace.spec, files, [], attempt=1, dagster_run_id="baseline", timeout_seconds=None)
+        job = manifests.build_job(
+            task, workspace.spec, files, [], attempt=1, dagster_run_id="baseline", timeout_seconds=None
+        )
         batch.create_namespaced_job(ns, job)
-        custom.patch_namespaced_custom_object_status("kubetask.io", "v1alpha1", ns, "tasks", name,
-                                                     {"status": status.running({}, job_name=job["metadata"]["name"], attempt=1)})
+        custom.patch_namespaced_custom_object_status(
+            "kubetask.io",
+            "v1alpha1",
+            ns,
+            "tasks",
+            name,
+            {"status": status.running({}, job_name=job["metadata"]["name"], attempt=1)},
+        )
         ended[name].wait(600)
-        custom.patch_namespaced_custom_object_status("kubetask.io", "v1alpha1", ns, "tasks", name,
-                                                     {"status": status.completed({"phase": "Running"}, exit_code=0)})
+        custom.patch_namespaced_custom_object_status(
+            "kubetask.io",
+            "v1alpha1",
+            ns,
+            "tasks",
+            name,
+            {"status": status.completed({"phase": "Running"}, exit_code=0)},
+        )
 
     threading.Thread(target=watch_pods, daemon=True).start()
     before = api_requests(stack)
@@ -189,9 +239,13 @@ def run_baseline(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
     done = time.monotonic() - started
     after = api_requests(stack)
     jobs.stop.set()
-    return {"phase": "Completed", "all_jobs_created_s": max(jobs.jobs.values()) - started, "completed_s": done,
-            "max_running_pods": jobs.max_running,
-            "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]}}
+    return {
+        "phase": "Completed",
+        "all_jobs_created_s": max(jobs.jobs.values()) - started,
+        "completed_s": done,
+        "max_running_pods": jobs.max_running,
+        "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]},
+    }
 
 
 def main() -> int:
@@ -213,7 +267,9 @@ def main() -> int:
             if label == "system":
                 results[label]["peak_rss_mb"], results[label]["peak_pss_mb"] = sampler.report_mb()
         s, b = results["system"], results["baseline"]
-        print(f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}")
+        print(
+            f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}"
+        )
         print(f"{'measure':<26} {'system':>10} {'baseline':>10} {'ratio':>7}")
         for key in ("all_jobs_created_s", "completed_s"):
             ratio = s[key] / b[key] if s[key] and b[key] else float("nan")
@@ -224,11 +280,17 @@ def main() -> int:
         # The baseline's own client makes BASELINE_CLIENT_REQUESTS per Task; the rest of its count is
         # what Kubernetes itself spends on a Job (controller-manager, scheduler, kwok), the same here.
         kubernetes_share = baseline_total - BASELINE_CLIENT_REQUESTS
-        print(f"{'  of them kubetask own':<26} {system_total - kubernetes_share:>10.1f} {BASELINE_CLIENT_REQUESTS:>10.1f}")
+        print(
+            f"{'  of them kubetask own':<26} {system_total - kubernetes_share:>10.1f} {BASELINE_CLIENT_REQUESTS:>10.1f}"
+        )
         print("peak RSS (MB, process trees; run workers are forks in the daemon's tree):", s.get("peak_rss_mb"))
-        print("peak PSS (MB, the same trees, shared pages split among the processes sharing them):", s.get("peak_pss_mb"))
-        print(f"CPU seconds by component (2 cores): system {sum(s['cpu_s'].values()):.1f}, baseline {sum(b['cpu_s'].values()):.1f}"
-              " (the baseline's own client is this process, not counted)")
+        print(
+            "peak PSS (MB, the same trees, shared pages split among the processes sharing them):", s.get("peak_pss_mb")
+        )
+        print(
+            f"CPU seconds by component (2 cores): system {sum(s['cpu_s'].values()):.1f}, baseline {sum(b['cpu_s'].values()):.1f}"
+            " (the baseline's own client is this process, not counted)"
+        )
         for name in s["cpu_s"]:
             print(f"  {name:<24} {s['cpu_s'][name]:>8.1f} {b['cpu_s'].get(name, 0.0):>8.1f}")
         print(json.dumps(results))

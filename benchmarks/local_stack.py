@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import kubernetes
-
 from postgres import postgres_server, server_pid, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +93,20 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             if storage == "postgres":
                 stack.pids["postgres"] = server_pid(run_root)
             bridge = subprocess.Popen(
-                [sys.executable, "-m", "crd_bridge", "--dagster-url", stack.dagster_url, "--health-bind", "127.0.0.1:0", *bridge_args],
-                env=env, stdout=open(run_root / "bridge.log", "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "crd_bridge",
+                    "--dagster-url",
+                    stack.dagster_url,
+                    "--health-bind",
+                    "127.0.0.1:0",
+                    *bridge_args,
+                ],
+                env=env,
+                stdout=open(run_root / "bridge.log", "w"),
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
             stack.pids["bridge"] = bridge.pid
             time.sleep(3)

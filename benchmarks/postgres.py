@@ -23,10 +23,13 @@ DATABASE = "dagster"
 
 def _bindir() -> Path | None:
     """A directory with initdb, pg_ctl and postgres: Debian's newest /usr/lib/postgresql/<ver>/bin, else PATH."""
+
     def usable(d: Path) -> bool:
         return all(os.access(d / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres"))
 
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0
+    )
     for d in reversed(versions):
         if usable(d):
             return d
@@ -70,7 +73,9 @@ def postgres_server(run_root: Path):
         try:
             pw = pwd.getpwnam(USER)
         except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True
+            )
             pw = pwd.getpwnam(USER)
         as_server = ["runuser", "-u", USER, "--"]
         # mkdtemp makes run_root 0700: let the server's user pass through it (not list it) to its own directory.
@@ -86,7 +91,9 @@ def postgres_server(run_root: Path):
     port = _free_port()
     started = False
     try:
-        server(str(bindir / "initdb"), "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+        server(
+            str(bindir / "initdb"), "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"
+        )
         with open(data / "postgresql.conf", "a") as conf:  # data is the server user's; we are root or that user
             conf.write(
                 "\n# benchmarks/postgres.py\n"
@@ -97,8 +104,12 @@ def postgres_server(run_root: Path):
             )
         started = True
         server(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start")
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except BaseException as e:
         _stop(as_server, bindir, data, base, started)
         if isinstance(e, subprocess.CalledProcessError):
@@ -118,8 +129,11 @@ def server_pid(run_root: Path) -> int:
 
 def _stop(as_server: list[str], bindir: Path, data: Path, cwd: Path, started: bool) -> None:
     if started:
-        subprocess.run([*as_server, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
-                       cwd=cwd, capture_output=True)
+        subprocess.run(
+            [*as_server, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop"],
+            cwd=cwd,
+            capture_output=True,
+        )
 
 
 def dagster_storage_yaml(url: str) -> str:
@@ -143,14 +157,17 @@ def main() -> int:
             home.mkdir()
             (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + dagster_storage_yaml(url))
             os.environ["DAGSTER_HOME"] = str(home)
-            from dagster import DagsterInstance
             import psycopg2
+            from dagster import DagsterInstance
 
             with DagsterInstance.get() as instance:
                 instance.get_runs(limit=1)
                 instance.event_log_storage.get_asset_records()
                 instance.schedule_storage.all_instigator_state()
-                kinds = {name: type(getattr(instance, name)).__name__ for name in ("run_storage", "event_log_storage", "schedule_storage")}
+                kinds = {
+                    name: type(getattr(instance, name)).__name__
+                    for name in ("run_storage", "event_log_storage", "schedule_storage")
+                }
             with psycopg2.connect(url) as conn, conn.cursor() as cur:
                 cur.execute("select version()")
                 version = cur.fetchone()[0]

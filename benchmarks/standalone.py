@@ -27,8 +27,15 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 
 def run_system(stack: Stack, api, ns: str, n: int) -> dict:
     stack.run("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(WORKSPACE))
-    tasks = [{"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": f"solo-{i}"},
-              "spec": {"contexts": [inline("Benchmark task."), inline(f"target {i}")]}} for i in range(n)]
+    tasks = [
+        {
+            "apiVersion": "kubetask.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": f"solo-{i}"},
+            "spec": {"contexts": [inline("Benchmark task."), inline(f"target {i}")]},
+        }
+        for i in range(n)
+    ]
     jobs = JobCounter(api, ns)
     custom = kubernetes.client.CustomObjectsApi(api)
     before = api_requests(stack)
@@ -44,10 +51,14 @@ def run_system(stack: Stack, api, ns: str, n: int) -> dict:
     done = time.monotonic() - started
     after = api_requests(stack)
     jobs.stop.set()
-    return {"all_terminal_s": done, "completed": sum(p == "Completed" for p in phases.values()),
-            "all_jobs_created_s": max(jobs.jobs.values()) - started if len(jobs.jobs) >= n else None,
-            "runs_per_s": n / done, "max_running_pods": jobs.max_running,
-            "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]}}
+    return {
+        "all_terminal_s": done,
+        "completed": sum(p == "Completed" for p in phases.values()),
+        "all_jobs_created_s": max(jobs.jobs.values()) - started if len(jobs.jobs) >= n else None,
+        "runs_per_s": n / done,
+        "max_running_pods": jobs.max_running,
+        "requests_per_task": {v: round((after[v] - before[v]) / n, 2) for v in after if after[v] - before[v]},
+    }
 
 
 def main() -> int:
@@ -74,7 +85,9 @@ def main() -> int:
             print(f"{key:<26} {s or float('nan'):>10.1f} {b:>10.1f} {(s / b if s else float('nan')):>6.2f}x")
         print(f"{'Task runs per second':<26} {system['runs_per_s']:>10.2f} {baseline['runs_per_s']:>10.2f}")
         print(f"{'Tasks Completed':<26} {system['completed']:>10} {args.tasks:>10}")
-        print(f"{'API requests per Task':<26} {sum(system['requests_per_task'].values()):>10.1f} {sum(baseline['requests_per_task'].values()):>10.1f}")
+        print(
+            f"{'API requests per Task':<26} {sum(system['requests_per_task'].values()):>10.1f} {sum(baseline['requests_per_task'].values()):>10.1f}"
+        )
         print("peak RSS (MB, process trees):", system["peak_rss_mb"])
         print("peak PSS (MB, shared pages split):", system["peak_pss_mb"])
         print("CPU seconds by component while the system ran:", system["cpu_s"])

@@ -26,11 +26,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubetask.domain import manifests, status  # noqa: E402
+from local_stack import local_stack  # noqa: E402
+
 from kubetask.api import Task, WorkspaceConfig  # noqa: E402
+from kubetask.domain import manifests, status  # noqa: E402
 from kubetask.domain.contexts import aggregate, all_contexts, resolve  # noqa: E402
 from tests.fakes import StaticReader  # noqa: E402
-from local_stack import local_stack  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -68,6 +69,7 @@ class Recorder:
             task = (job.metadata.labels or {}).get("kubetask.io/task")
             if task:
                 self._stamp(("job", task))
+
         self._loop(self.batch.list_namespaced_job, handle)
 
     def _pods(self):
@@ -75,6 +77,7 @@ class Recorder:
             task = (pod.metadata.labels or {}).get("kubetask.io/task")
             if task and pod.status.phase in ("Succeeded", "Failed"):
                 self._stamp(("pod-end", task))
+
         self._loop(self.core.list_namespaced_pod, handle)
 
     def _tasks(self):
@@ -88,18 +91,31 @@ class Recorder:
                 self._stamp(("running", name))
             if phase in ("Completed", "Failed", "Stopped"):
                 self._stamp(("terminal", name))
+
         self._loop(list_tasks, handle)
 
 
 def task_body(name: str, executed_by: str | None = None) -> dict:
     # A Task marked as executed by someone else is left alone by the bridge: the baseline's.
     metadata = {"name": name, **({"annotations": {"kubetask.io/executed-by": executed_by}} if executed_by else {})}
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": metadata,
-            "spec": {"contexts": [{"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": f"do {name}"}}}]}}
+    return {
+        "apiVersion": "kubetask.io/v1alpha1",
+        "kind": "Task",
+        "metadata": metadata,
+        "spec": {
+            "contexts": [
+                {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": f"do {name}"}}}
+            ]
+        },
+    }
 
 
-WORKSPACE = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
-             "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"}}
+WORKSPACE = {
+    "apiVersion": "kubetask.io/v1alpha1",
+    "kind": "WorkspaceConfig",
+    "metadata": {"name": "default"},
+    "spec": {"agentImage": "example.invalid/agent:1", "serviceAccountName": "default"},
+}
 
 
 class Baseline:
@@ -116,11 +132,14 @@ class Baseline:
         threading.Thread(target=self._pods, daemon=True).start()
 
     def _patch(self, name: str, patch: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status("kubetask.io", "v1alpha1", self.ns, "tasks", name, {"status": patch})
+        self.custom.patch_namespaced_custom_object_status(
+            "kubetask.io", "v1alpha1", self.ns, "tasks", name, {"status": patch}
+        )
 
     def _tasks(self):
         def list_tasks(namespace, **kw):
             return self.custom.list_namespaced_custom_object("kubetask.io", "v1alpha1", namespace, "tasks", **kw)
+
         while not self.stop.is_set():
             w = kubernetes.watch.Watch()
             for event in w.stream(list_tasks, self.ns, timeout_seconds=5):
@@ -131,7 +150,9 @@ class Baseline:
                 files = aggregate(resolve(all_contexts(task, self.workspace.spec), self.ns, StaticReader()).parts)
                 cm, _ = manifests.build_context_objects(task, files)
                 self.core.create_namespaced_config_map(self.ns, cm)
-                job = manifests.build_job(task, self.workspace.spec, files, [], attempt=1, dagster_run_id="baseline", timeout_seconds=None)
+                job = manifests.build_job(
+                    task, self.workspace.spec, files, [], attempt=1, dagster_run_id="baseline", timeout_seconds=None
+                )
                 self.batch.create_namespaced_job(self.ns, job)
                 self._patch(task.metadata.name, status.running({}, job_name=job["metadata"]["name"], attempt=1))
 
@@ -145,14 +166,22 @@ class Baseline:
                     self._patch(task, status.completed({"phase": "Running"}, exit_code=0))
 
 
-def measure(api, kubectl: list[str], namespace: str, count: int, label: str, executed_by: str | None = None) -> dict[str, list[float]]:
+def measure(
+    api, kubectl: list[str], namespace: str, count: int, label: str, executed_by: str | None = None
+) -> dict[str, list[float]]:
     recorder = Recorder(api, namespace)
     time.sleep(1)
     out: dict[str, list[float]] = {"apply_to_job": [], "apply_to_running": [], "pod_end_to_terminal": []}
     for i in range(count):
         name = f"{label}-{i}"
         applied = time.monotonic()
-        subprocess.run([*kubectl, "apply", "-n", namespace, "-f", "-"], input=yaml.safe_dump(task_body(name, executed_by)), text=True, check=True, capture_output=True)
+        subprocess.run(
+            [*kubectl, "apply", "-n", namespace, "-f", "-"],
+            input=yaml.safe_dump(task_body(name, executed_by)),
+            text=True,
+            check=True,
+            capture_output=True,
+        )
         deadline = time.monotonic() + 120
         needed = [(what, name) for what in ("job", "running", "pod-end", "terminal")]
         while not all(k in recorder.seen for k in needed) and time.monotonic() < deadline:
@@ -180,8 +209,20 @@ def main() -> int:
             ns = f"bench-{label}-{int(time.time())}"
             subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True)
             if label == "system":
-                subprocess.run([*kubectl, "apply", "-n", ns, "-f", "-"], input=yaml.safe_dump(WORKSPACE), text=True, check=True, capture_output=True)
-                subprocess.run([*kubectl, "apply", "-n", ns, "-f", "-"], input=yaml.safe_dump(task_body("warmup")), text=True, check=True, capture_output=True)
+                subprocess.run(
+                    [*kubectl, "apply", "-n", ns, "-f", "-"],
+                    input=yaml.safe_dump(WORKSPACE),
+                    text=True,
+                    check=True,
+                    capture_output=True,
+                )
+                subprocess.run(
+                    [*kubectl, "apply", "-n", ns, "-f", "-"],
+                    input=yaml.safe_dump(task_body("warmup")),
+                    text=True,
+                    check=True,
+                    capture_output=True,
+                )
                 time.sleep(8)  # the first run imports everything once
                 results[label] = measure(api, kubectl, ns, args.tasks, "t")
             else:
@@ -190,11 +231,15 @@ def main() -> int:
                 results[label] = measure(api, kubectl, ns, args.tasks, "b", executed_by="baseline")
                 baseline.stop.set()
         print(f"Task latency over {args.tasks} Tasks applied one after another (seconds)")
-        print(f"{'measure':<22} {'system p50':>11} {'system p95':>11} {'baseline p50':>13} {'baseline p95':>13} {'ratio p50':>10}")
+        print(
+            f"{'measure':<22} {'system p50':>11} {'system p95':>11} {'baseline p50':>13} {'baseline p95':>13} {'ratio p50':>10}"
+        )
         for key in ("apply_to_job", "apply_to_running", "pod_end_to_terminal"):
             s, b = results["system"][key], results["baseline"][key]
             p50s, p95s, p50b, p95b = statistics.median(s), pct(s, 95), statistics.median(b), pct(b, 95)
-            print(f"{key:<22} {p50s:>11.2f} {p95s:>11.2f} {p50b:>13.2f} {p95b:>13.2f} {p50s / p50b if p50b else float('inf'):>9.1f}x")
+            print(
+                f"{key:<22} {p50s:>11.2f} {p95s:>11.2f} {p50b:>13.2f} {p95b:>13.2f} {p50s / p50b if p50b else float('inf'):>9.1f}x"
+            )
         print(json.dumps(results))
     return 0
 

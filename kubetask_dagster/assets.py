@@ -35,14 +35,18 @@ from dagster import (
 )
 from kubernetes.client.rest import ApiException
 
-from kubetask.api import GROUP, VERSION
 from kubetask import vocabulary
+from kubetask.api import GROUP, VERSION
 from kubetask.domain.catalog import BatchEntry
 from kubetask.domain.scheduling import materialization_batchrun_body, materialization_batchrun_name, owned_by
 from kubetask_dagster.resources import KubeResource
 
 BACKFILL_TAG = "dagster/backfill"
-def create_batchrun(api: Any, namespace: str, batch_name: str, request_id: str, run_id: str) -> tuple[dict[str, Any], bool]:
+
+
+def create_batchrun(
+    api: Any, namespace: str, batch_name: str, request_id: str, run_id: str
+) -> tuple[dict[str, Any], bool]:
     """Create (or find, for a retried step or another run of the same backfill) the request's BatchRun.
 
     Returns the BatchRun and whether this call created it."""
@@ -58,7 +62,9 @@ def create_batchrun(api: Any, namespace: str, batch_name: str, request_id: str, 
             raise
     existing = api.get_custom("batchruns", namespace, name)
     if existing is None or not owned_by(existing, batch["metadata"]["uid"]):
-        raise Failure(f"BatchRun {namespace}/{name} exists and does not belong to Batch {batch_name}", allow_retries=False)
+        raise Failure(
+            f"BatchRun {namespace}/{name} exists and does not belong to Batch {batch_name}", allow_retries=False
+        )
     return existing, False
 
 
@@ -71,7 +77,10 @@ def _description(entry: BatchEntry) -> str:
         "recorded on its partition.",
     ]
     if entry.schedule:
-        lines += ["", f"Scheduled: `{entry.schedule.cron}` ({entry.schedule.time_zone}), schedule `{entry.schedule.name}`."]
+        lines += [
+            "",
+            f"Scheduled: `{entry.schedule.cron}` ({entry.schedule.time_zone}), schedule `{entry.schedule.name}`.",
+        ]
     lines += ["", f"`{entry.kubectl}`"]
     return "\n".join(lines)
 
@@ -121,14 +130,20 @@ def batch_asset(entry: BatchEntry) -> AssetsDefinition:
         requested = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
         context.log.info(
             f"{verb} BatchRun {ns}/{meta['name']} (uid {meta['uid']}) for partitions {', '.join(requested) or '(all)'}; "
-            "the bridge runs it as batch_job and each Task's outcome is recorded on its partition")
-        context.log_event(AssetObservation(key, metadata={
-            "batchrun": meta["name"],
-            "batchrun_uid": meta["uid"],
-            "namespace": ns,
-            "requested_partitions": MetadataValue.json(list(requested)),
-            "kubectl": MetadataValue.text(f"kubectl -n {ns} get batchrun {meta['name']}"),
-        }))
+            "the bridge runs it as batch_job and each Task's outcome is recorded on its partition"
+        )
+        context.log_event(
+            AssetObservation(
+                key,
+                metadata={
+                    "batchrun": meta["name"],
+                    "batchrun_uid": meta["uid"],
+                    "namespace": ns,
+                    "requested_partitions": MetadataValue.json(list(requested)),
+                    "kubectl": MetadataValue.text(f"kubectl -n {ns} get batchrun {meta['name']}"),
+                },
+            )
+        )
         # No output: the Tasks materialize their partitions when they complete.
         yield from ()
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def list_batches(custom_api: Any, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every Batch in ``namespaces`` (all when empty), page by page; raises on API errors."""
     items: list[dict[str, Any]] = []
-    for ns in namespaces or [None]:
+    targets: list[str | None] = [*namespaces] or [None]
+    for ns in targets:
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": LIST_TIMEOUT}
@@ -62,10 +63,15 @@ def load_entries(env: Mapping[str, str] | None = None, custom_api: Any = None) -
     except Exception as e:  # API down, no kubeconfig, no RBAC, CRD missing: load the jobs anyway
         log.warning(
             "could not list Batches (%s: %s); loading the code location without Batch assets and schedules",
-            type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
+            type(e).__name__,
+            str(e).splitlines()[0][:300] if str(e) else "",
         )
         return []
     entries = entries_from_batches(objs)
-    log.info("Batch catalog: %d Batches (%d scheduled) in %s", len(entries), sum(1 for e in entries if e.schedule),
-             ",".join(namespaces) or "all namespaces")
+    log.info(
+        "Batch catalog: %d Batches (%d scheduled) in %s",
+        len(entries),
+        sum(1 for e in entries if e.schedule),
+        ",".join(namespaces) or "all namespaces",
+    )
     return entries

@@ -17,12 +17,12 @@ from dagster import Definitions, PreviewWarning
 # Internal to Dagster ("meant for internal usage"), the mechanism its state-backed integrations use; dagster is pinned to 1.13.*.
 from dagster._core.definitions.definitions_load_context import StateBackedDefinitionsLoader
 
-from kubetask_dagster import catalog
-from kubetask_dagster.assets import batch_assets
 from kubetask.domain import catalog as catalog_entries
 from kubetask.domain.catalog import BatchEntry
-from kubetask_dagster.resources import KubeResource, RunStorageIOManager
+from kubetask_dagster import catalog
+from kubetask_dagster.assets import batch_assets
 from kubetask_dagster.jobs import batch_job, task_job
+from kubetask_dagster.resources import KubeResource, RunStorageIOManager
 from kubetask_dagster.schedules import batch_schedules
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 from dagster import in_process_executor, job
 
 from kubetask import vocabulary
-from kubetask_dagster.ops.batch import expand_batch, run_batch_task, summarize_batch
 from kubetask_dagster.execution.executor import threaded_executor
+from kubetask_dagster.ops.batch import expand_batch, run_batch_task, summarize_batch
 from kubetask_dagster.ops.task import prepare_task, run_agent
 
 

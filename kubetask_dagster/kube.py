@@ -13,14 +13,15 @@ import base64
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes
 from dagster_k8s.client import DagsterK8sUnrecoverableAPIError, DagsterKubernetesClient
 from kubernetes.client.rest import ApiException
 
-from kubetask.api import GROUP, VERSION
 from kubetask import vocabulary
+from kubetask.api import GROUP, VERSION
 from kubetask.domain import outcomes
 from kubetask.domain.outcomes import PodOutcome
 from kubetask.kube import config
@@ -39,6 +40,7 @@ INFORMER_SYNC_SECONDS = 30.0
 
 class WaitInterrupted(Exception):
     """The run is being terminated while a step waited for its pod."""
+
 
 class Kube:
     """Kubernetes calls of the task ops."""
@@ -76,7 +78,13 @@ class Kube:
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch the status subresource; None when the object is gone."""
         return _unless_missing(
-            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, {"status": status}
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
         )
 
     # --- context readers (contexts.ContextReader) ------------------------------------------------
@@ -122,7 +130,9 @@ class Kube:
     def create_job(self, body: dict[str, Any]) -> bool:
         """Create the Job; False when it already existed (a restarted op resumes instead of duplicating)."""
         try:
-            self.client.create_namespaced_job_with_retries(body, body["metadata"]["namespace"], wait_time_between_attempts=1.0)
+            self.client.create_namespaced_job_with_retries(
+                body, body["metadata"]["namespace"], wait_time_between_attempts=1.0
+            )
         except DagsterK8sUnrecoverableAPIError as e:
             cause = getattr(e, "k8s_api_exception", None) or e.__cause__
             if isinstance(cause, ApiException) and cause.status == 409:
@@ -169,7 +179,9 @@ class Kube:
             if interrupted():
                 raise WaitInterrupted(job_name)
             if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
-                return PodOutcome(False, vocabulary.TIMEOUT, f"the attempt ran longer than {int(deadline_seconds)} s", last_pod)
+                return PodOutcome(
+                    False, vocabulary.TIMEOUT, f"the attempt ran longer than {int(deadline_seconds)} s", last_pod
+                )
             pod_version = pods.version
             for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
@@ -183,7 +195,11 @@ class Kube:
             job = jobs.get(job_name)
             now = time.monotonic()
             confirmed_missing = False
-            if job is None and (job_seen or now - started > JOB_CACHE_GRACE_SECONDS) and now - last_direct_read >= DIRECT_READ_SECONDS:
+            if (
+                job is None
+                and (job_seen or now - started > JOB_CACHE_GRACE_SECONDS)
+                and now - last_direct_read >= DIRECT_READ_SECONDS
+            ):
                 job = self.get_job(namespace, job_name)  # the cache may lag (a watch reconnecting): ask the API server
                 last_direct_read, confirmed_missing = now, job is None
             if job is not None:
@@ -198,7 +214,9 @@ class Kube:
                 return outcome
             pods.wait_for_change(pod_version, WAKE_SECONDS)  # a Job's change is seen on the next wake-up
 
-    def _informer(self, kind: str, list_fn, namespace: str, label_selector: str, index_label: str | None = None) -> Informer:
+    def _informer(
+        self, kind: str, list_fn, namespace: str, label_selector: str, index_label: str | None = None
+    ) -> Informer:
         informer = self._informers.get(kind, list_fn, namespace, label_selector, index_label)
         informer.wait_synced(INFORMER_SYNC_SECONDS)
         return informer
@@ -223,5 +241,3 @@ def _unless_missing(call, *args):
         if e.status == 404:
             return None
         raise
-
-

@@ -26,7 +26,7 @@ is RUNNING by default only starts ticking at the daemon's next iteration, losing
 
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
@@ -48,12 +48,12 @@ from kubetask.domain.runs import batch_run_config
 from kubetask.domain.scheduling import (
     batchrun_body,
     batchrun_tags,
+    history_limits,
     owned_by,
     plan_tick,
     runs_to_prune,
     scheduled_batchrun_body,
     status_from_runs,
-    history_limits,
 )
 from kubetask_dagster.jobs import batch_job
 from kubetask_dagster.resources import KubeResource
@@ -81,15 +81,22 @@ def run_request(batch: Obj, batchrun: Obj, scheduled_time: datetime) -> RunReque
 def list_batch_runs(api: Any, namespace: str, batch: str, batch_uid: str) -> list[dict[str, Any]]:
     """The BatchRuns of a Batch: labelled with its name and owned by this incarnation of it."""
     items = api.custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={batch}")["items"]
+        GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={batch}"
+    )["items"]
     return [r for r in items if owned_by(r, batch_uid)]
 
 
 def request_stop(api: Any, namespace: str, name: str) -> None:
     try:
         api.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, "batchruns", name, {"metadata": {"annotations": {vocabulary.STOP: "true"}}},
-            _content_type="application/merge-patch+json")
+            GROUP,
+            VERSION,
+            namespace,
+            "batchruns",
+            name,
+            {"metadata": {"annotations": {vocabulary.STOP: "true"}}},
+            _content_type="application/merge-patch+json",
+        )
     except ApiException as e:
         if e.status != 404:
             raise
@@ -99,8 +106,9 @@ def delete_batch_runs(api: Any, namespace: str, names: Iterable[str]) -> list[st
     deleted = []
     for name in names:
         try:
-            api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", name,
-                                                       propagation_policy="Background")
+            api.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, "batchruns", name, propagation_policy="Background"
+            )
             deleted.append(name)
         except ApiException as e:
             if e.status != 404:
@@ -108,8 +116,9 @@ def delete_batch_runs(api: Any, namespace: str, names: Iterable[str]) -> list[st
     return deleted
 
 
-def evaluate_tick(api: Any, namespace: str, batch_name: str, schedule_name: str, scheduled_time: datetime,
-                  logger: Any = None) -> RunRequest | SkipReason:
+def evaluate_tick(
+    api: Any, namespace: str, batch_name: str, schedule_name: str, scheduled_time: datetime, logger: Any = None
+) -> RunRequest | SkipReason:
     """One tick of a Batch's schedule (see the module doc); ``api`` is a ``kube.Kube``."""
     logger = logger or log
     batch = api.get_custom("batches", namespace, batch_name)
@@ -161,7 +170,9 @@ def preview_tick(api: Any, namespace: str, batch_name: str, scheduled_time: date
     body = batchrun_body(batch, plan.name)  # not created: a preview has no uid yet
     request = run_request(batch, body, scheduled_time)
     note = f" after stopping {', '.join(plan.stop)}" if plan.stop else ""
-    return request.with_replaced_attrs(tags={**request.tags, vocabulary.TAG_PREVIEW: f"would create BatchRun {plan.name}{note}"})
+    return request.with_replaced_attrs(
+        tags={**request.tags, vocabulary.TAG_PREVIEW: f"would create BatchRun {plan.name}{note}"}
+    )
 
 
 def is_recorded_tick(context: ScheduleEvaluationContext) -> bool:
@@ -172,7 +183,7 @@ def is_recorded_tick(context: ScheduleEvaluationContext) -> bool:
     BatchRuns: nothing would run them.
     """
     key = context.log_key
-    return bool(key) and str(key[-1]).isdigit()
+    return bool(key) and str(key[-1]).isdigit()  # type: ignore[index]  # bool(key) checked it
 
 
 # --- Dagster definitions ----------------------------------------------------------------------
@@ -194,13 +205,15 @@ def batch_schedule(entry: BatchEntry) -> ScheduleDefinition:
         job=batch_job,
         execution_timezone=spec.time_zone,
         default_status=DefaultScheduleStatus.STOPPED,  # started by the bridge after the reload (module doc)
-        description=(f"Batch {ns}/{batch}: a BatchRun at `{spec.cron}` ({spec.time_zone}), "
-                     f"concurrencyPolicy {spec.concurrency_policy}. On/off follows spec.schedule.suspend."),
+        description=(
+            f"Batch {ns}/{batch}: a BatchRun at `{spec.cron}` ({spec.time_zone}), "
+            f"concurrencyPolicy {spec.concurrency_policy}. On/off follows spec.schedule.suspend."
+        ),
         metadata={"namespace": ns, "batch": batch, "uid": entry.uid, "kubectl": entry.kubectl},
         tags={vocabulary.TAG_BATCH: batch, vocabulary.TAG_NAMESPACE: ns},
     )
     def _tick(context: ScheduleEvaluationContext, kube: KubeResource):
-        when = context.scheduled_execution_time or _floor_minute(datetime.now(timezone.utc))
+        when = context.scheduled_execution_time or _floor_minute(datetime.now(UTC))
         if not is_recorded_tick(context):
             return preview_tick(kube.api, ns, batch, when)
         return evaluate_tick(kube.api, ns, batch, spec.name, when, logger=context.log)
@@ -217,6 +230,11 @@ def batch_schedules(entries: Iterable[BatchEntry]) -> list[ScheduleDefinition]:
         try:
             out.append(batch_schedule(entry))
         except Exception as e:
-            log.warning("Batch %s/%s: no Dagster schedule for cron %r (%s)", entry.namespace, entry.name,
-                        entry.schedule.cron, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "Batch %s/%s: no Dagster schedule for cron %r (%s)",
+                entry.namespace,
+                entry.name,
+                entry.schedule.cron,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
     return out

@@ -132,7 +132,9 @@ class Condition(ApiModel):
     """A Kubernetes-style condition (``metav1.Condition``)."""
 
     type: str = Field(description="Condition type, e.g. Ready, Succeeded, Stopped.", max_length=316)
-    status: str = Field(description='"True", "False" or "Unknown".', json_schema_extra={"enum": ["True", "False", "Unknown"]})
+    status: str = Field(
+        description='"True", "False" or "Unknown".', json_schema_extra={"enum": ["True", "False", "Unknown"]}
+    )
     reason: str = Field("", description="CamelCase reason a program can match on.", max_length=1024)
     message: str = Field("", description="What happened, for a person.", max_length=32768)
     last_transition_time: datetime | None = Field(None, description="When the status last changed.")

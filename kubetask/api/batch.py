@@ -62,10 +62,13 @@ class BatchSchedule(ApiModel):
         None, description="IANA time zone of the cron expression (default UTC).", max_length=64
     )
     concurrency_policy: ConcurrencyPolicy | None = Field(
-        None, description="Allow (default), Forbid (skip a tick while a run is active) or Replace (stop the active run)."
+        None,
+        description="Allow (default), Forbid (skip a tick while a run is active) or Replace (stop the active run).",
     )
     suspend: bool | None = Field(None, description="When true, ticks create no BatchRun.")
-    successful_runs_history_limit: int | None = Field(None, description="Completed BatchRuns kept (default 3).", ge=0, le=1000)
+    successful_runs_history_limit: int | None = Field(
+        None, description="Completed BatchRuns kept (default 3).", ge=0, le=1000
+    )
     failed_runs_history_limit: int | None = Field(None, description="Failed BatchRuns kept (default 1).", ge=0, le=1000)
 
 
@@ -83,8 +86,12 @@ class BatchTemplate(ApiModel):
 
     common_context: ContextList = Field(description="Contexts every Task gets, before its variable ones.")
     variable_contexts: VariableContexts
-    workspace_config_ref: str | None = Field(None, description="WorkspaceConfig of the Tasks (default: `default`).", max_length=253)
-    parallelism: int | None = Field(None, description=f"At most this many Tasks run at once (default {DEFAULT_PARALLELISM}).", ge=1, le=10000)
+    workspace_config_ref: str | None = Field(
+        None, description="WorkspaceConfig of the Tasks (default: `default`).", max_length=253
+    )
+    parallelism: int | None = Field(
+        None, description=f"At most this many Tasks run at once (default {DEFAULT_PARALLELISM}).", ge=1, le=10000
+    )
     timeout: Duration | None = Field(None, description="Default timeout of each Task.")
     retries: RetryPolicy | None = Field(None, description="Default retries of each Task.")
 
@@ -123,10 +130,14 @@ class BatchRunSpec(ApiModel):
     """Which batch to run: a Batch by name or an inline template, never both."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": k8s_extra(cel("has(self.batchRef) != has(self.batchSpec)", "spec must set exactly one of batchRef, batchSpec"))
+        "json_schema_extra": k8s_extra(
+            cel("has(self.batchRef) != has(self.batchSpec)", "spec must set exactly one of batchRef, batchSpec")
+        )
     }
 
-    batch_ref: str | None = Field(None, description="Name of a Batch in the same namespace.", min_length=1, max_length=253)
+    batch_ref: str | None = Field(
+        None, description="Name of a Batch in the same namespace.", min_length=1, max_length=253
+    )
     batch_spec: BatchTemplate | None = Field(None, description="An inline batch.")
     parallelism: int | None = Field(None, description="Overrides the Batch's parallelism.", ge=1, le=10000)
 
@@ -173,7 +184,9 @@ class BatchRunStatus(ApiModel):
     phase: BatchRunPhase | None = Field(None, description="Pending, Running, Paused, Completed, Failed or Stopped.")
     progress: Progress | None = Field(None, description="Task counts by phase.")
     failed_tasks: list[FailedTask] | None = Field(
-        None, description=f"The first {MAX_FAILED_TASKS_LISTED} failed Tasks with their reasons.", max_length=MAX_FAILED_TASKS_LISTED
+        None,
+        description=f"The first {MAX_FAILED_TASKS_LISTED} failed Tasks with their reasons.",
+        max_length=MAX_FAILED_TASKS_LISTED,
     )
     start_time: datetime | None = Field(None, description="When the run started.")
     completion_time: datetime | None = Field(None, description="When the run finished.")

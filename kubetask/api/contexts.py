@@ -49,9 +49,13 @@ FilePath = Annotated[
 class KeyRef(ApiModel):
     """One key of a ConfigMap or Secret in the Task's namespace."""
 
-    name: str = Field(description="Name of the ConfigMap or Secret in the Task's namespace.", min_length=1, max_length=253)
+    name: str = Field(
+        description="Name of the ConfigMap or Secret in the Task's namespace.", min_length=1, max_length=253
+    )
     key: str = Field(description="Key within it.", min_length=1, max_length=253)
-    optional: bool | None = Field(None, description="When true, a missing object or key yields no content instead of an error.")
+    optional: bool | None = Field(
+        None, description="When true, a missing object or key yields no content instead of an error."
+    )
 
 
 class FileSource(ApiModel):
@@ -69,7 +73,8 @@ class FileSource(ApiModel):
     inline: str | None = Field(None, description="The content itself.", max_length=1048576)
     config_map_key_ref: KeyRef | None = Field(None, description="Content from a ConfigMap key in the Task's namespace.")
     secret_key_ref: KeyRef | None = Field(
-        None, description="Content from a Secret key in the Task's namespace. The file is mounted from a Secret, never a ConfigMap."
+        None,
+        description="Content from a Secret key in the Task's namespace. The file is mounted from a Secret, never a ConfigMap.",
     )
 
     @model_validator(mode="after")
@@ -104,7 +109,9 @@ class HttpHeader(ApiModel):
         )
     }
 
-    name: str = Field(description="Header name.", min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    name: str = Field(
+        description="Header name.", min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+    )
     value: str | None = Field(None, description="Literal header value.", max_length=8192)
     value_from: HeaderValueSource | None = Field(None, description="Header value from a Secret key.")
 
@@ -122,7 +129,13 @@ class RemoteFileContext(ApiModel):
     url: str = Field(
         description="http:// or https:// URL to fetch.",
         max_length=2048,
-        json_schema_extra=k8s_extra(cel("self.matches(r'^https?://[^/ ]+')", "{field} must be an http:// or https:// URL", pattern=r"^https?://[^/ ]+")),
+        json_schema_extra=k8s_extra(
+            cel(
+                "self.matches(r'^https?://[^/ ]+')",
+                "{field} must be an http:// or https:// URL",
+                pattern=r"^https?://[^/ ]+",
+            )
+        ),
     )
     headers: list[HttpHeader] | None = Field(None, description="Headers sent with the request.", max_length=16)
 
@@ -159,8 +172,10 @@ class GitContext(ApiModel):
             )
         ),
     )
-    path: FilePath = Field(description="Absolute directory the repository is checked out into.")  # type: ignore[assignment]
-    depth: int | None = Field(None, description="Shallow-clone depth (default 1; 0 clones the full history).", ge=0, le=1000000)
+    path: FilePath = Field(description="Absolute directory the repository is checked out into.")
+    depth: int | None = Field(
+        None, description="Shallow-clone depth (default 1; 0 clones the full history).", ge=0, le=1000000
+    )
     secret_ref: LocalSecretRef | None = Field(
         None,
         description="Secret with credentials: keys `username` and `password` (HTTPS) or `ssh-privatekey` (SSH).",
@@ -192,7 +207,10 @@ class Context(ApiModel):
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": k8s_extra(
-            cel(_TYPE_MATCHES_BODY, "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other")
+            cel(
+                _TYPE_MATCHES_BODY,
+                "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other",
+            )
         )
     }
 
@@ -205,7 +223,9 @@ class Context(ApiModel):
     def _body_matches_type(self) -> Context:
         bodies = {ContextType.FILE: self.file, ContextType.REMOTE_FILE: self.remote_file, ContextType.GIT: self.git}
         if bodies[self.type] is None or sum(b is not None for b in bodies.values()) != 1:
-            raise ValueError("context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other")
+            raise ValueError(
+                "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other"
+            )
         return self
 
     @property

@@ -33,7 +33,10 @@ CRON_PATTERN = "^(" + " +".join(f"({f})" for f in _FIELDS) + "|" + "|".join(MACR
 
 
 def is_valid_cron(expression: str) -> bool:
-    return re.fullmatch(CRON_PATTERN, expression.strip() if expression else "") is not None and expression == expression.strip()
+    return (
+        re.fullmatch(CRON_PATTERN, expression.strip() if expression else "") is not None
+        and expression == expression.strip()
+    )
 
 
 def to_five_fields(expression: str) -> str:

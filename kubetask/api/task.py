@@ -36,7 +36,9 @@ class TaskSpec(ApiModel):
     workspace_config_ref: str | None = Field(
         None, description="WorkspaceConfig in the Task's namespace (default: `default`).", max_length=253
     )
-    timeout: Duration | None = Field(None, description="Maximum run time of one attempt (e.g. 30m); overrides the WorkspaceConfig's defaultTimeout.")
+    timeout: Duration | None = Field(
+        None, description="Maximum run time of one attempt (e.g. 30m); overrides the WorkspaceConfig's defaultTimeout."
+    )
     retries: RetryPolicy | None = Field(None, description="Retries of failed attempts.")
     ttl_seconds_after_finished: int | None = Field(
         None, description="Delete the finished Job (not the Task) after this many seconds.", ge=0, le=31536000
@@ -61,7 +63,9 @@ class TaskStatus(ApiModel):
 
     phase: TaskPhase | None = Field(None, description="Pending, Queued, Running, Completed, Failed or Stopped.")
     conditions: list[Condition] | None = Field(
-        None, description="Latest observations (Ready, Succeeded, Stopped...).", json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+        None,
+        description="Latest observations (Ready, Succeeded, Stopped...).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     job_name: str | None = Field(None, description="Job of the current or last attempt.")
     pod_name: str | None = Field(None, description="Pod of the current or last attempt.")

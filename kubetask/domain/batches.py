@@ -51,11 +51,20 @@ def template_of(batchrun: BatchRun, batch_spec: BatchTemplate | None) -> BatchTe
 def expand(batchrun: BatchRun, template: BatchTemplate) -> list[dict[str, Any]]:
     """The Task objects of a BatchRun: owned by it, labelled with it, executed by its run."""
     meta = batchrun.metadata
-    labels = {vocabulary.LABEL_BATCH_RUN: meta.name}
+    if not meta.name:
+        raise ValueError("the BatchRun needs metadata.name (read it from the API server)")
+    name: str = meta.name
+    labels = {vocabulary.LABEL_BATCH_RUN: name}
     if batchrun.spec.batch_ref:
         labels[vocabulary.LABEL_BATCH] = batchrun.spec.batch_ref
-    owner = {"apiVersion": API_VERSION, "kind": "BatchRun", "name": meta.name, "uid": meta.uid,
-             "controller": True, "blockOwnerDeletion": True}
+    owner = {
+        "apiVersion": API_VERSION,
+        "kind": "BatchRun",
+        "name": meta.name,
+        "uid": meta.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     common = [c.to_k8s() for c in template.common_context]
     tasks = []
     for i, variable in enumerate(template.variable_contexts):
@@ -66,16 +75,18 @@ def expand(batchrun: BatchRun, template: BatchTemplate) -> list[dict[str, Any]]:
             spec["timeout"] = template.timeout
         if template.retries:
             spec["retries"] = template.retries.to_k8s()
-        tasks.append({
-            "apiVersion": API_VERSION,
-            "kind": "Task",
-            "metadata": {
-                "name": task_name(meta.name, i),
-                "namespace": meta.namespace,
-                "labels": dict(labels),
-                "annotations": {vocabulary.EXECUTED_BY: executed_by(meta.name)},
-                "ownerReferences": [owner],
-            },
-            "spec": spec,
-        })
+        tasks.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Task",
+                "metadata": {
+                    "name": task_name(name, i),
+                    "namespace": meta.namespace,
+                    "labels": dict(labels),
+                    "annotations": {vocabulary.EXECUTED_BY: executed_by(name)},
+                    "ownerReferences": [owner],
+                },
+                "spec": spec,
+            }
+        )
     return tasks

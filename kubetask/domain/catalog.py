@@ -13,8 +13,8 @@ definitions without listing Batches again (``definitions.py``).
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-
 from kubetask.api import Context, ContextType, FileSource, GitContext, RemoteFileContext, Task, WorkspaceConfigSpec
 from kubetask.domain.errors import TaskError
 from kubetask.vocabulary import CONTEXT_KEY_CONFLICT, CONTEXT_REF_NOT_FOUND, REMOTE_FILE_UNAVAILABLE
@@ -78,7 +77,13 @@ class SourceInfo:
     size: int
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ref": self.ref, "sensitive": self.sensitive, "sha256": self.sha256, "size": self.size}
+        return {
+            "kind": self.kind,
+            "ref": self.ref,
+            "sensitive": self.sensitive,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def resolve(
 def _resolve_file(file_path: str, source: FileSource, objects: _ObjectCache, where: str) -> Part:
     if source.inline is not None:
         return _part(file_path, source.inline, "inline", "inline", False)
-    kind = "configMap" if source.config_map_key_ref is not None else "secret"
+    kind: SourceKind = "configMap" if source.config_map_key_ref is not None else "secret"
     ref = source.config_map_key_ref or source.secret_key_ref
     assert ref is not None
     content = objects.value(kind, ref.name, ref.key, optional=bool(ref.optional), where=where)
@@ -269,5 +274,7 @@ def file_keys(paths: Iterable[str]) -> dict[str, str]:
     clashes = [key for key, n in Counter(keys.values()).items() if n > 1]
     if clashes:
         clashing = sorted(path for path, key in keys.items() if key in clashes)
-        raise TaskError(CONTEXT_KEY_CONFLICT, f"context file paths {', '.join(clashing)} map to the same key; rename one")
+        raise TaskError(
+            CONTEXT_KEY_CONFLICT, f"context file paths {', '.join(clashing)} map to the same key; rename one"
+        )
     return keys

@@ -7,6 +7,7 @@ they end up in the Task's status, in Events and in Dagster's logs.
 
 from __future__ import annotations
 
+
 class TaskError(Exception):
     """An error a Task's status can show: ``reason`` is a CamelCase condition reason, ``message`` is for people."""
 

@@ -37,7 +37,9 @@ class PodOutcome:
 def job_outcome(job: Any, job_name: str, last_pod: str | None) -> PodOutcome | None:
     """The attempt's result read from its Job: deleted, failed (deadline) or complete; else None."""
     if job is None or job.metadata.deletion_timestamp is not None:
-        return PodOutcome(False, vocabulary.JOB_DELETED, f"Job {job_name} was deleted before its pod finished", last_pod)
+        return PodOutcome(
+            False, vocabulary.JOB_DELETED, f"Job {job_name} was deleted before its pod finished", last_pod
+        )
     for cond in (job.status.conditions if job.status else None) or []:
         if cond.type == "Failed" and cond.status == "True":
             reason = vocabulary.TIMEOUT if cond.reason == "DeadlineExceeded" else (cond.reason or vocabulary.JOB_FAILED)
@@ -54,10 +56,21 @@ def pod_outcome(pod: Any) -> PodOutcome | None:
     for init in status.init_container_statuses or []:
         term = init.state.terminated if init.state else None
         if term is not None and term.exit_code != 0:
-            return PodOutcome(False, vocabulary.INIT_CONTAINER_FAILED, f"init container {init.name} exited with {term.exit_code} ({term.reason})", name, term.exit_code)
+            return PodOutcome(
+                False,
+                vocabulary.INIT_CONTAINER_FAILED,
+                f"init container {init.name} exited with {term.exit_code} ({term.reason})",
+                name,
+                term.exit_code,
+            )
         waiting = init.state.waiting if init.state else None
         if waiting is not None and waiting.reason in STUCK_WAITING_REASONS:
-            return PodOutcome(False, STUCK_WAITING_REASONS[waiting.reason], f"init container {init.name}: {waiting.reason}: {waiting.message or ''}".strip(), name)
+            return PodOutcome(
+                False,
+                STUCK_WAITING_REASONS[waiting.reason],
+                f"init container {init.name}: {waiting.reason}: {waiting.message or ''}".strip(),
+                name,
+            )
     agent = next((c for c in status.container_statuses or [] if c.name == "agent"), None)
     if agent is not None and agent.state is not None:
         if agent.state.waiting is not None and agent.state.waiting.reason in STUCK_WAITING_REASONS:
@@ -67,7 +80,13 @@ def pod_outcome(pod: Any) -> PodOutcome | None:
         if term is not None and status.phase in ("Succeeded", "Failed"):
             if term.exit_code == 0:
                 return PodOutcome(True, vocabulary.COMPLETED, "the agent exited with 0", name, 0)
-            return PodOutcome(False, vocabulary.AGENT_FAILED, f"the agent exited with {term.exit_code} ({term.reason or 'Error'})", name, term.exit_code)
+            return PodOutcome(
+                False,
+                vocabulary.AGENT_FAILED,
+                f"the agent exited with {term.exit_code} ({term.reason or 'Error'})",
+                name,
+                term.exit_code,
+            )
     if status.phase == "Failed":
         return PodOutcome(False, status.reason or vocabulary.POD_FAILED, status.message or "the pod failed", name)
     if status.phase == "Succeeded":

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from kubetask.api import Task, WorkspaceConfig
 from kubetask.domain import manifests
 
-if TYPE_CHECKING:
-    from kubetask.api import Task, WorkspaceConfig
-    from kubetask_dagster.kube import Kube
+
+class SecretReader(Protocol):
+    """What redaction reads: a Secret's decoded ``data`` (None when it does not exist)."""
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
 
 MASK = "[redacted]"
 _MIN_LENGTH = 4  # shorter values would mask ordinary words
@@ -22,7 +27,7 @@ class Redactor:
     secrets: frozenset[str]
 
     @classmethod
-    def of(cls, values) -> Redactor:
+    def of(cls, values: Iterable[str]) -> Redactor:
         needles: set[str] = set()
         for value in values:
             if len(value) >= _MIN_LENGTH:
@@ -31,10 +36,10 @@ class Redactor:
         return cls(frozenset(needles))
 
     @classmethod
-    def for_task(cls, kube: Kube, task: Task, workspace: WorkspaceConfig) -> Redactor:
+    def for_task(cls, kube: SecretReader, task: Task, workspace: WorkspaceConfig) -> Redactor:
         """Every Secret value the Task's agent can see: its context Secret and its credentials."""
-        ns = task.metadata.namespace
-        values: list[str] = list((kube.secret_data(ns, manifests.secret_name(task.metadata.name)) or {}).values())
+        ns, name = task.metadata.namespace or "", task.metadata.name or ""
+        values: list[str] = list((kube.secret_data(ns, manifests.secret_name(name)) or {}).values())
         for cred in workspace.spec.credentials or []:
             data = kube.secret_data(ns, cred.secret_ref.name) or {}
             if cred.secret_ref.key in data:

@@ -61,7 +61,9 @@ def _finished_at(obj: Obj) -> tuple[str, str, str]:
 
 def active_runs(runs: Iterable[Obj]) -> list[Obj]:
     """Not finished and not being deleted, oldest first."""
-    return sorted((r for r in runs if not is_finished(r) and not objects.meta(r).get("deletionTimestamp")), key=_created)
+    return sorted(
+        (r for r in runs if not is_finished(r) and not objects.meta(r).get("deletionTimestamp")), key=_created
+    )
 
 
 def tick_batchrun_name(batch: str, scheduled_time: datetime) -> str:
@@ -72,7 +74,10 @@ def tick_batchrun_name(batch: str, scheduled_time: datetime) -> str:
 def history_limits(schedule: Mapping[str, Any] | None) -> tuple[int, int]:
     schedule = schedule or {}
     ok, failed = schedule.get("successfulRunsHistoryLimit"), schedule.get("failedRunsHistoryLimit")
-    return (DEFAULT_SUCCESSFUL_HISTORY if ok is None else int(ok), DEFAULT_FAILED_HISTORY if failed is None else int(failed))
+    return (
+        DEFAULT_SUCCESSFUL_HISTORY if ok is None else int(ok),
+        DEFAULT_FAILED_HISTORY if failed is None else int(failed),
+    )
 
 
 def runs_to_prune(runs: Iterable[Obj], successful_limit: int, failed_limit: int) -> list[str]:
@@ -80,7 +85,7 @@ def runs_to_prune(runs: Iterable[Obj], successful_limit: int, failed_limit: int)
     finished = [r for r in runs if is_finished(r) and not objects.meta(r).get("deletionTimestamp")]
     ok = sorted((r for r in finished if phase_of(r) == SUCCEEDED), key=_finished_at, reverse=True)
     bad = sorted((r for r in finished if phase_of(r) != SUCCEEDED), key=_finished_at, reverse=True)
-    extra = ok[max(0, successful_limit):] + bad[max(0, failed_limit):]
+    extra = ok[max(0, successful_limit) :] + bad[max(0, failed_limit) :]
     return [objects.meta(r)["name"] for r in sorted(extra, key=_finished_at)]
 
 
@@ -88,7 +93,9 @@ def status_from_runs(runs: Iterable[Obj], current: Mapping[str, Any] | None = No
     """``active`` and ``lastSuccessfulTime`` of a Batch from its BatchRuns (a merge patch of its status)."""
     runs = list(runs)
     patch: dict[str, Any] = {"active": [{"name": objects.meta(r)["name"]} for r in active_runs(runs)] or None}
-    times = [str(t) for t in ((r.get("status") or {}).get("completionTime") for r in runs if phase_of(r) == SUCCEEDED) if t]
+    times = [
+        str(t) for t in ((r.get("status") or {}).get("completionTime") for r in runs if phase_of(r) == SUCCEEDED) if t
+    ]
     previous = (current or {}).get("lastSuccessfulTime")
     latest = max(times + ([str(previous)] if previous else []), default=None)  # RFC 3339 UTC sorts as text
     if latest and latest != previous:
@@ -140,8 +147,14 @@ def plan_tick(batch: Obj, runs: Sequence[Obj], scheduled_time: datetime) -> Tick
 
 def batch_owner(batch: Obj) -> dict[str, Any]:
     meta = objects.meta(batch)
-    return {"apiVersion": API_VERSION, "kind": "Batch", "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Batch",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def batchrun_body(batch: Obj, name: str, *, extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -166,11 +179,15 @@ def batchrun_body(batch: Obj, name: str, *, extra_annotations: Mapping[str, str]
 
 
 def scheduled_batchrun_body(batch: Obj, name: str, schedule_name: str, scheduled_time: datetime) -> dict[str, Any]:
-    return batchrun_body(batch, name, extra_annotations={
-        vocabulary.EXECUTED_BY: f"{vocabulary.EXECUTED_BY_SCHEDULE}/{schedule_name}",
-        vocabulary.REQUESTED_BY: f"schedule/{schedule_name}",
-        vocabulary.SCHEDULED_AT: status_fns.rfc3339(scheduled_time),
-    })
+    return batchrun_body(
+        batch,
+        name,
+        extra_annotations={
+            vocabulary.EXECUTED_BY: f"{vocabulary.EXECUTED_BY_SCHEDULE}/{schedule_name}",
+            vocabulary.REQUESTED_BY: f"schedule/{schedule_name}",
+            vocabulary.SCHEDULED_AT: status_fns.rfc3339(scheduled_time),
+        },
+    )
 
 
 def batchrun_tags(batchrun: Obj) -> dict[str, str]:

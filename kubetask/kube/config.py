@@ -19,8 +19,13 @@ def api_retry_policy() -> urllib3.Retry:
     status writes are merge patches. Without this a restart of kube-apiserver failed every step that
     made a call during the ~10 s it was down."""
     return urllib3.Retry(
-        total=12, backoff_factor=0.5, backoff_max=10, allowed_methods=None,
-        status_forcelist=(429, 502, 503, 504), respect_retry_after_header=True, raise_on_status=False,
+        total=12,
+        backoff_factor=0.5,
+        backoff_max=10,
+        allowed_methods=None,
+        status_forcelist=(429, 502, 503, 504),
+        respect_retry_after_header=True,
+        raise_on_status=False,
     )
 
 

@@ -16,7 +16,13 @@ MAX_MESSAGE = 1024
 
 
 def event_body(
-    obj: Mapping[str, Any], reason: str, message: str, *, warning: bool, component: str, host: str | None = None,
+    obj: Mapping[str, Any],
+    reason: str,
+    message: str,
+    *,
+    warning: bool,
+    component: str,
+    host: str | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """A ``core/v1`` Event about ``obj`` (a Task, BatchRun or Batch as the API server returned it)."""

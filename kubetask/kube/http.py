@@ -28,7 +28,9 @@ class HttpFetcher:
         deadline = time.monotonic() + timeout
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                with self._session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=False) as response:
+                with self._session.get(
+                    url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                ) as response:
                     if response.is_redirect:
                         target = urljoin(url, response.headers["location"])
                         if _origin(target) != _origin(url):

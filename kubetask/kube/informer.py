@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
@@ -25,8 +26,14 @@ MAX_BACKOFF_SECONDS = 10.0
 class Informer:
     """Objects returned by ``list_fn(namespace, label_selector=...)``, kept current by a watch thread."""
 
-    def __init__(self, list_fn: Callable[..., Any], namespace: str, label_selector: str, kind: str,
-                 index_label: str | None = None):
+    def __init__(
+        self,
+        list_fn: Callable[..., Any],
+        namespace: str,
+        label_selector: str,
+        kind: str,
+        index_label: str | None = None,
+    ):
         self.namespace = namespace
         self.label_selector = label_selector
         self.kind = kind
@@ -38,7 +45,9 @@ class Informer:
         self._version = 0
         self._synced = threading.Event()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"informer {kind} {namespace} {label_selector}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"informer {kind} {namespace} {label_selector}", daemon=True
+        )
         self._thread.start()
 
     # --- reading -------------------------------------------------------------------------------
@@ -120,8 +129,13 @@ class Informer:
                     self._synced.set()
                     resource_version = listing.metadata.resource_version
                 watch = kubernetes.watch.Watch()
-                for event in watch.stream(self._list_fn, self.namespace, label_selector=self.label_selector,
-                                          resource_version=resource_version, timeout_seconds=WATCH_SECONDS):
+                for event in watch.stream(
+                    self._list_fn,
+                    self.namespace,
+                    label_selector=self.label_selector,
+                    resource_version=resource_version,
+                    timeout_seconds=WATCH_SECONDS,
+                ):
                     if self._stopped.is_set():
                         watch.stop()
                         return
@@ -134,7 +148,14 @@ class Informer:
                 if e.status == 410:  # too old a resourceVersion: list again
                     resource_version = None
                     continue
-                log.warning("watch of %s in %s failed (%s %s); retrying in %.1f s", self.kind, self.namespace, e.status, e.reason, backoff)
+                log.warning(
+                    "watch of %s in %s failed (%s %s); retrying in %.1f s",
+                    self.kind,
+                    self.namespace,
+                    e.status,
+                    e.reason,
+                    backoff,
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 resource_version = None
@@ -148,12 +169,18 @@ class Informer:
 class InformerRegistry:
     """One Informer per (kind, namespace, selector), created on first use and shared by all threads."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._informers: dict[tuple[str, str, str], Informer] = {}
 
-    def get(self, kind: str, list_fn: Callable[..., Any], namespace: str, label_selector: str,
-            index_label: str | None = None) -> Informer:
+    def get(
+        self,
+        kind: str,
+        list_fn: Callable[..., Any],
+        namespace: str,
+        label_selector: str,
+        index_label: str | None = None,
+    ) -> Informer:
         key = (kind, namespace, label_selector)
         with self._lock:
             informer = self._informers.get(key)

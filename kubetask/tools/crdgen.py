@@ -51,7 +51,12 @@ KINDS = [
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Job", "type": "string", "jsonPath": ".status.jobName"},
             {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt"},
-            {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason", "priority": 1},
+            {
+                "name": "Reason",
+                "type": "string",
+                "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
+                "priority": 1,
+            },
             _age(),
         ],
         root_rules=[

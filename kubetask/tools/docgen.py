@@ -18,7 +18,7 @@ CRDs in `deploy/crds/bases/`); do not edit. `kubectl explain <kind>.<field>` sho
 
 
 def _type(node: dict[str, Any]) -> str:
-    kind = node.get("type", "object")
+    kind = str(node.get("type", "object"))
     if kind == "array":
         return f"[]{_type(node.get('items', {}))}"
     if kind == "object" and isinstance(node.get("additionalProperties"), dict):
@@ -32,8 +32,14 @@ def _type(node: dict[str, Any]) -> str:
 
 def _rules(node: dict[str, Any]) -> str:
     notes = []
-    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("minLength", "length ≥"), ("maxLength", "length ≤"),
-                       ("minItems", "items ≥"), ("maxItems", "items ≤")):
+    for key, label in (
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("minLength", "length ≥"),
+        ("maxLength", "length ≤"),
+        ("minItems", "items ≥"),
+        ("maxItems", "items ≤"),
+    ):
         if key in node:
             notes.append(f"{label} {node[key]}")
     if "pattern" in node:
@@ -61,8 +67,10 @@ def render() -> str:
         root = version["schema"]["openAPIV3Schema"]
         names = doc["spec"]["names"]
         parts.append(f"## {kind.kind}\n\n{kind.description}\n\n")
-        parts.append(f"`kubectl get {names['plural']}` (short names: {', '.join(names['shortNames'])}; category `kubetask`)."
-                     f" Status subresource: {'yes' if 'subresources' in version else 'no'}.\n\n")
+        parts.append(
+            f"`kubectl get {names['plural']}` (short names: {', '.join(names['shortNames'])}; category `kubetask`)."
+            f" Status subresource: {'yes' if 'subresources' in version else 'no'}.\n\n"
+        )
         for rule in root.get("x-kubernetes-validations", []):
             parts.append(f"- {rule['message']}\n")
         for section in ("spec", "status"):
@@ -70,7 +78,9 @@ def render() -> str:
                 continue
             rows: list[str] = []
             _rows(root["properties"][section], section, False, rows)
-            parts.append(f"\n### {kind.kind}.{section}\n\n| field | type | required | description | validation |\n|---|---|---|---|---|\n")
+            parts.append(
+                f"\n### {kind.kind}.{section}\n\n| field | type | required | description | validation |\n|---|---|---|---|---|\n"
+            )
             parts.append("\n".join(rows[1:]) + "\n")
         parts.append("\n")
     return "".join(parts)

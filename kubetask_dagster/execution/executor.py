@@ -83,12 +83,14 @@ def _threaded_iterator(
     events: queue.Queue = queue.Queue()
     interrupt = threading.Event()
     running: dict[str, _StepThread] = {}
-    with InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as concurrency, \
-            execution_plan.start(
-                retry_mode=job_context.retry_mode,
-                instance_concurrency_context=concurrency,
-                step_dependency_config=job_context.step_dependency_config,
-            ) as active_execution:
+    with (
+        InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as concurrency,
+        execution_plan.start(
+            retry_mode=job_context.retry_mode,
+            instance_concurrency_context=concurrency,
+            step_dependency_config=job_context.step_dependency_config,
+        ) as active_execution,
+    ):
         log_key = compute_log_manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
         with compute_log_manager.capture_logs(log_key) as log_context:
             yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
@@ -97,12 +99,15 @@ def _threaded_iterator(
                     interrupt.set()
                     active_execution.mark_interrupted()
                     yield DagsterEvent.engine_event(
-                        job_context, "termination requested: interrupting the running steps",
+                        job_context,
+                        "termination requested: interrupting the running steps",
                         EngineEventData.interrupted(list(running)),
                     )
                 if not interrupt.is_set():
                     for step in active_execution.get_steps_to_execute(limit=max_concurrent - len(running)):
-                        step_thread = _StepThread(job_context.for_step(step, active_execution.get_known_state()), events, interrupt)
+                        step_thread = _StepThread(
+                            job_context.for_step(step, active_execution.get_known_state()), events, interrupt
+                        )
                         running[step.key] = step_thread
                         step_thread.thread.start()
                     yield from active_execution.concurrency_event_iterator(job_context)
@@ -119,7 +124,9 @@ def _threaded_iterator(
                         yield item
                         active_execution.handle_event(item)
                     else:
-                        job_context.log.error(f"step {key} raised outside Dagster's step error handling: {item.to_string()}")
+                        job_context.log.error(
+                            f"step {key} raised outside Dagster's step error handling: {item.to_string()}"
+                        )
                     try:
                         key, item = events.get_nowait()
                     except queue.Empty:
@@ -144,8 +151,10 @@ def _fail_unstarted(job_context: PlanExecutionContext, active_execution) -> Iter
         for step in steps:
             step_context = job_context.for_step(step, active_execution.get_known_state())
             event = DagsterEvent.step_failure_event(
-                step_context, StepFailureData(error=error, user_failure_data=None),
-                message=f'Step "{step.key}" did not start: the run was terminated.')
+                step_context,
+                StepFailureData(error=error, user_failure_data=None),
+                message=f'Step "{step.key}" did not start: the run was terminated.',
+            )
             yield event
             active_execution.handle_event(event)
 
@@ -169,7 +178,9 @@ class ThreadedExecutor(Executor):
         )
         yield from ExecuteRunWithPlanIterable(
             execution_plan=plan_context.execution_plan,
-            iterator=lambda job_context, execution_plan: _threaded_iterator(job_context, execution_plan, self._max_concurrent),
+            iterator=lambda job_context, execution_plan: _threaded_iterator(
+                job_context, execution_plan, self._max_concurrent
+            ),
             execution_context_manager=PlanExecutionContextManager(
                 job=plan_context.job,
                 retry_mode=plan_context.retry_mode,

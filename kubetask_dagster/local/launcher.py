@@ -29,8 +29,9 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any
 
 from dagster import Field
 from dagster import _check as check
@@ -82,38 +83,40 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     def config_type(cls) -> dict[str, Any]:
         return {
             "sqlite_synchronous": Field(
-                str, is_required=False,
+                str,
+                is_required=False,
                 description="PRAGMA synchronous of every SQLite connection of the daemon and the run workers "
-                            "(OFF for a throw-away local DAGSTER_HOME; see kubetask_dagster/local/sqlite_tuning.py).",
+                "(OFF for a throw-away local DAGSTER_HOME; see kubetask_dagster/local/sqlite_tuning.py).",
             ),
         }
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> "ForkingRunLauncher":
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> ForkingRunLauncher:
         return cls(inst_data=inst_data, sqlite_synchronous=config_value.get("sqlite_synchronous"))
 
     # --- launching --------------------------------------------------------------------------------
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        args = ExecuteRunArgs(job_origin=check.not_none(run.job_code_origin), run_id=run.run_id,
-                              instance_ref=self._instance.get_ref())
+        args = ExecuteRunArgs(
+            job_origin=check.not_none(run.job_code_origin), run_id=run.run_id, instance_ref=self._instance.get_ref()
+        )
         pid = self._fork(serialize_value(args))
         self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
 
     def _fork(self, line: str) -> int:
         with self._lock:
             for _ in range(2):  # a zygote found dead before it read the request is replaced once
-                zygote = self._running_zygote()
+                requests, replies = _pipes(self._running_zygote())
                 try:
-                    zygote.stdin.write(line + "\n")
-                    zygote.stdin.flush()
+                    requests.write(line + "\n")
+                    requests.flush()
                 except (BrokenPipeError, OSError, ValueError):
                     self._stop_zygote()
                     continue
                 # Once it has the request, asking again could start the run twice: no retry.
                 try:
-                    reply = zygote.stdout.readline()
+                    reply = replies.readline()
                 except (OSError, ValueError):
                     reply = ""
                 if reply.strip().isdigit():
@@ -125,12 +128,17 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     def _running_zygote(self) -> subprocess.Popen[str]:
         if self._zygote is None or self._zygote.poll() is not None:
             self._zygote = subprocess.Popen(
-                [sys.executable, "-m", ZYGOTE_MODULE, *self._zygote_args()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [sys.executable, "-m", ZYGOTE_MODULE, *self._zygote_args()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
-            ready = self._zygote.stdout.readline().strip()
+            ready = _pipes(self._zygote)[1].readline().strip()
             if ready != "ready":
                 self._stop_zygote()
-                raise DagsterLaunchFailedError(f"the run worker zygote failed to start ({ready!r}); see the daemon's log")
+                raise DagsterLaunchFailedError(
+                    f"the run worker zygote failed to start ({ready!r}); see the daemon's log"
+                )
         return self._zygote
 
     def _zygote_args(self) -> list[str]:
@@ -139,7 +147,7 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
             try:
-                self._zygote.stdin.close()
+                _pipes(self._zygote)[0].close()
                 self._zygote.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
                 self._zygote.kill()
@@ -160,7 +168,9 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         if pid is None or not _is_run_worker(pid):
             self._instance.report_engine_event(
                 f"No run worker of this host to interrupt (pid {run.tags.get(PID_TAG)!r} on {run.tags.get(HOST_TAG)!r})",
-                run, cls=self.__class__)
+                run,
+                cls=self.__class__,
+            )
             return False
         os.kill(pid, signal.SIGINT)  # what Dagster's own cancellation sends; the worker stops its steps
         return True
@@ -176,6 +186,12 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         if _is_run_worker(pid):
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} exited", run_worker_id=str(pid))
+
+
+def _pipes(zygote: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
+    """The zygote's stdin and stdout (always pipes: ``_running_zygote`` opens them)."""
+    assert zygote.stdin is not None and zygote.stdout is not None
+    return zygote.stdin, zygote.stdout
 
 
 def worker_pid(run: DagsterRun) -> int | None:
@@ -244,7 +260,7 @@ def _run_worker(serialized_args: str) -> None:
         os.dup2(devnull, 0)
         from dagster._cli.api import execute_run_command
 
-        execute_run_command.callback(input_json=serialized_args, compressed_input_json=None)
+        execute_run_command.callback(input_json=serialized_args, compressed_input_json=None)  # type: ignore[misc]
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - a worker must exit, never return into the zygote's loop

@@ -12,9 +12,9 @@ from typing import Any
 
 from dagster import (
     AssetKey,
-    DagsterExecutionInterruptedError,
     AssetMaterialization,
     Config,
+    DagsterExecutionInterruptedError,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -29,9 +29,9 @@ from dagster import (
 from kubernetes.client.rest import ApiException
 
 from kubetask import objects, vocabulary
-from kubetask.domain import batches, status
 from kubetask.api import Batch, BatchRun, TaskPhase
 from kubetask.api.base import GROUP, VERSION
+from kubetask.domain import batches, status
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.kube import Kube
 from kubetask_dagster.ops.task import TaskRef, prepare, run_attempt
@@ -69,9 +69,16 @@ def _fail_batchrun(context: OpExecutionContext, api: Kube, obj: dict[str, Any], 
     meta = obj["metadata"]
     current = obj.get("status") or {}
     conditions = status.set_condition(current.get("conditions"), "Ready", "False", reason, message, status.now())
-    _patch_batchrun(api, meta["namespace"], meta["name"], {
-        "phase": "Failed", "conditions": conditions, "completionTime": status.rfc3339(status.now()),
-    })
+    _patch_batchrun(
+        api,
+        meta["namespace"],
+        meta["name"],
+        {
+            "phase": "Failed",
+            "conditions": conditions,
+            "completionTime": status.rfc3339(status.now()),
+        },
+    )
     api.emit_event(obj, reason, message, warning=True)
     raise Failure(description=f"{reason}: {message}", allow_retries=False)
 
@@ -81,14 +88,22 @@ def _create_task(api: Kube, body: dict[str, Any], batchrun: str) -> dict[str, An
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         obj = api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", body)
-        api.patch_status("tasks", ns, name, status.queued({}, message="waiting for its turn in the BatchRun", reason=vocabulary.WAITING_FOR_TURN))
+        api.patch_status(
+            "tasks",
+            ns,
+            name,
+            status.queued({}, message="waiting for its turn in the BatchRun", reason=vocabulary.WAITING_FOR_TURN),
+        )
         return obj
     except ApiException as e:
         if e.status != 409:
             raise
     obj = api.get_custom("tasks", ns, name)
     if obj is None or (obj["metadata"].get("labels") or {}).get(vocabulary.LABEL_BATCH_RUN) != batchrun:
-        raise Failure(f"{vocabulary.TASK_NAME_CONFLICT}: Task {ns}/{name} exists and does not belong to BatchRun {batchrun}", allow_retries=False)
+        raise Failure(
+            f"{vocabulary.TASK_NAME_CONFLICT}: Task {ns}/{name} exists and does not belong to BatchRun {batchrun}",
+            allow_retries=False,
+        )
     return obj
 
 
@@ -98,10 +113,12 @@ def _create_tasks(api: Kube, tasks: list[dict[str, Any]], batchrun: str) -> list
         return list(pool.map(lambda body: _create_task(api, body, batchrun), tasks))
 
 
-@op(out={
-    "tasks": DynamicOut(dict, description="One Task reference per variableContexts entry."),
-    "batchrun": Out(dict, description="The BatchRun, for the summary."),
-})
+@op(
+    out={
+        "tasks": DynamicOut(dict, description="One Task reference per variableContexts entry."),
+        "batchrun": Out(dict, description="The BatchRun, for the summary."),
+    }
+)
 def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeResource):
     """Expand the BatchRun (its Batch or inline spec) into Task CRs and fan out one step per Task."""
     api = kube.api
@@ -109,13 +126,20 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     batchrun = BatchRun.model_validate(obj)
     if vocabulary.stop_requested(batchrun.metadata.annotations):
         # stopped while its run waited in the queue: start nothing (a rerun clears the annotation first)
-        raise Failure(description=f"BatchRun {config.namespace}/{config.name} was stopped before it started", allow_retries=False)
+        raise Failure(
+            description=f"BatchRun {config.namespace}/{config.name} was stopped before it started", allow_retries=False
+        )
     batch_spec = None
     if batchrun.spec.batch_ref:
         batch_obj = api.get_custom("batches", config.namespace, batchrun.spec.batch_ref)
         if batch_obj is None:
-            _fail_batchrun(context, api, obj, vocabulary.BATCH_NOT_FOUND,
-                           f'Batch "{batchrun.spec.batch_ref}" not found in namespace "{config.namespace}"')
+            _fail_batchrun(
+                context,
+                api,
+                obj,
+                vocabulary.BATCH_NOT_FOUND,
+                f'Batch "{batchrun.spec.batch_ref}" not found in namespace "{config.namespace}"',
+            )
         batch_spec = Batch.model_validate(batch_obj).spec
     template = batches.template_of(batchrun, batch_spec)
     tasks = _create_tasks(api, batches.expand(batchrun, template), config.name)
@@ -131,13 +155,23 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     if current.get("phase") in ("Completed", "Failed", "Stopped") and current.get("dagsterRunId") != context.run_id:
         patch.update(phase="Running", completionTime=None)  # a re-execution of all steps reopens the BatchRun
     _patch_batchrun(api, config.namespace, config.name, patch)
-    yield Output({"namespace": config.namespace, "name": config.name, "uid": obj["metadata"]["uid"]}, "batchrun",
-                 metadata={"tasks": len(tasks), "parallelism": batches.effective_parallelism(batchrun, template)})
+    yield Output(
+        {"namespace": config.namespace, "name": config.name, "uid": obj["metadata"]["uid"]},
+        "batchrun",
+        metadata={"tasks": len(tasks), "parallelism": batches.effective_parallelism(batchrun, template)},
+    )
     for index, task in enumerate(tasks):
         meta = task["metadata"]
         yield DynamicOutput(
-            {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "generation": meta.get("generation", 1),
-             "index": index, "batchrun": config.name, "batch": batchrun.spec.batch_ref or ""},
+            {
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "generation": meta.get("generation", 1),
+                "index": index,
+                "batchrun": config.name,
+                "batch": batchrun.spec.batch_ref or "",
+            },
             mapping_key=batches.mapping_key(index),
             output_name="tasks",
         )
@@ -185,15 +219,20 @@ def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
     if obj is None:
         return {}
     tasks = api.custom.list_namespaced_custom_object(
-        GROUP, VERSION, ns, "tasks", label_selector=f"{vocabulary.LABEL_BATCH_RUN}={name}")["items"]
+        GROUP, VERSION, ns, "tasks", label_selector=f"{vocabulary.LABEL_BATCH_RUN}={name}"
+    )["items"]
     rows = sorted(
         ((t["metadata"]["name"], (t.get("status") or {}).get("phase"), _reason(t)) for t in tasks),
         key=lambda row: batches.index_of(row[0]) or 0,
     )
     total = ((obj.get("status") or {}).get("progress") or {}).get("total", len(rows))
     meta_annotations = obj["metadata"].get("annotations") or {}
-    return status.batchrun_summary(rows, total, paused=vocabulary.pause_requested(meta_annotations),
-                                   stopped=vocabulary.stop_requested(meta_annotations))
+    return status.batchrun_summary(
+        rows,
+        total,
+        paused=vocabulary.pause_requested(meta_annotations),
+        stopped=vocabulary.stop_requested(meta_annotations),
+    )
 
 
 def _reason(task: dict[str, Any]) -> str | None:
@@ -214,8 +253,15 @@ def summarize_batch(context: OpExecutionContext, batchrun: dict[str, Any], kube:
         if summary["phase"] in ("Completed", "Failed", "Stopped"):
             patch["completionTime"] = status.rfc3339(status.now())
         _patch_batchrun(api, config.namespace, config.name, patch)
-    context.log_event(AssetMaterialization(
-        AssetKey(["kubetask", config.namespace, "batchruns"]), partition=None,
-        metadata={"batchrun": config.name, "progress": MetadataValue.json(summary.get("progress", {})), "phase": summary.get("phase", "")},
-    ))
+    context.log_event(
+        AssetMaterialization(
+            AssetKey(["kubetask", config.namespace, "batchruns"]),
+            partition=None,
+            metadata={
+                "batchrun": config.name,
+                "progress": MetadataValue.json(summary.get("progress", {})),
+                "phase": summary.get("phase", ""),
+            },
+        )
+    )
     return summary

@@ -8,7 +8,6 @@ through the status subresource, and record Events. Nothing that passes between s
 logged, contains context content: only paths, keys, sizes and hashes.
 """
 
-
 import time
 from typing import Any
 
@@ -27,16 +26,17 @@ from dagster import (
 )
 
 from kubetask import vocabulary
-from kubetask.domain import manifests, status
 from kubetask.api import GitContext, Task, WorkspaceConfig
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
+from kubetask.domain import manifests, status
 from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
 from kubetask.domain.errors import TaskError
-from kubetask_dagster.execution.executor import step_interrupted
-from kubetask_dagster.kube import Kube, PodOutcome, WaitInterrupted
-from kubetask_dagster.resources import KubeResource
+from kubetask.domain.outcomes import PodOutcome
 from kubetask.domain.redact import Redactor
+from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.execution.slots import WorkspaceSlots, pool_key
+from kubetask_dagster.kube import Kube, WaitInterrupted
+from kubetask_dagster.resources import KubeResource
 
 WORKSPACE_MAX_AGE_SECONDS = 5.0  # concurrent Tasks of one run worker share a read of their WorkspaceConfig
 
@@ -73,7 +73,9 @@ class TaskReporter:
         """Merge-patch the status, unless it would leave a terminal phase the wrong way."""
         new_phase = patch.get("phase")
         if new_phase and not status.may_transition(self.current.get("phase"), new_phase):
-            self.context.log.info(f"not moving Task {self.ns}/{self.name} from {self.current.get('phase')} to {new_phase}")
+            self.context.log.info(
+                f"not moving Task {self.ns}/{self.name} from {self.current.get('phase')} to {new_phase}"
+            )
             return
         updated = self.kube.patch_status("tasks", self.ns, self.name, patch)
         if updated is not None:
@@ -93,6 +95,15 @@ class TaskReporter:
         self.event(reason, message, warning=True)
 
 
+def _namespace(task: Task) -> str:
+    """The namespace of a Task read from the API server (always set there)."""
+    return task.metadata.namespace or ""
+
+
+def _name(task: Task) -> str:
+    return task.metadata.name or ""
+
+
 def load_task(kube: Kube, ref: TaskRef) -> dict[str, Any]:
     obj = kube.get_custom("tasks", ref.namespace, ref.name)
     if obj is None or obj["metadata"]["uid"] != ref.uid:
@@ -102,13 +113,18 @@ def load_task(kube: Kube, ref: TaskRef) -> dict[str, Any]:
 
 def load_workspace(kube: Kube, task: Task) -> WorkspaceConfig:
     name = task.spec.workspace_config_ref or DEFAULT_WORKSPACE_CONFIG
-    obj = kube.get_custom("workspaceconfigs", task.metadata.namespace, name, max_age=WORKSPACE_MAX_AGE_SECONDS)
+    obj = kube.get_custom("workspaceconfigs", _namespace(task), name, max_age=WORKSPACE_MAX_AGE_SECONDS)
     if obj is None:
-        raise TaskError(vocabulary.WORKSPACE_CONFIG_NOT_FOUND, f'WorkspaceConfig "{name}" not found in namespace "{task.metadata.namespace}"')
+        raise TaskError(
+            vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
+            f'WorkspaceConfig "{name}" not found in namespace "{_namespace(task)}"',
+        )
     return WorkspaceConfig.model_validate(obj)
 
 
-def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef, task_obj: dict[str, Any] | None = None) -> dict[str, Any]:
+def prepare(
+    context: OpExecutionContext, kube: KubeResource, config: TaskRef, task_obj: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret.
 
     Returns what the attempt needs: the Task's reference, the files' paths, keys and hashes (no
@@ -118,7 +134,9 @@ def prepare(context: OpExecutionContext, kube: KubeResource, config: TaskRef, ta
     task = Task.model_validate(obj)
     reporter = TaskReporter(context, api, obj)
     if vocabulary.stop_requested(task.metadata.annotations):
-        reporter.patch(status.stopped(reporter.current, vocabulary.STOP_REQUESTED, f"{vocabulary.STOP} is set; nothing was run"))
+        reporter.patch(
+            status.stopped(reporter.current, vocabulary.STOP_REQUESTED, f"{vocabulary.STOP} is set; nothing was run")
+        )
         raise Failure(description="the Task carries the stop annotation", allow_retries=False)
     try:
         workspace = load_workspace(api, task)
@@ -153,13 +171,15 @@ def _next_attempt(api: Kube, task: Task, run_id: str) -> tuple[int, bool]:
     An unfinished Job that an earlier run left behind (its worker died) is deleted: this run supersedes it."""
     last = (task.status.attempt if task.status else None) or 0
     if last:
-        job = api.get_job(task.metadata.namespace, manifests.job_name(task.metadata.name, last))
-        finished = job is not None and any(c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or [])
+        job = api.get_job(_namespace(task), manifests.job_name(_name(task), last))
+        finished = job is not None and any(
+            c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or []
+        )
         if job is not None and not finished:
             if (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
                 return last, True
             # left running by a run that died (its worker was killed): this rerun supersedes it
-            api.delete_job(task.metadata.namespace, job.metadata.name)
+            api.delete_job(_namespace(task), job.metadata.name)
     return last + 1, False
 
 
@@ -191,8 +211,14 @@ def run_attempt(
     attempt, resuming = _next_attempt(api, task, context.run_id)
     try:
         job = manifests.build_job(
-            task, workspace.spec, _files(prepared), [_git(g) for g in prepared["git"]],
-            attempt=attempt, dagster_run_id=context.run_id, timeout_seconds=timeout, git_image=kube.git_image,
+            task,
+            workspace.spec,
+            _files(prepared),
+            [_git(g) for g in prepared["git"]],
+            attempt=attempt,
+            dagster_run_id=context.run_id,
+            timeout_seconds=timeout,
+            git_image=kube.git_image,
         )
     except TaskError as e:  # e.g. a context file and a credential mounted at one path
         reporter.fail(e.reason, e.message)
@@ -201,9 +227,13 @@ def run_attempt(
     slots = _workspace_slots(context, task, workspace)
     if slots is not None:
         slots.acquire(
-            on_wait=lambda: reporter.patch(status.queued(
-                reporter.current, reason=vocabulary.WORKSPACE_LIMIT,
-                message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})")),
+            on_wait=lambda: reporter.patch(
+                status.queued(
+                    reporter.current,
+                    reason=vocabulary.WORKSPACE_LIMIT,
+                    message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})",
+                )
+            ),
             interrupted=step_interrupted,
         )
     try:
@@ -235,8 +265,7 @@ def run_attempt(
         return {"attempt": attempt, "job": job_name, "exitCode": outcome.exit_code}
 
     context.log_event(AssetObservation(asset_key, partition=partition, metadata=metadata))
-    retries_left = policy is not None and context.retry_number < policy.limit
-    if retries_left and outcome.reason != vocabulary.JOB_DELETED:
+    if policy is not None and context.retry_number < policy.limit and outcome.reason != vocabulary.JOB_DELETED:
         delay = status.retry_delay(policy, context.retry_number + 1)
         message = f"attempt {attempt} failed ({outcome.reason}: {outcome.message}); retrying in {delay:g} s"
         reporter.patch(status.retrying(reporter.current, outcome.reason, message, exit_code=outcome.exit_code))
@@ -251,12 +280,21 @@ def _workspace_slots(context: OpExecutionContext, task: Task, workspace: Workspa
     limit = workspace.spec.max_concurrent_tasks
     if not limit:
         return None
-    key = pool_key(task.metadata.namespace, workspace.metadata.name)
+    key = pool_key(_namespace(task), workspace.metadata.name or "")
     return WorkspaceSlots(context.instance, key, limit, context.run_id, context.get_step_execution_context().step.key)
 
 
-def _run_job(context: OpExecutionContext, api: Kube, reporter: TaskReporter, task: Task, job: dict[str, Any],
-             config: TaskRef, attempt: int, resuming: bool, timeout: int | None) -> tuple[PodOutcome, float]:
+def _run_job(
+    context: OpExecutionContext,
+    api: Kube,
+    reporter: TaskReporter,
+    task: Task,
+    job: dict[str, Any],
+    config: TaskRef,
+    attempt: int,
+    resuming: bool,
+    timeout: int | None,
+) -> tuple[PodOutcome, float]:
     """Mark the Task Running, create its Job (unless resuming one) and wait for the pod's end."""
     job_name = job["metadata"]["name"]
     reporter.patch(
@@ -265,7 +303,9 @@ def _run_job(context: OpExecutionContext, api: Kube, reporter: TaskReporter, tas
     )
     if not resuming:
         created = api.create_job(job)
-        reporter.event(vocabulary.JOB_CREATED, f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)"))
+        reporter.event(
+            vocabulary.JOB_CREATED, f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)")
+        )
     started = time.monotonic()
     try:
         outcome = api.wait_for_pod_end(
@@ -278,7 +318,11 @@ def _run_job(context: OpExecutionContext, api: Kube, reporter: TaskReporter, tas
         )
     except (DagsterExecutionInterruptedError, WaitInterrupted):
         api.delete_job(config.namespace, job_name)
-        reporter.patch(status.stopped(reporter.current, vocabulary.RUN_TERMINATED, f"the Dagster run was terminated; Job {job_name} deleted"))
+        reporter.patch(
+            status.stopped(
+                reporter.current, vocabulary.RUN_TERMINATED, f"the Dagster run was terminated; Job {job_name} deleted"
+            )
+        )
         reporter.event("Stopped", f"the Dagster run was terminated; Job {job_name} deleted")
         raise DagsterExecutionInterruptedError() from None
     return outcome, time.monotonic() - started
@@ -292,7 +336,7 @@ def _log_tail(api: Kube, kube: KubeResource, task: Task, workspace: WorkspaceCon
     """The agent log's last lines with every Secret value the Task can see replaced."""
     if not outcome.pod_name:
         return ""
-    text = api.pod_log_tail(task.metadata.namespace, outcome.pod_name, kube.log_tail_lines)
+    text = api.pod_log_tail(_namespace(task), outcome.pod_name, kube.log_tail_lines)
     return Redactor.for_task(api, task, workspace).redact(text)
 
 

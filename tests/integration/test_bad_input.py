@@ -12,12 +12,24 @@ import http.server
 import threading
 import time
 
+import kt_stack
 import pytest
 import yaml
-
-import kt_stack
 from bad_inputs import APPLY_TIME
-from kt_helpers import TERMINAL, apply, batchrun, condition, event_reasons, get, jobs, phase, tasks_of, task, wait_phase, workspace
+from kt_helpers import (
+    TERMINAL,
+    apply,
+    batchrun,
+    condition,
+    event_reasons,
+    get,
+    jobs,
+    phase,
+    task,
+    tasks_of,
+    wait_phase,
+    workspace,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -206,7 +206,7 @@ def test_ticks_create_owned_batchruns_that_run_and_forbid_skips(kubectl, wait_fo
     print(f"\nfirst tick's BatchRun {run['metadata']['name']} {time.monotonic() - started:.1f} s after kubectl apply")
     merge_patch(kubectl, namespace, "batch", "ok", {"spec": {"schedule": {"suspend": True}}})  # one tick is enough
     meta = run["metadata"]
-    scheduled = datetime.fromtimestamp(int(meta["name"].rsplit("-", 1)[1]) * 60, timezone.utc)
+    scheduled = datetime.fromtimestamp(int(meta["name"].rsplit("-", 1)[1]) * 60, UTC)
     assert meta["ownerReferences"][0] | {"controller": True} == {
         "apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "name": "ok", "uid": ok_uid, "controller": True, "blockOwnerDeletion": True}
     assert meta["annotations"]["kubetask.io/executed-by"] == f"schedule/{ok_name}"
@@ -263,7 +263,7 @@ def test_tick_decisions_on_the_real_api_server(kubectl, wait_for, namespace, bri
               "spec": {"batchRef": "pol"}}
     apply(kubectl, namespace, active)
     api = Kube()
-    when = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    when = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     name = schedules.tick_batchrun_name("pol", when)
 
     skipped = schedules.evaluate_tick(api, namespace, "pol", "s", when)

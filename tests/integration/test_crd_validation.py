@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from bad_inputs import crd_task
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,25 @@ import threading
 import time
 from pathlib import Path
 
+import kt_stack
 import pytest
 import yaml
-
-import kt_stack
-from kt_helpers import (TERMINAL, apply, batchrun, condition, event_reasons, get, jobs, phase, run_worker_pids, task,
-                        tasks_of, wait_batchrun, wait_phase, workspace)
+from kt_helpers import (
+    TERMINAL,
+    apply,
+    batchrun,
+    condition,
+    event_reasons,
+    get,
+    jobs,
+    phase,
+    run_worker_pids,
+    task,
+    tasks_of,
+    wait_batchrun,
+    wait_phase,
+    workspace,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ import signal
 import time
 from pathlib import Path
 
+import launcher_jobs
 import pytest
 from dagster import DagsterInstance, reconstructable
 from dagster._core.instance_for_test import instance_for_test
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-import launcher_jobs
 from kubetask_dagster.local.launcher import HOST_TAG, PID_TAG, ForkingRunLauncher, WorkerStatus
 
 
@@ -21,7 +21,7 @@ from kubetask_dagster.local.launcher import HOST_TAG, PID_TAG, ForkingRunLaunche
 def instance(monkeypatch):
     # the zygote and its workers import the test's jobs (and this checkout) by module name
     here = Path(__file__).resolve().parent
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parents[1]), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parents[2]), os.environ.get("PYTHONPATH", "")]))
     with instance_for_test(overrides={"run_launcher": {"module": "kubetask_dagster.local.launcher", "class": "ForkingRunLauncher"}}) as inst:
         yield inst
         inst.run_launcher.dispose()
@@ -98,8 +98,9 @@ def test_a_dead_zygote_is_replaced(instance, tmp_path):
 
 def test_a_zygote_that_took_the_request_and_died_is_not_asked_again(instance, tmp_path, monkeypatch):
     """Asking a second zygote could start the same run twice; the launch fails instead."""
-    import kubetask_dagster.local.launcher as launcher_module
     from dagster._core.errors import DagsterLaunchFailedError
+
+    import kubetask_dagster.local.launcher as launcher_module
 
     requests = tmp_path / "requests"
     monkeypatch.setenv("SILENT_ZYGOTE_LOG", str(requests))

@@ -6,7 +6,7 @@ import yaml
 
 from kubetask.tools import crdgen
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "deploy" / "crds" / "bases"
 
 

@@ -6,17 +6,16 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 from dagster._core.definitions.reconstruct import repository_def_from_target_def
+from test_schedules import FakeKube, batch
 
 from kubetask import vocabulary
-from kubetask.domain import catalog as catalog_entries
-from kubetask_dagster import catalog, definitions
 from kubetask.api.batch import MAX_BATCHRUN_NAME
+from kubetask.domain import catalog as catalog_entries
 from kubetask.domain.scheduling import materialization_batchrun_name
+from kubetask_dagster import catalog, definitions
 from kubetask_dagster.assets import batch_assets
 from kubetask_dagster.ops.batch import batch_asset_key
 from kubetask_dagster.resources import KubeResource
-
-from test_schedules import FakeKube, batch
 
 
 def entries(*objs):

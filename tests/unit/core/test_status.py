@@ -1,11 +1,11 @@
 """Status helpers: conditions, phase transitions, patches, retry backoff, timeouts, BatchRun summary."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
-from kubetask.domain import status
 from kubetask.api import BatchRunStatus, RetryPolicy, TaskSpec, TaskStatus, WorkspaceConfigSpec
+from kubetask.domain import status
 
-T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 T2 = T0 + timedelta(minutes=9)
 

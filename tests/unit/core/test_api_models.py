@@ -17,7 +17,7 @@ from kubetask.api import (
 )
 from kubetask.api.cron import is_valid_cron, to_five_fields
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODELS = {"Task": Task, "WorkspaceConfig": WorkspaceConfig, "Batch": Batch, "BatchRun": BatchRun}
 
 
@@ -74,7 +74,7 @@ def test_the_original_example_round_trips_and_keeps_its_meaning():
     assert len(batch.spec.variable_contexts) == 2
     assert batch.spec.variable_contexts[1][0].file.source.config_map_key_ref.key == "service-b.md"
     assert run.spec.batch_ref == "update-deps" and run.spec.batch_spec is None
-    for model, doc in zip((ws, batch, run), yaml.safe_load_all(ORIGINAL)):
+    for model, doc in zip((ws, batch, run), yaml.safe_load_all(ORIGINAL), strict=True):
         assert model.to_k8s() == doc
 
 
