@@ -43,7 +43,6 @@ MAX_OBJECT_BYTES = 1_048_576
 DEFAULT_CREDENTIAL_MODE = 0o600
 ANNOTATION_RUN_ID = "kubetask.io/dagster-run-id"
 ANNOTATION_TASK_UID = "kubetask.io/task-uid"
-TEST_LABEL_PREFIX = "kubetask.io/test-"
 
 TOOLS_PATH = "/tools"
 TOOLS_ENV = {
@@ -227,10 +226,7 @@ def build_job(
     annotations = {ANNOTATION_RUN_ID: dagster_run_id, ANNOTATION_TASK_UID: owner_reference(task)["uid"]}
     # podLabels are merged over ours (as in the original), except the kubetask.io/ labels we select on.
     protected = {k: v for k, v in labels.items() if k.startswith("kubetask.io/")}
-    # The Task's own kubetask.io/test-* labels steer the local cluster's fake kubelet (kwok) per Task,
-    # over the WorkspaceConfig's: e.g. one Task of a BatchRun fails while the others succeed.
-    test_labels = {k: v for k, v in (task.metadata.labels or {}).items() if k.startswith(TEST_LABEL_PREFIX)}
-    pod_labels = {**labels, **(workspace.pod_labels or {}), **test_labels, **protected}
+    pod_labels = {**labels, **(workspace.pod_labels or {}), **protected}
 
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []

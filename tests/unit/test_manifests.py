@@ -178,20 +178,24 @@ def test_batch_labels_of_the_task_are_passed_on():
         assert "other" not in labels
 
 
-def test_test_labels_of_the_task_reach_the_pod_over_the_workspace_ones():
-    """kubetask.io/test-* Task labels steer the local fake kubelet per Task; the Job's own labels do not get them."""
+def test_task_labels_do_not_reach_the_pod_and_pod_labels_merge_under_the_protected_ones():
+    """The pod gets the WorkspaceConfig's podLabels, merged under our kubetask.io/ labels, and none of the
+    Task's own labels (kubetask.io/test-* included: the local cluster's tests steer kwok by their own objects)."""
     task = Task.model_validate({
         "metadata": {"name": "b-task-3", "namespace": NS, "uid": "u",
                      "labels": {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "4", "kubetask.io/other": "x"}},
         "spec": {"contexts": []},
     })
-    workspace = make_workspace(podLabels={"kubetask.io/test-outcome": "hang", "team": "a", "kubetask.io/attempt": "9"})
+    workspace = make_workspace(podLabels={"kubetask.io/test-duration-ms": "50", "team": "a",
+                                          "kubetask.io/attempt": "9", "kubetask.io/task": "other", "app": "mine"})
     manifest = job(task=task, workspace=workspace, attempt=2)
     labels = manifest["spec"]["template"]["metadata"]["labels"]
-    assert labels["kubetask.io/test-outcome"] == "fail" and labels["kubetask.io/test-exit-code"] == "4"
-    assert labels["team"] == "a" and labels["kubetask.io/attempt"] == "2"
+    assert "kubetask.io/test-outcome" not in labels and "kubetask.io/test-exit-code" not in labels
     assert "kubetask.io/other" not in labels
-    assert "kubetask.io/test-outcome" not in manifest["metadata"]["labels"]
+    assert labels["team"] == "a" and labels["kubetask.io/test-duration-ms"] == "50"
+    assert labels["kubetask.io/attempt"] == "2" and labels["kubetask.io/task"] == "b-task-3"  # ours win
+    assert labels["app"] == "mine"  # podLabels are merged over ours, but for the kubetask.io/ ones
+    assert not any(k.startswith("kubetask.io/test-") for k in manifest["metadata"]["labels"])
 
 def test_job_spec_basics():
     manifest = job(task=make_task(ttlSecondsAfterFinished=600), timeout_seconds=1800)
