@@ -31,6 +31,8 @@ from kt_helpers import (
     workspace,
 )
 
+from kubetask import vocabulary
+
 pytestmark = pytest.mark.integration
 
 
@@ -91,16 +93,34 @@ RUNTIME = [
      None, "MountPathConflict", ["/workspace/task.md"], False),
     ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], True),
     ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
+    # a Task that is not the BatchRun's holds the name of its first Task (stopped, so it runs no Job)
+    ("batchrun-task-name-taken",
+     [{**task("taken-task-0"), "metadata": {"name": "taken-task-0", "annotations": {"kubetask.io/stop": "true"}}}],
+     batchrun("taken", n=1), "RunFailed", ["TaskNameConflict", "taken-task-0"], False),
     ("batchrun-task-ref-missing", [],
      {**batchrun("refs", n=2), "spec": {"batchSpec": {"commonContext": [_ctx_cm("nope", "k")], "variableContexts": [[], []]}}},
      "TasksFailed", ["2"], False),
 ]
 
 
-def test_the_corpus_has_at_least_forty_cases_across_all_four_kinds():
-    kinds = {obj["kind"] for _, obj, _ in APPLY_TIME}
-    assert kinds == {"Task", "WorkspaceConfig", "Batch", "BatchRun"}
-    assert len(APPLY_TIME) + len(RUNTIME) >= 40
+# Reasons of bad input that no runtime case can reach through the API, and why.
+UNREACHABLE = {
+    vocabulary.CONTEXT_KEY_CONFLICT: "file_keys disambiguates every path the API accepts",
+}
+# Reasons that end the run itself: the BatchRun's Ready condition says RunFailed with them in its message.
+RUN_FAILURES = {vocabulary.TASK_NAME_CONFLICT}
+
+
+def test_every_bad_input_reason_of_the_vocabulary_has_a_runtime_case():
+    """A reason added to the vocabulary for bad input, or renamed, fails here until the corpus covers it."""
+    bad_input = {vocabulary.CONTEXT_REF_NOT_FOUND, vocabulary.REMOTE_FILE_UNAVAILABLE, vocabulary.CONTEXT_TOO_LARGE,
+                 vocabulary.CONTEXT_KEY_CONFLICT, vocabulary.MOUNT_PATH_CONFLICT, vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
+                 vocabulary.BATCH_NOT_FOUND, vocabulary.TASK_NAME_CONFLICT, vocabulary.IMAGE_PULL_FAILED}
+    covered = {case[3] for case in RUNTIME} | {r for r in RUN_FAILURES for case in RUNTIME if r in case[4]}
+    known = {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str)}
+    assert covered <= known, covered - known
+    assert bad_input - covered == set(UNREACHABLE)
+    assert {obj["kind"] for _, obj, _ in APPLY_TIME} == {"Task", "WorkspaceConfig", "Batch", "BatchRun"}
 
 
 @pytest.mark.parametrize("case", APPLY_TIME, ids=[c[0] for c in APPLY_TIME])
