@@ -23,6 +23,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from kubetask import vocabulary
 from kubetask.api import API_VERSION, GitContext, Task, WorkspaceConfigSpec
 from kubetask.api.workspace import DEFAULT_AGENT_IMAGE
 from kubetask.domain.contexts import ContextFile
@@ -41,8 +42,6 @@ from kubetask.vocabulary import (
 DEFAULT_GIT_IMAGE = "alpine/git:2.47.2"
 MAX_OBJECT_BYTES = 1_048_576
 DEFAULT_CREDENTIAL_MODE = 0o600
-ANNOTATION_RUN_ID = "kubetask.io/dagster-run-id"
-ANNOTATION_TASK_UID = "kubetask.io/task-uid"
 
 TOOLS_PATH = "/tools"
 TOOLS_ENV = {
@@ -223,9 +222,9 @@ def build_job(
     name = _name(task)
     inherited = {k: v for k, v in (task.metadata.labels or {}).items() if k in (LABEL_BATCH, LABEL_BATCH_RUN)}
     labels = {**_base_labels(task), **inherited, LABEL_ATTEMPT: str(attempt)}
-    annotations = {ANNOTATION_RUN_ID: dagster_run_id, ANNOTATION_TASK_UID: owner_reference(task)["uid"]}
+    annotations = {vocabulary.DAGSTER_RUN_ID: dagster_run_id, vocabulary.TASK_UID: owner_reference(task)["uid"]}
     # podLabels are merged over ours (as in the original), except the kubetask.io/ labels we select on.
-    protected = {k: v for k, v in labels.items() if k.startswith("kubetask.io/")}
+    protected = {k: v for k, v in labels.items() if k.startswith(vocabulary.PROTECTED_LABEL_PREFIX)}
     pod_labels = {**labels, **(workspace.pod_labels or {}), **protected}
 
     volumes: list[dict[str, Any]] = []

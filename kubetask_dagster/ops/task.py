@@ -176,7 +176,7 @@ def _next_attempt(api: Kube, task: Task, run_id: str) -> tuple[int, bool]:
             c.status == "True" and c.type in ("Complete", "Failed") for c in job.status.conditions or []
         )
         if job is not None and not finished:
-            if (job.metadata.annotations or {}).get(manifests.ANNOTATION_RUN_ID) == run_id:
+            if (job.metadata.annotations or {}).get(vocabulary.DAGSTER_RUN_ID) == run_id:
                 return last, True
             # left running by a run that died (its worker was killed): this rerun supersedes it
             api.delete_job(_namespace(task), job.metadata.name)
