@@ -71,7 +71,7 @@ def wait_phase(kubectl, wait_for, namespace: str, name: str, phases: set[str], t
     try:
         return wait_for(reached, timeout=timeout, interval=0.3, what=f"{kind} {name} in {phases}")
     except TimeoutError:
-        raise AssertionError(f"{kind} {name} never reached {phases}: {json.dumps(get(kubectl, namespace, kind, name), indent=1)}")
+        raise AssertionError(f"{kind} {name} never reached {phases}: {json.dumps(get(kubectl, namespace, kind, name), indent=1)}") from None
 
 
 def condition(obj: dict, type_: str) -> dict:

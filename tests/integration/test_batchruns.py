@@ -1,9 +1,8 @@
 """BatchRuns end to end on the real stack: control plane + kwok, Dagster (batch_job), and the CR bridge.
 
 Outcomes per Task: a BatchRun's Tasks share one WorkspaceConfig, so its podLabels give every Task the
-same outcome. For a mix, a test creates the BatchRun paused (expand_batch creates every Task, and no
-step starts while paused), labels single Tasks with kwok's ``kubetask.io/test-*`` labels (the Job
-builder copies a Task's ``kubetask.io/test-*`` labels onto its pod), then resumes it.
+same outcome. For a mix, a test asks kwok (the `steer` fixture: a kwok Stage of its own) to put the
+steering labels on the pods of single Tasks, selected by their ``kubetask.io/task`` label.
 """
 
 from __future__ import annotations
@@ -13,18 +12,27 @@ import threading
 import time
 
 import pytest
-
-from kt_helpers import (TERMINAL, apply, batchrun, condition, event_reasons, get, inline, jobs, phase, tasks_of, template,
-                        wait_batchrun, wait_tasks, workspace)
+from kt_helpers import (
+    TERMINAL,
+    apply,
+    batchrun,
+    condition,
+    event_reasons,
+    get,
+    inline,
+    jobs,
+    phase,
+    tasks_of,
+    template,
+    wait_batchrun,
+    wait_tasks,
+    workspace,
+)
 
 pytestmark = pytest.mark.integration
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def label_tasks(kubectl, namespace: str, names: list[str], *labels: str) -> None:
-    kubectl("label", "tasks", "-n", namespace, "--overwrite", *names, *labels)
 
 
 def resume(kubectl, namespace: str, name: str) -> None:
@@ -73,17 +81,17 @@ class PodWatch:
 # --- tests ---------------------------------------------------------------------------------------
 
 
-def test_thirty_tasks_with_mixed_outcomes_end_with_exact_counters(kubectl, wait_for, namespace, bridge, dagster):
+def test_thirty_tasks_with_mixed_outcomes_end_with_exact_counters(kubectl, wait_for, namespace, bridge, dagster, steer):
     flaky = [1, 6, 11, 16, 21, 26]  # fail their first attempt, then succeed
     broken = [3, 13, 23]  # fail every attempt (1 + 2 retries)
+    steer([f"mix-task-{i}" for i in flaky], {"kubetask.io/test-succeed-attempt": "2"})
+    steer([f"mix-task-{i}" for i in broken], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "4"})
     batch = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "metadata": {"name": "mix"},
              "spec": template(30, parallelism=10, retries={"limit": 2, "backoff": {"initialDelay": "1s", "factor": 1}})}
     apply(kubectl, namespace, workspace(), batch, batchrun("mix", batch="mix", annotations={"kubetask.io/pause": "true"}))
     started = time.monotonic()
     wait_tasks(kubectl, wait_for, namespace, "mix", 30, phases={"Queued"})  # nothing runs while paused
     wait_batchrun(kubectl, wait_for, namespace, "mix", {"Paused"}, timeout=30)
-    label_tasks(kubectl, namespace, [f"mix-task-{i}" for i in flaky], "kubetask.io/test-succeed-attempt=2")
-    label_tasks(kubectl, namespace, [f"mix-task-{i}" for i in broken], "kubetask.io/test-outcome=fail", "kubetask.io/test-exit-code=4")
     assert jobs(kubectl, namespace) == []  # nothing started while paused
     resume(kubectl, namespace, "mix")
 
@@ -115,12 +123,12 @@ def test_thirty_tasks_with_mixed_outcomes_end_with_exact_counters(kubectl, wait_
     assert {"RunSubmitted", "Resumed", "TasksFailed"} <= set(reasons), reasons
 
 
-def test_parallelism_caps_the_agents_running_at_once(cluster, kubectl, wait_for, namespace, bridge):
+def test_parallelism_caps_the_agents_running_at_once(cluster, kubectl, wait_for, namespace, bridge, steer):
     """12 Tasks at parallelism 5: Tasks 0-4 finish at once, 5-11 hang. Slots are refilled as Tasks end
     until 5 hanging agents hold them all; a pod watch sees no more than 5 agents at any moment."""
+    steer([f"capped-task-{i}" for i in range(5, 12)], {"kubetask.io/test-outcome": "hang"})
     apply(kubectl, namespace, workspace(), batchrun("capped", n=12, parallelism=5, annotations={"kubetask.io/pause": "true"}))
     wait_tasks(kubectl, wait_for, namespace, "capped", 12)
-    label_tasks(kubectl, namespace, [f"capped-task-{i}" for i in range(5, 12)], "kubetask.io/test-outcome=hang")
     watch = PodWatch(cluster.api_client, namespace)
     started = time.monotonic()
     try:
@@ -184,6 +192,46 @@ def test_pause_stops_dispatching_and_resume_continues(kubectl, wait_for, namespa
     assert "Paused" in reasons and "Resumed" in reasons
 
 
+def test_pause_true_in_any_case_holds_the_tasks_of_a_running_batchrun(kubectl, wait_for, namespace, bridge):
+    """``kubetask.io/pause: "True"`` (the bridge and the run read it with one parser, any case) on a BatchRun
+    whose agents run 3 s each: the Tasks already dispatched finish, no Job starts while paused, the
+    BatchRun shows Paused; without the annotation every Task completes."""
+    apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-duration-ms": "3000"}), batchrun("held", n=8, parallelism=2))
+
+    def dispatched():
+        return sorted(n for n, t in tasks_of(kubectl, namespace, "held").items() if phase(t) in ("Running", "Completed"))
+
+    wait_for(lambda: len(dispatched()) >= 2, timeout=120, interval=0.3, what="two Tasks running or completed")
+    kubectl("annotate", "batchrun", "held", "-n", namespace, "kubetask.io/pause=True")
+    wait_batchrun(kubectl, wait_for, namespace, "held", {"Paused"}, timeout=30)
+
+    def settled():  # no agent left running; the Tasks that ran, and every Job there is
+        tasks = tasks_of(kubectl, namespace, "held")
+        if any(phase(t) in ("Running", "Pending") for t in tasks.values()):
+            return None
+        return sorted(n for n, t in tasks.items() if phase(t) != "Queued"), sorted(j["metadata"]["name"] for j in jobs(kubectl, namespace))
+
+    held, held_jobs = wait_for(settled, timeout=60, interval=0.3, what="the dispatched Tasks to finish")
+    assert held and len(held) < 8, held
+    assert all(phase(t) == "Completed" for n, t in tasks_of(kubectl, namespace, "held").items() if n in held)
+    # Held for 9 s, checked all along: neither a new Task nor a new Job, and still Paused.
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:
+        assert settled() == (held, held_jobs), "a Task or a Job started while paused"
+        assert phase(get(kubectl, namespace, "batchrun", "held")) == "Paused"
+        time.sleep(0.5)
+
+    resume(kubectl, namespace, "held")
+    obj = wait_batchrun(kubectl, wait_for, namespace, "held", TERMINAL, timeout=180)
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert obj["status"]["progress"]["completed"] == 8
+    tasks = tasks_of(kubectl, namespace, "held")
+    assert all(phase(t) == "Completed" and t["status"]["attempt"] == 1 for t in tasks.values()), tasks
+    assert len(jobs(kubectl, namespace)) == 8  # one Job per Task: none ran twice
+    reasons = event_reasons(kubectl, namespace, "held", kind="BatchRun")
+    assert "Paused" in reasons and "Resumed" in reasons
+
+
 def test_stop_terminates_the_run_and_leaves_no_job(kubectl, wait_for, namespace, bridge, dagster):
     apply(kubectl, namespace, workspace(pod_labels={"kubetask.io/test-outcome": "hang"}), batchrun("stopme", n=6, parallelism=3))
     wait_for(lambda: sum(phase(t) == "Running" for t in tasks_of(kubectl, namespace, "stopme").values()) == 3,
@@ -221,19 +269,16 @@ def test_deleting_a_batchrun_leaves_nothing_behind(kubectl, wait_for, namespace,
     wait_for(lambda: dagster.run(run_id)["status"] in ("CANCELED", "FAILURE"), timeout=30, what="the run to end")
 
 
-def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namespace, bridge, dagster):
+def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namespace, bridge, dagster, steer):
     broken = ["again-task-1", "again-task-4"]
-    apply(kubectl, namespace, workspace(), batchrun("again", n=6, parallelism=3, annotations={"kubetask.io/pause": "true"}))
-    wait_tasks(kubectl, wait_for, namespace, "again", 6)
-    label_tasks(kubectl, namespace, broken, "kubetask.io/test-outcome=fail")
-    resume(kubectl, namespace, "again")
+    steer(broken, {"kubetask.io/test-outcome": "fail"}, attempts=[1])  # the rerun's attempt 2 finds the cause fixed
+    apply(kubectl, namespace, workspace(), batchrun("again", n=6, parallelism=3))
     first = wait_batchrun(kubectl, wait_for, namespace, "again", TERMINAL, timeout=120)
     assert first["status"]["phase"] == "Failed" and first["status"]["progress"]["failed"] == 2
     first_run = first["status"]["dagsterRunId"]
     before = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs(kubectl, namespace)}
     assert len(before) == 6
 
-    label_tasks(kubectl, namespace, broken, "kubetask.io/test-outcome-")  # the cause is fixed
     kubectl("annotate", "batchrun", "again", "-n", namespace, "kubetask.io/rerun=failed")
     obj = wait_for(lambda: (o := get(kubectl, namespace, "batchrun", "again"))["status"].get("dagsterRunId") != first_run
                    and o["status"]["phase"] in TERMINAL and o, timeout=120, what="the rerun to finish")
