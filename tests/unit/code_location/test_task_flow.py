@@ -1,0 +1,360 @@
+"""The task flow (``kubetask_dagster/ops/task.py``): ``task_job`` executed in-process against a fake ``Kube``.
+
+The fake keeps Tasks and WorkspaceConfigs in memory, applies status merge patches, records the
+ConfigMaps, Secrets, Jobs and Events written, and ends each attempt with a scripted ``PodOutcome``.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance
+
+from kubetask import vocabulary
+from kubetask.domain import manifests
+from kubetask.domain.outcomes import PodOutcome
+from kubetask.domain.redact import MASK
+from kubetask_dagster.jobs import task_job
+from kubetask_dagster.resources import KubeResource
+
+NS = "team-a"
+UID = "task-uid-1"
+CREDENTIAL = "sk-live-0123456789"
+CONTEXT_SECRET = "ctx-token-987654321"
+
+
+class FakeKube:
+    """The ``Kube`` calls of the task ops, in memory."""
+
+    def __init__(self, outcomes: list[PodOutcome] | None = None, log: str = ""):
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
+        self.applied_config_maps: list[dict] = []
+        self.applied_secrets: list[dict] = []
+        self.jobs: dict[str, dict] = {}  # name -> body
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.job_conditions: dict[str, str] = {}  # name -> "Complete" | "Failed" once its attempt ended
+        self.patches: list[dict] = []
+        self.events: list[tuple[str, str, bool]] = []
+        self.waits: list[dict] = []
+        self.outcomes = list(outcomes or [])
+        self.log = log
+
+    def add(self, plural: str, obj: dict) -> None:
+        self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+
+    def task(self, name: str = "t1") -> dict:
+        return self.objects[("tasks", NS, name)]
+
+    # custom resources
+    def get_custom(self, plural, namespace, name, max_age=0.0):
+        obj = self.objects.get((plural, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def patch_status(self, plural, namespace, name, status):
+        self.patches.append(copy.deepcopy(status))
+        obj = self.objects.get((plural, namespace, name))
+        if obj is None:
+            return None
+        current = obj.setdefault("status", {})
+        for k, v in status.items():
+            if v is None:
+                current.pop(k, None)
+            else:
+                current[k] = copy.deepcopy(v)
+        return copy.deepcopy(obj)
+
+    # context readers
+    def config_map_data(self, namespace, name):
+        return self.config_maps.get((namespace, name))
+
+    def secret_data(self, namespace, name):
+        return self.secrets.get((namespace, name))
+
+    def fetch(self, url, headers, timeout, max_bytes):
+        raise AssertionError("no RemoteFile in these tests")
+
+    # the attempt's objects
+    def apply_config_map(self, body):
+        self.applied_config_maps.append(copy.deepcopy(body))
+        self.config_maps[(body["metadata"]["namespace"], body["metadata"]["name"])] = dict(body["data"])
+
+    def apply_secret(self, body):
+        self.applied_secrets.append(copy.deepcopy(body))
+        data = {k: base64.b64decode(v).decode() for k, v in body["data"].items()}
+        self.secrets[(body["metadata"]["namespace"], body["metadata"]["name"])] = data
+
+    def get_job(self, namespace, name):
+        body = self.jobs.get(name)
+        if body is None:
+            return None
+        cond = self.job_conditions.get(name)
+        return SimpleNamespace(
+            metadata=SimpleNamespace(name=name, annotations=body["metadata"].get("annotations")),
+            status=SimpleNamespace(conditions=[SimpleNamespace(type=cond, status="True")] if cond else []),
+        )
+
+    def create_job(self, body):
+        name = body["metadata"]["name"]
+        self.created.append(name)
+        if name in self.jobs:
+            return False
+        self.jobs[name] = copy.deepcopy(body)
+        return True
+
+    def delete_job(self, namespace, name):
+        self.deleted.append(name)
+        self.jobs.pop(name, None)
+
+    def pod_log_tail(self, namespace, pod, lines=50, container="agent"):
+        return self.log
+
+    def wait_for_pod_end(self, namespace, job_name, *, label_selector, deadline_seconds, on_running=None,
+                         interrupted=lambda: False, no_pod_grace=60.0):
+        self.waits.append({"job": job_name, "selector": label_selector, "deadline": deadline_seconds})
+        pod = f"{job_name}-pod"
+        if on_running:
+            on_running(pod)
+        outcome = self.outcomes.pop(0)
+        outcome.pod_name = pod
+        self.job_conditions[job_name] = "Complete" if outcome.succeeded else "Failed"
+        return outcome
+
+    def emit_event(self, obj, reason, message, *, warning=False):
+        self.events.append((reason, message, warning))
+
+
+def task_obj(name: str = "t1", *, annotations: dict | None = None, status: dict | None = None, **spec) -> dict:
+    obj = {
+        "apiVersion": "kubetask.io/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": 1, "annotations": annotations or {}},
+        "spec": {
+            "contexts": [
+                {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "fix the bug"}}},
+                {"type": "File", "file": {"filePath": "/workspace/token",
+                                          "source": {"secretKeyRef": {"name": "ctx", "key": "token"}}}},
+            ],
+            **spec,
+        },
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def workspace_obj(name: str = "default", **spec) -> dict:
+    return {
+        "apiVersion": "kubetask.io/v1alpha1",
+        "kind": "WorkspaceConfig",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "serviceAccountName": "agent",
+            "credentials": [{"name": "llm", "secretRef": {"name": "llm", "key": "api-key"}, "env": "API_KEY"}],
+            **spec,
+        },
+    }
+
+
+def fake_kube(*outcomes: PodOutcome, log: str = "", task: dict | None = None, workspace: dict | None = None) -> FakeKube:
+    kube = FakeKube(list(outcomes), log)
+    kube.add("tasks", task or task_obj())
+    if workspace is not False:
+        kube.add("workspaceconfigs", workspace or workspace_obj())
+    kube.secrets[(NS, "ctx")] = {"token": CONTEXT_SECRET}
+    kube.secrets[(NS, "llm")] = {"api-key": CREDENTIAL, "other": "never-given-to-the-agent"}
+    return kube
+
+
+def ok() -> PodOutcome:
+    return PodOutcome(True, vocabulary.COMPLETED, "the agent exited with 0", exit_code=0)
+
+
+def agent_failed(code: int = 1) -> PodOutcome:
+    return PodOutcome(False, vocabulary.AGENT_FAILED, f"the agent exited with {code} (Error)", exit_code=code)
+
+
+@pytest.fixture
+def run(monkeypatch):
+    """Execute ``task_job`` for Task t1 against ``kube``; returns the result and the instance."""
+
+    def execute(kube: FakeKube, name: str = "t1", uid: str = UID, instance: DagsterInstance | None = None):
+        monkeypatch.setattr(KubeResource, "api", property(lambda self: kube))
+        instance = instance or DagsterInstance.ephemeral()
+        result = task_job.execute_in_process(
+            run_config={"ops": {"prepare_task": {"config": {"namespace": NS, "name": name, "uid": uid}}}},
+            resources={"kube": KubeResource()},
+            instance=instance,
+            raise_on_error=False,
+        )
+        return result, instance
+
+    return execute
+
+
+def phases(kube: FakeKube) -> list[str | None]:
+    return [p.get("phase") for p in kube.patches]
+
+
+def reason(status: dict) -> str:
+    return next(c["reason"] for c in status["conditions"] if c["type"] == vocabulary.SUCCEEDED)
+
+
+def test_stop_annotation_any_case_stops_without_a_job(run):
+    kube = fake_kube(task=task_obj(annotations={vocabulary.STOP: "True"}))
+    result, _ = run(kube)
+    assert not result.success
+    status = kube.task()["status"]
+    assert status["phase"] == "Stopped" and reason(status) == vocabulary.STOP_REQUESTED
+    assert kube.created == [] and kube.applied_config_maps == [] and kube.applied_secrets == []
+    assert kube.waits == []
+
+
+def test_missing_workspace_config_fails_the_task(run):
+    kube = fake_kube(task=task_obj(workspaceConfigRef="gpu"))  # only "default" exists
+    result, _ = run(kube)
+    assert not result.success
+    status = kube.task()["status"]
+    assert status["phase"] == "Failed" and reason(status) == vocabulary.WORKSPACE_CONFIG_NOT_FOUND
+    assert 'WorkspaceConfig "gpu" not found in namespace "team-a"' in status["message"]
+    assert [(r, w) for r, _, w in kube.events] == [(vocabulary.WORKSPACE_CONFIG_NOT_FOUND, True)]
+    assert kube.created == []
+
+
+def test_a_task_that_no_longer_exists_writes_nothing(run):
+    kube = fake_kube()
+    result, _ = run(kube, uid="another-uid")  # deleted and recreated under the same name
+    assert not result.success
+    assert kube.patches == [] and kube.created == [] and kube.events == []
+
+
+def test_success_writes_running_then_completed_and_one_job(run):
+    kube = fake_kube(ok(), task=task_obj(timeout="10m"))
+    result, _ = run(kube)
+    assert result.success
+    assert result.output_for_node("run_agent") == {"attempt": 1, "job": "t1-job-1", "exitCode": 0}
+    assert phases(kube) == ["Running", None, "Completed"]  # None: the pod's name once it runs
+    running, pod_started, completed = kube.patches
+    assert running["attempt"] == 1 and running["jobName"] == "t1-job-1" and running["dagsterRunId"] == result.run_id
+    assert pod_started == {"podName": "t1-job-1-pod"}
+    status = kube.task()["status"]
+    assert status["phase"] == "Completed" and status["exitCode"] == 0 and status["podName"] == "t1-job-1-pod"
+
+    assert kube.created == ["t1-job-1"]
+    body = kube.jobs["t1-job-1"]
+    assert body["metadata"]["annotations"][vocabulary.DAGSTER_RUN_ID] == result.run_id
+    assert body["metadata"]["labels"][vocabulary.LABEL_ATTEMPT] == "1"
+    assert kube.waits == [{"job": "t1-job-1", "selector": "kubetask.io/task=t1", "deadline": 660}]
+
+    [config_map] = kube.applied_config_maps
+    assert config_map["metadata"]["name"] == "t1-context" and list(config_map["data"].values()) == ["fix the bug"]
+    [secret] = kube.applied_secrets
+    assert secret["metadata"]["name"] == "t1-context-secret"
+    assert CONTEXT_SECRET not in str(config_map)  # the Secret's content stays out of the ConfigMap
+    volumes = {v["name"]: v for v in body["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[manifests.CONTEXT_VOLUME]["configMap"]["name"] == "t1-context"
+    assert [r for r, _, _ in kube.events] == [vocabulary.JOB_CREATED, vocabulary.COMPLETED]
+
+
+def test_a_failed_attempt_with_retries_left_records_retrying_and_runs_a_second_job(run):
+    kube = fake_kube(agent_failed(3), ok(), task=task_obj(retries={"limit": 2, "backoff": {"initialDelay": "1ms"}}))
+    result, _ = run(kube)
+    assert result.success
+    assert kube.created == ["t1-job-1", "t1-job-2"]
+    assert phases(kube) == ["Running", None, "Running", "Running", None, "Completed"]
+    retrying = kube.patches[2]
+    assert reason(retrying) == vocabulary.AGENT_FAILED and retrying["exitCode"] == 3
+    assert "attempt 1 failed (AgentFailed: the agent exited with 3 (Error)); retrying in" in retrying["message"]
+    assert kube.patches[3]["attempt"] == 2 and kube.patches[3]["jobName"] == "t1-job-2"
+    assert kube.patches[3]["exitCode"] is None  # the failed attempt's exit code is cleared
+    assert [(r, w) for r, _, w in kube.events] == [
+        (vocabulary.JOB_CREATED, False), (vocabulary.RETRYING, True), (vocabulary.JOB_CREATED, False), (vocabulary.COMPLETED, False),
+    ]
+    assert kube.deleted == []  # the first Job had finished: nothing to supersede
+    assert result.output_for_node("run_agent")["attempt"] == 2
+
+
+def test_the_last_failed_attempt_fails_the_task_with_its_exit_code(run):
+    kube = fake_kube(agent_failed(2), agent_failed(5), task=task_obj(retries={"limit": 1, "backoff": {"initialDelay": "1ms"}}))
+    result, _ = run(kube)
+    assert not result.success
+    status = kube.task()["status"]
+    assert status["phase"] == "Failed" and reason(status) == vocabulary.AGENT_FAILED and status["exitCode"] == 5
+    assert status["message"] == "attempt 2: the agent exited with 5 (Error)"
+    assert kube.created == ["t1-job-1", "t1-job-2"]
+
+
+def test_a_deleted_job_is_not_retried(run):
+    deleted = PodOutcome(False, vocabulary.JOB_DELETED, "Job t1-job-1 was deleted before its pod finished")
+    kube = fake_kube(deleted, task=task_obj(retries={"limit": 3, "backoff": {"initialDelay": "1ms"}}))
+    result, _ = run(kube)
+    assert not result.success
+    assert kube.created == ["t1-job-1"] and reason(kube.task()["status"]) == vocabulary.JOB_DELETED
+
+
+def test_a_job_left_running_by_a_dead_run_is_superseded(run):
+    kube = fake_kube(ok(), task=task_obj(status={"phase": "Running", "attempt": 1, "jobName": "t1-job-1"}))
+    kube.jobs["t1-job-1"] = {"metadata": {"name": "t1-job-1", "annotations": {vocabulary.DAGSTER_RUN_ID: "dead-run"}}}
+    result, _ = run(kube)
+    assert result.success
+    assert kube.deleted == ["t1-job-1"] and kube.created == ["t1-job-2"]
+
+
+def test_the_agent_log_tail_is_redacted_in_metadata_and_logs(run):
+    log = f"calling the API with {CREDENTIAL}\nread token {CONTEXT_SECRET}\nother never-given-to-the-agent\nexit 1"
+    kube = fake_kube(agent_failed(1), log=log)
+    result, instance = run(kube)
+    assert not result.success
+    [observation] = [
+        r.dagster_event.event_specific_data.asset_observation
+        for r in instance.all_logs(result.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+    ]
+    tail = observation.metadata["log_tail"].value
+    assert tail == f"calling the API with {MASK}\nread token {MASK}\nother never-given-to-the-agent\nexit 1"
+    assert observation.partition == "t1" and observation.metadata["exit_code"].value == 1
+    everything = " ".join(str(r) for r in instance.all_logs(result.run_id))
+    assert f"read token {MASK}" in everything  # the warning with the tail was logged ...
+    assert CREDENTIAL not in everything and CONTEXT_SECRET not in everything  # ... redacted, like all the rest
+    assert CREDENTIAL not in str(kube.patches) and CREDENTIAL not in str(kube.events)
+
+
+def test_a_successful_attempts_materialization_carries_the_redacted_tail(run):
+    kube = fake_kube(ok(), log=f"done with {CREDENTIAL}")
+    result, _ = run(kube)
+    [materialization] = result.asset_materializations_for_node("run_agent")
+    assert materialization.asset_key.path == ["kubetask", NS, "tasks"] and materialization.partition == "t1"
+    assert materialization.metadata["log_tail"].value == f"done with {MASK}"
+    assert materialization.metadata["job"].value == "t1-job-1"
+
+
+def test_max_concurrent_tasks_holds_a_pool_slot_only_while_the_job_runs(run):
+    kube = fake_kube(ok(), workspace=workspace_obj(maxConcurrentTasks=1))
+    instance = DagsterInstance.ephemeral()
+    pool = "kubetask/team-a/default"
+    seen: dict[str, Any] = {}
+    wait = kube.wait_for_pod_end
+
+    def wait_and_look(*args, **kwargs):
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        seen["limit"], seen["claimed"] = info.slot_count, [c.step_key for c in info.claimed_slots]
+        return wait(*args, **kwargs)
+
+    kube.wait_for_pod_end = wait_and_look
+    result, _ = run(kube, instance=instance)
+    assert result.success
+    assert seen == {"limit": 1, "claimed": ["run_agent"]}
+    assert instance.event_log_storage.get_concurrency_info(pool).claimed_slots == []
+
+
+def test_a_failed_attempt_releases_its_pool_slot_too(run):
+    kube = fake_kube(agent_failed(1), workspace=workspace_obj(maxConcurrentTasks=1))
+    instance = DagsterInstance.ephemeral()
+    result, _ = run(kube, instance=instance)
+    assert not result.success
+    assert instance.event_log_storage.get_concurrency_info("kubetask/team-a/default").claimed_slots == []
