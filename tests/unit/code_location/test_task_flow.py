@@ -16,7 +16,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from kubetask import vocabulary
 from kubetask.domain import manifests
-from kubetask.domain.outcomes import PodOutcome
+from kubetask.domain.outcomes import STUCK_WAITING_REASONS, PodOutcome
 from kubetask.domain.redact import MASK
 from kubetask_dagster.jobs import task_job
 from kubetask_dagster.resources import KubeResource
@@ -25,6 +25,7 @@ NS = "team-a"
 UID = "task-uid-1"
 CREDENTIAL = "sk-live-0123456789"
 CONTEXT_SECRET = "ctx-token-987654321"
+STUCK = set(STUCK_WAITING_REASONS.values())
 
 
 class FakeKube:
@@ -123,7 +124,8 @@ class FakeKube:
             on_running(pod)
         outcome = self.outcomes.pop(0)
         outcome.pod_name = pod
-        self.job_conditions[job_name] = "Complete" if outcome.succeeded else "Failed"
+        if outcome.reason not in STUCK:  # a pod that cannot start leaves its Job running (until its deadline)
+            self.job_conditions[job_name] = "Complete" if outcome.succeeded else "Failed"
         return outcome
 
     def emit_event(self, obj, reason, message, *, warning=False):
@@ -278,6 +280,35 @@ def test_a_failed_attempt_with_retries_left_records_retrying_and_runs_a_second_j
     ]
     assert kube.deleted == []  # the first Job had finished: nothing to supersede
     assert result.output_for_node("run_agent")["attempt"] == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: _next_attempt resumes attempt 1 on a RetryRequested retry of the same run. A pod stuck in "
+    "CreateContainerConfigError/ImagePullBackOff leaves its Job without a Complete/Failed condition, and the retry "
+    "runs with the same run id, so the Job's dagster-run-id annotation matches and the step re-waits on the same "
+    "stuck pod (in a cluster: the same outcome at once) instead of creating t1-job-2; every retry is burned on attempt 1",
+)
+def test_a_retry_after_a_pod_that_cannot_start_runs_a_new_job(run):
+    stuck = PodOutcome(False, vocabulary.CONTAINER_CONFIG_ERROR, 'CreateContainerConfigError: secret "llm" not found')
+    kube = fake_kube(stuck, ok(), task=task_obj(retries={"limit": 1, "backoff": {"initialDelay": "1ms"}}))
+    run(kube)
+    assert kube.created == ["t1-job-1", "t1-job-2"]
+    assert kube.task()["status"]["attempt"] == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: an attempt ended for a pod that cannot start (ContainerConfigError, ImagePullFailed) leaves its Job "
+    "and pending pod in place; the Task is Failed, yet once the missing Secret or image appears the kubelet starts "
+    "the agent anyway (or the pod stays Pending forever when no timeout is set). run_attempt never deletes that Job",
+)
+def test_a_task_failed_for_a_pod_that_cannot_start_deletes_its_job(run):
+    stuck = PodOutcome(False, vocabulary.IMAGE_PULL_FAILED, "ImagePullBackOff: not found")
+    kube = fake_kube(stuck)
+    result, _ = run(kube)
+    assert not result.success and kube.task()["status"]["phase"] == "Failed"  # holds today
+    assert kube.deleted == ["t1-job-1"]
 
 
 def test_the_last_failed_attempt_fails_the_task_with_its_exit_code(run):
