@@ -271,3 +271,93 @@ def batchrun_summary(
     else:
         phase = BatchRunPhase.PENDING
     return {"phase": phase.value, "progress": progress, "failedTasks": failed_tasks}
+
+
+def batchrun_outcome(
+    run_id: str,
+    run_status: str | None,
+    *,
+    current_phase: str | None,
+    ready: Mapping[str, Any] | None,
+    total: int | None,
+    tasks: Sequence[tuple[str, str | None, str | None]],
+    stop_requested: bool,
+    ended_tasks: int = 0,
+) -> dict[str, Any]:
+    """How a BatchRun ended, once its Dagster run ``run_id`` has (``run_status`` None: Dagster has no
+    such run): ``phase``, ``reason``, ``message``, ``progress`` and ``failedTasks`` (None when no Task
+    was ever created), and ``failure_detail``: whether the caller should append the run's failure
+    message (Dagster's words) to ``message``.
+
+    ``tasks`` are the ``(name, phase, reason)`` of every Task of the BatchRun after the ones the run
+    never finished were ended (``ended_tasks`` of them, Stopped with reason ``RunEnded``). A terminal
+    phase an op wrote (``current_phase``) stands; a stop request or a canceled run is Stopped; else
+    Completed when every Task completed, else Failed. Before any Task existed, a failure an op recorded
+    on ``ready`` stands too.
+    """
+    from kubetask import vocabulary as v  # here, not at the top: this function is appended to the module
+
+    not_an_outcome = {v.RUN_SUBMITTED, v.DAGSTER_UNAVAILABLE, v.RERUN_STARTED, v.RUN_ADOPTED, None}
+    canceled = run_status == "CANCELED"
+    stopped = stop_requested or canceled
+    stop_reason = v.STOP_REQUESTED if stop_requested else v.RUN_CANCELED
+    word = run_status if run_status is not None else "not found"
+    failed, completed = BatchRunPhase.FAILED.value, BatchRunPhase.COMPLETED.value
+    if total is None and not tasks:  # expand_batch never completed
+        ready, detail = ready or {}, False
+        if (
+            current_phase in v.BATCHRUN_TERMINAL
+            and ready.get("status") == "False"
+            and (ready.get("reason") not in not_an_outcome)
+        ):
+            phase, reason = str(current_phase), str(ready.get("reason"))
+            message = f"Dagster run {run_id} ended ({word}): {ready.get('message') or reason}"
+        elif stopped:
+            phase, reason = BatchRunPhase.STOPPED.value, stop_reason
+            message = f"Dagster run {run_id} ended ({word}) before any Task was created"
+        elif run_status is None:
+            phase, reason = failed, v.RUN_NOT_FOUND
+            message = f"Dagster has no run {run_id} (was the Dagster instance reset?)"
+        else:
+            phase, reason, detail = failed, v.RUN_FAILED, True
+            message = f"Dagster run {run_id} ended ({word}) before any Task was created"
+        return {
+            "phase": phase,
+            "reason": reason,
+            "message": message,
+            "progress": None,
+            "failedTasks": None,
+            "failure_detail": detail,
+        }
+    summary = batchrun_summary(tasks, total if total is not None else len(tasks), paused=False, stopped=stopped)
+    counts = summary["progress"]
+    if current_phase in v.BATCHRUN_TERMINAL:
+        phase = str(current_phase)  # an op's outcome stands
+    elif stopped:
+        phase = BatchRunPhase.STOPPED.value
+    else:
+        phase = completed if summary["phase"] == completed else failed
+    if phase == completed:
+        reason = v.ALL_TASKS_COMPLETED
+    elif phase == BatchRunPhase.STOPPED.value:
+        reason = stop_reason
+    elif counts["failed"] or counts["stopped"]:
+        reason = v.TASKS_FAILED
+    else:
+        reason = v.RUN_NOT_FOUND if run_status is None else v.RUN_FAILED
+    message = (
+        f"Dagster run {run_id} ended ({word}): {counts['completed']} of {counts['total']} Tasks completed, "
+        f"{counts['failed']} failed, {counts['stopped']} stopped"
+    )
+    if counts["pending"]:
+        message += f", {counts['pending']} never created"
+    if ended_tasks:
+        message += f" ({ended_tasks} never finished and were marked Stopped, reason {v.RUN_ENDED})"
+    return {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "progress": counts,
+        "failedTasks": summary["failedTasks"],
+        "failure_detail": reason == v.RUN_FAILED,
+    }
