@@ -27,74 +27,25 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import kopf
-import kubernetes
-from prometheus_client import Counter
-
-from kubetask import vocabulary
-from kubetask.domain import catalog, scheduling as schedules
-from kubetask.api import GROUP, VERSION
-from kubetask_dagster.catalog import BatchEntry
+from kubetask import objects, vocabulary
+from kubetask.api import GROUP
+from kubetask.domain import catalog
+from kubetask.domain import scheduling as schedules
+from kubetask.domain.catalog import BatchEntry
+from kubetask.objects import Key
 
 from . import metrics
-from .dagster_client import DagsterClient, DagsterError
+from .dagster import queries
+from .dagster.client import DagsterError
+from .kube import BATCHES, BATCHRUNS, KubeApi, KubernetesApi
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 Version = tuple[str, int]  # uid, generation
-
-RELOADS = Counter("kubetask_bridge_location_reloads_total", "Code-location reloads after Batch changes, by result.",
-                  ["result"], registry=metrics.REGISTRY)
-TOGGLES = Counter("kubetask_bridge_schedule_toggles_total", "Schedules started or stopped to follow spec.schedule.suspend.",
-                  ["action"], registry=metrics.REGISTRY)
-
-RELOAD = """
-mutation BridgeReload($location: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $location) {
-    __typename
-    ... on WorkspaceLocationEntry {
-      name loadStatus
-      locationOrLoadError { __typename ... on PythonError { message } }
-    }
-    ... on Error { message }
-  }
-}
-"""
-
-SCHEDULES = """
-query BridgeSchedules($selector: RepositorySelector!) {
-  schedulesOrError(repositorySelector: $selector) {
-    __typename
-    ... on Schedules { results { name cronSchedule executionTimezone scheduleState { id status } } }
-    ... on Error { message }
-  }
-}
-"""
-
-START = """
-mutation BridgeStartSchedule($selector: ScheduleSelector!) {
-  startSchedule(scheduleSelector: $selector) {
-    __typename
-    ... on ScheduleStateResult { scheduleState { status } }
-    ... on Error { message }
-  }
-}
-"""
-
-STOP = """
-mutation BridgeStopSchedule($id: String!) {
-  stopRunningSchedule(id: $id) {
-    __typename
-    ... on ScheduleStateResult { scheduleState { status } }
-    ... on Error { message }
-  }
-}
-"""
 
 
 def _key(obj: Mapping[str, Any]) -> Key | None:
-    meta = obj.get("metadata") or {}
+    meta = objects.meta(obj)
     if not meta.get("namespace") or not meta.get("name"):
         return None
     return meta["namespace"], meta["name"]
@@ -102,9 +53,13 @@ def _key(obj: Mapping[str, Any]) -> Key | None:
 
 def owner_batch(obj: Mapping[str, Any]) -> Key | None:
     """The Batch owning a BatchRun, if any."""
-    meta = obj.get("metadata") or {}
+    meta = objects.meta(obj)
     for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == "Batch" and ref.get("apiVersion", "").startswith(GROUP + "/") and meta.get("namespace"):
+        if (
+            ref.get("kind") == vocabulary.KIND_BATCH
+            and ref.get("apiVersion", "").startswith(GROUP + "/")
+            and meta.get("namespace")
+        ):
             return meta["namespace"], ref["name"]
     return None
 
@@ -123,8 +78,8 @@ class BatchSync:
 
     def __init__(
         self,
-        dagster: DagsterClient,
-        custom_api: Any,
+        dagster: Any,
+        kube: KubeApi | Any,
         *,
         debounce: float = 1.0,
         max_delay: float = 10.0,
@@ -133,8 +88,9 @@ class BatchSync:
         sync_attempts: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """``dagster``: the bridge's ``DagsterClient``; ``kube``: its ``KubeApi`` (or a CustomObjectsApi)."""
         self.dagster = dagster
-        self.custom = custom_api
+        self.kube = KubernetesApi.of(kube)
         self.debounce = debounce
         self.max_delay = max_delay
         self.status_delay = status_delay
@@ -163,7 +119,7 @@ class BatchSync:
             return
         with self._cond:
             before = self._signature()
-            if event_type == "DELETED" or (obj.get("metadata") or {}).get("deletionTimestamp"):
+            if event_type == "DELETED" or objects.being_deleted(obj):
                 self._entries.pop(key, None)
                 self._synced.pop(key, None)
             else:
@@ -195,8 +151,11 @@ class BatchSync:
         with self._cond:
             loaded = self._loaded or frozenset()
             return {
-                k: e for k, e in self._entries.items()
-                if e.schedule is not None and self._synced.get(k) != (e.uid, e.generation) and (k, e.uid, e.generation) in loaded
+                k: e
+                for k, e in self._entries.items()
+                if e.schedule is not None
+                and self._synced.get(k) != (e.uid, e.generation)
+                and (k, e.uid, e.generation) in loaded
             }
 
     # --- the worker --------------------------------------------------------------------------
@@ -237,34 +196,43 @@ class BatchSync:
     def _reload(self, signature: frozenset[tuple[Key, str, int]]) -> None:
         started = time.monotonic()
         try:
-            result = self.dagster.execute(RELOAD, {"location": self.dagster.location}, mutation=True)["reloadRepositoryLocation"]
+            result = self.dagster.execute(queries.RELOAD, {"location": self.dagster.location}, mutation=True)
+            result = result["reloadRepositoryLocation"]
         except DagsterError as e:
             self._reload_failed(f"{type(e).__name__}: {e}")
             return
         kind = result.get("__typename")
         if kind == "WorkspaceLocationEntry":
-            error = (result.get("locationOrLoadError") or {})
+            error = result.get("locationOrLoadError") or {}
             if error.get("__typename") == "PythonError":
                 self._reload_failed(f"the code location failed to load: {(error.get('message') or '')[:500]}")
                 return
         elif kind == "ReloadNotSupported":
             if self._reload_supported:
-                log.error("Dagster cannot reload code location %s (serve it with `dagster code-server start`); "
-                          "Batch assets and schedules follow the Batches only when that server restarts", self.dagster.location)
+                log.error(
+                    "Dagster cannot reload code location %s (serve it with `dagster code-server start`); "
+                    "Batch assets and schedules follow the Batches only when that server restarts",
+                    self.dagster.location,
+                )
             self._reload_supported = False
         else:
             self._reload_failed(f"{kind}: {result.get('message')}")
             return
-        RELOADS.labels("ok").inc()
+        metrics.RELOADS.labels("ok").inc()
         with self._cond:
             self._loaded = signature
             self._dirty_since = None if self._signature() == signature else self._clock()
             self._reload_failures = 0
             self._sync_not_before = 0.0
-        log.info("reloaded code location %s for %d Batches in %.2f s", self.dagster.location, len(signature), time.monotonic() - started)
+        log.info(
+            "reloaded code location %s for %d Batches in %.2f s",
+            self.dagster.location,
+            len(signature),
+            time.monotonic() - started,
+        )
 
     def _reload_failed(self, why: str) -> None:
-        RELOADS.labels("error").inc()
+        metrics.RELOADS.labels("error").inc()
         with self._cond:
             self._reload_failures += 1
             delay = min(30.0, 2.0 ** min(self._reload_failures - 1, 5))
@@ -277,7 +245,7 @@ class BatchSync:
         pending = self._pending_toggles()
         selector = {"repositoryLocationName": self.dagster.location, "repositoryName": self.dagster.repository}
         try:
-            result = self.dagster.execute(SCHEDULES, {"selector": selector})["schedulesOrError"]
+            result = self.dagster.execute(queries.SCHEDULES, {"selector": selector})["schedulesOrError"]
             if result.get("__typename") != "Schedules":
                 raise DagsterError(f"schedulesOrError answered {result.get('__typename')}: {result.get('message')}")
             listed = {s["name"]: s for s in result["results"]}
@@ -293,13 +261,22 @@ class BatchSync:
                 state = found.get("scheduleState") or {}
                 action = desired_toggle(entry, state.get("status"))
                 if action == "start":
-                    self._toggle(START, {"selector": {**selector, "scheduleName": entry.schedule.name}}, "startSchedule")
+                    self._toggle(
+                        queries.START_SCHEDULE,
+                        {"selector": {**selector, "scheduleName": entry.schedule.name}},
+                        "startSchedule",
+                    )
                 elif action == "stop":
-                    self._toggle(STOP, {"id": state["id"]}, "stopRunningSchedule")
+                    self._toggle(queries.STOP_SCHEDULE, {"id": state["id"]}, "stopRunningSchedule")
                 if action:
-                    TOGGLES.labels(action).inc()
-                    log.info("schedule %s of Batch %s/%s: %s (suspend=%s)", entry.schedule.name, *key,
-                             "started" if action == "start" else "stopped", entry.schedule.suspend)
+                    metrics.TOGGLES.labels(action).inc()
+                    log.info(
+                        "schedule %s of Batch %s/%s: %s (suspend=%s)",
+                        entry.schedule.name,
+                        *key,
+                        "started" if action == "start" else "stopped",
+                        entry.schedule.suspend,
+                    )
                 self._mark_synced(key, entry)
             with self._cond:
                 self._sync_not_before = self._clock() + 2.0 if retry else 0.0
@@ -326,8 +303,13 @@ class BatchSync:
         if tries < self.sync_attempts:
             return True
         assert entry.schedule is not None
-        log.warning("Batch %s/%s: schedule %s %s in code location %s; not managing its on/off state",
-                    *key, entry.schedule.name, "has another cron" if found else "is missing", self.dagster.location)
+        log.warning(
+            "Batch %s/%s: schedule %s %s in code location %s; not managing its on/off state",
+            *key,
+            entry.schedule.name,
+            "has another cron" if found else "is missing",
+            self.dagster.location,
+        )
         self._mark_synced(key, entry)
         return False
 
@@ -355,61 +337,20 @@ class BatchSync:
 
     def refresh_status(self, namespace: str, name: str) -> None:
         """Batch ``status.active`` / ``lastSuccessfulTime`` from its BatchRuns; prune its history."""
-        try:
-            batch = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "batches", name)
-        except kubernetes.client.ApiException as e:
-            if e.status == 404:
-                return
-            raise
+        batch = self.kube.get(BATCHES, namespace, name)
+        if batch is None:
+            return
         uid = batch["metadata"]["uid"]
-        items = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={name}")["items"]
+        items = self.kube.list(BATCHRUNS, [namespace], label_selector=f"{vocabulary.LABEL_BATCH}={name}")
         runs = [r for r in items if schedules.owned_by(r, uid)]
-        sched = (batch.get("spec") or {}).get("schedule")
+        sched = objects.spec(batch).get("schedule")
         if sched:
             ok_limit, failed_limit = schedules.history_limits(sched)
             for victim in schedules.runs_to_prune(runs, ok_limit, failed_limit):
-                try:
-                    self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", victim,
-                                                                propagation_policy="Background")
+                if self.kube.delete(BATCHRUNS, namespace, victim):
                     log.info("Batch %s/%s: deleted BatchRun %s (history limits)", namespace, name, victim)
-                except kubernetes.client.ApiException as e:
-                    if e.status != 404:
-                        raise
                 runs = [r for r in runs if r["metadata"]["name"] != victim]
-        current = batch.get("status") or {}
+        current = objects.status(batch)
         patch = schedules.status_from_runs(runs, current)
         if schedules.status_changed(current, patch):
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "batches", name, {"status": patch}, _content_type="application/merge-patch+json")
-
-
-def register_batches(registry: kopf.OperatorRegistry, runtime: Any) -> BatchSync:
-    """Add the Batch and BatchRun handlers to the bridge's kopf registry; the sync thread starts with the operator."""
-    config = runtime.config
-    dagster = DagsterClient(config.dagster_url, location=config.location, repository=config.repository,
-                            timeout=max(60.0, config.dagster_timeout))  # a reload re-imports the code location
-    custom = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(runtime.configuration))
-    sync = BatchSync(dagster, custom)
-
-    @kopf.on.event(GROUP, VERSION, "batches", id="batch-catalog", registry=registry)
-    async def batch_event(event: dict[str, Any], **_: Any) -> None:
-        try:
-            sync.observe(event.get("type"), event.get("object") or {})
-        except Exception:
-            log.exception("Batch event not handled")
-
-    @kopf.on.event(GROUP, VERSION, "batchruns", id="batch-status", registry=registry)
-    async def batchrun_event(event: dict[str, Any], **_: Any) -> None:
-        try:
-            sync.observe_batchrun(event.get("type"), event.get("object") or {})
-        except Exception:
-            log.exception("BatchRun event not handled (Batch status)")
-
-    @kopf.on.startup(id="batch-sync", registry=registry)
-    async def start_batch_sync(**_: Any) -> None:
-        # When the operator starts, not when the registry is built: building it has no side effects.
-        stopping = getattr(runtime, "_stopping", None) or threading.Event()
-        threading.Thread(target=sync.run, args=(stopping,), name="bridge-batches", daemon=True).start()
-
-    return sync
+            self.kube.patch_status(BATCHES, namespace, name, None, patch)

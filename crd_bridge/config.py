@@ -119,7 +119,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
                    help="dagster-webserver base URL [DAGSTER_URL] (default %(default)s)")
     p.add_argument("--dagster-ui-url", default=e("DAGSTER_UI_URL"),
                    help="base URL of run links in Task status [DAGSTER_UI_URL] (default: --dagster-url)")
-    p.add_argument("--location", default=e("LOCATION", "kubetask"), help="Dagster code location [LOCATION] (default %(default)s)")
+    p.add_argument("--location", default=e("LOCATION", "kubetask"),
+                   help="Dagster code location [LOCATION] (default %(default)s)")
     p.add_argument("--repository", default=e("REPOSITORY", "__repository__"),
                    help="Dagster repository [REPOSITORY] (default %(default)s)")
     p.add_argument("--job", default=e("JOB", "task_job"), help="Dagster job run per Task [JOB] (default %(default)s)")
@@ -128,21 +129,26 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument("--drift-interval", type=_positive_float, default=e("DRIFT_INTERVAL", "5"),
                    help="seconds between periodic passes [DRIFT_INTERVAL] (default %(default)s)")
     p.add_argument("--drift-grace", type=float, default=e("DRIFT_GRACE", "5"),
-                   help="seconds after a run ended before the bridge writes the Task's terminal status [DRIFT_GRACE] (default %(default)s)")
+                   help="seconds after a run ended before the bridge writes the Task's terminal status "
+                        "[DRIFT_GRACE] (default %(default)s)")
     p.add_argument("--orphan-interval", type=_positive_float, default=e("ORPHAN_INTERVAL", "60"),
-                   help="seconds between sweeps terminating runs of deleted Tasks [ORPHAN_INTERVAL] (default %(default)s)")
+                   help="seconds between sweeps terminating runs of deleted Tasks [ORPHAN_INTERVAL] "
+                        "(default %(default)s)")
     p.add_argument("--relist-interval", type=_positive_float, default=e("RELIST_INTERVAL", "300"),
                    help="seconds between full re-lists of Tasks [RELIST_INTERVAL] (default %(default)s)")
-    p.add_argument("--workers", type=int, default=e("WORKERS", "4"), help="reconcile threads [WORKERS] (default %(default)s)")
+    p.add_argument("--workers", type=int, default=e("WORKERS", "4"),
+                   help="reconcile threads [WORKERS] (default %(default)s)")
     p.add_argument("--batch-job", default=e("BATCH_JOB", "batch_job"),
                    help="Dagster job run per BatchRun [BATCH_JOB] (default %(default)s)")
     p.add_argument("--batchrun-workers", type=int, default=e("BATCHRUN_WORKERS", "2"),
                    help="BatchRun reconcile threads [BATCHRUN_WORKERS] (default %(default)s)")
     p.add_argument("--batchrun-debounce", type=float, default=e("BATCHRUN_DEBOUNCE", "1"),
-                   help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] (default %(default)s)")
+                   help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] "
+                        "(default %(default)s)")
     p.add_argument("--dagster-timeout", type=_positive_float, default=e("DAGSTER_TIMEOUT", "10"),
                    help="HTTP timeout of one GraphQL request, seconds [DAGSTER_TIMEOUT] (default %(default)s)")
-    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)")
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"),
+                   help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)")
     # --- leader election (crd_bridge.leader) ---
     p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
                    default=(e("LEADER_ELECT", "") or "").strip().lower() in ("1", "true", "yes", "on"),

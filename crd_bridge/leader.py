@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 log = logging.getLogger("crd_bridge.leader")
@@ -79,7 +79,7 @@ class LeaseApi(Protocol):
 def _micro_time(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class KubernetesLeaseApi:
@@ -117,8 +117,12 @@ class KubernetesLeaseApi:
         metadata: dict[str, Any] = {"name": name}
         if record.resource_version:
             metadata["resourceVersion"] = record.resource_version
-        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
-                "spec": {k: v for k, v in spec.items() if v is not None}}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {k: v for k, v in spec.items() if v is not None},
+        }
 
     def get(self, namespace: str, name: str) -> LeaseRecord | None:
         try:
@@ -130,7 +134,9 @@ class KubernetesLeaseApi:
 
     def create(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
         try:
-            return self._record(self._api.create_namespaced_lease(namespace, self._body(name, record), _request_timeout=self.TIMEOUT))
+            return self._record(
+                self._api.create_namespaced_lease(namespace, self._body(name, record), _request_timeout=self.TIMEOUT)
+            )
         except self._api_exception as e:
             if e.status == 409:
                 raise LeaseConflict(f"Lease {namespace}/{name} already exists") from None
@@ -139,10 +145,15 @@ class KubernetesLeaseApi:
     def replace(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
         try:
             return self._record(
-                self._api.replace_namespaced_lease(name, namespace, self._body(name, record), _request_timeout=self.TIMEOUT))
+                self._api.replace_namespaced_lease(
+                    name, namespace, self._body(name, record), _request_timeout=self.TIMEOUT
+                )
+            )
         except self._api_exception as e:
             if e.status == 409:
-                raise LeaseConflict(f"Lease {namespace}/{name} changed since resourceVersion {record.resource_version}") from None
+                raise LeaseConflict(
+                    f"Lease {namespace}/{name} changed since resourceVersion {record.resource_version}"
+                ) from None
             raise
 
 
@@ -161,7 +172,7 @@ class LeaderElector:
         renew_interval: float = RENEW_INTERVAL,
         retry_period: float = RETRY_PERIOD,
         monotonic: Callable[[], float] = time.monotonic,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         if not renew_interval < renew_deadline < lease_duration:
             raise ValueError("need renew_interval < renew_deadline < lease_duration")
@@ -206,8 +217,13 @@ class LeaderElector:
         """Take the Lease if it is free or ours; True when this process holds it after the call."""
         now = self._now()
         record = self.api.get(self.namespace, self.name)
-        mine = LeaseRecord(holder=self.identity, lease_duration_seconds=int(self.lease_duration),
-                           acquire_time=now, renew_time=now, transitions=0)
+        mine = LeaseRecord(
+            holder=self.identity,
+            lease_duration_seconds=int(self.lease_duration),
+            acquire_time=now,
+            renew_time=now,
+            transitions=0,
+        )
         if record is None:
             try:
                 created = self.api.create(self.namespace, self.name, mine)
@@ -224,7 +240,9 @@ class LeaderElector:
         else:  # takeover of a free or expired Lease
             mine = replace(mine, transitions=record.transitions + 1)
         try:
-            updated = self.api.replace(self.namespace, self.name, replace(mine, resource_version=record.resource_version))
+            updated = self.api.replace(
+                self.namespace, self.name, replace(mine, resource_version=record.resource_version)
+            )
         except LeaseConflict:
             return False
         self._observe(updated)
@@ -249,9 +267,18 @@ class LeaderElector:
             if record is None or record.holder != self.identity:
                 return False
             now = self._now()
-            self.api.replace(self.namespace, self.name, LeaseRecord(
-                holder=None, lease_duration_seconds=1, acquire_time=now, renew_time=now,
-                transitions=record.transitions, resource_version=record.resource_version))
+            self.api.replace(
+                self.namespace,
+                self.name,
+                LeaseRecord(
+                    holder=None,
+                    lease_duration_seconds=1,
+                    acquire_time=now,
+                    renew_time=now,
+                    transitions=record.transitions,
+                    resource_version=record.resource_version,
+                ),
+            )
             log.info("released the Lease %s/%s", self.namespace, self.name)
             return True
         except Exception as e:  # the Lease then expires by itself
@@ -310,7 +337,9 @@ class LeaderElector:
 
     def start_renewing(self, on_lost: Callable[[str], None]) -> threading.Thread:
         self._stop.clear()
-        self._thread = threading.Thread(target=self.renew_until_lost, args=(on_lost,), name="bridge-leader", daemon=True)
+        self._thread = threading.Thread(
+            target=self.renew_until_lost, args=(on_lost,), name="bridge-leader", daemon=True
+        )
         self._thread.start()
         return self._thread
 
@@ -371,7 +400,9 @@ def exit_process(reason: str) -> None:
     os._exit(EXIT_LEADERSHIP_LOST)
 
 
-def wait_for_leadership(config: Any, configuration: Any, *, on_lost: Callable[[str], None] = exit_process) -> LeaderElector | None:
+def wait_for_leadership(
+    config: Any, configuration: Any, *, on_lost: Callable[[str], None] = exit_process
+) -> LeaderElector | None:
     """Block until this process leads the bridge's Lease, serving standby health meanwhile.
 
     Returns the elector, already renewing in a thread (call ``release()`` after the bridge stopped), or
@@ -382,7 +413,9 @@ def wait_for_leadership(config: Any, configuration: Any, *, on_lost: Callable[[s
 
     namespace = config.leader_election_namespace or default_namespace()
     name = config.leader_election_lease or DEFAULT_LEASE_NAME
-    elector = LeaderElector(KubernetesLeaseApi(kubernetes.client.ApiClient(configuration)), namespace, name, default_identity())
+    elector = LeaderElector(
+        KubernetesLeaseApi(kubernetes.client.ApiClient(configuration)), namespace, name, default_identity()
+    )
     LEADER.set(0)
     health = StandbyHealth(f"{namespace}/{name}")
     server = metrics.serve(config.health_host, config.health_port, health)
@@ -393,8 +426,12 @@ def wait_for_leadership(config: Any, configuration: Any, *, on_lost: Callable[[s
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     log.info("leader election: Lease %s/%s, identity %s", namespace, name, elector.identity)
     try:
-        led = elector.acquire(stop, on_wait=lambda holder: setattr(
-            health, "detail", f"standby: the Lease {namespace}/{name} is held by {holder or 'nobody'}"))
+        led = elector.acquire(
+            stop,
+            on_wait=lambda holder: setattr(
+                health, "detail", f"standby: the Lease {namespace}/{name} is held by {holder or 'nobody'}"
+            ),
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

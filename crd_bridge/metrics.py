@@ -45,13 +45,21 @@ DRIFT_CORRECTIONS = Counter(
     registry=REGISTRY,
 )
 TERMINATIONS = Counter(
-    "kubetask_bridge_terminations_total", "Dagster runs the bridge asked to terminate, by cause.", ["cause"], registry=REGISTRY
+    "kubetask_bridge_terminations_total",
+    "Dagster runs the bridge asked to terminate, by cause.",
+    ["cause"],
+    registry=REGISTRY,
 )
 TRANSITIONS = Counter(
-    "kubetask_bridge_status_writes_total", "Task status writes by the bridge, by phase written.", ["phase"], registry=REGISTRY
+    "kubetask_bridge_status_writes_total",
+    "Task status writes by the bridge, by phase written.",
+    ["phase"],
+    registry=REGISTRY,
 )
 CONFLICTS = Counter(
-    "kubetask_bridge_status_conflicts_total", "Status writes refused with 409 (re-read and re-decided).", registry=REGISTRY
+    "kubetask_bridge_status_conflicts_total",
+    "Status writes refused with 409 (re-read and re-decided).",
+    registry=REGISTRY,
 )
 SUBMIT_LATENCY = Histogram(
     "kubetask_bridge_submit_latency_seconds",
@@ -65,14 +73,20 @@ TASK_TO_RUN = Histogram(
     buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
     registry=REGISTRY,
 )
-QUEUED = Gauge("kubetask_bridge_queued_tasks", "Tasks in phase Queued (waiting for a WorkspaceConfig slot).", registry=REGISTRY)
+QUEUED = Gauge(
+    "kubetask_bridge_queued_tasks", "Tasks in phase Queued (waiting for a WorkspaceConfig slot).", registry=REGISTRY
+)
 WORK_QUEUE = Gauge("kubetask_bridge_work_queue_length", "Task keys waiting for a reconcile worker.", registry=REGISTRY)
 TASKS = Gauge("kubetask_bridge_tasks", "Tasks in the bridge's cache, by phase.", ["phase"], registry=REGISTRY)
-DAGSTER_UP = Gauge("kubetask_bridge_dagster_up", "1 when Dagster's GraphQL answered the last request.", registry=REGISTRY)
+DAGSTER_UP = Gauge(
+    "kubetask_bridge_dagster_up", "1 when Dagster's GraphQL answered the last request.", registry=REGISTRY
+)
 
 # --- BatchRuns (crd_bridge.batchruns) ---------------------------------------------------------------
 BATCHRUN_SUBMISSIONS = Counter(
-    "kubetask_bridge_batchrun_submissions_total", "Dagster runs of batch_job submitted for BatchRuns.", registry=REGISTRY
+    "kubetask_bridge_batchrun_submissions_total",
+    "Dagster runs of batch_job submitted for BatchRuns.",
+    registry=REGISTRY,
 )
 BATCHRUN_ADOPTED = Counter(
     "kubetask_bridge_batchrun_runs_adopted_total",
@@ -110,7 +124,21 @@ BATCHRUN_TASKS_ENDED = Counter(
     "Tasks of a BatchRun the bridge marked Stopped (RunEnded) because the BatchRun's run ended before them.",
     registry=REGISTRY,
 )
-BATCHRUNS = Gauge("kubetask_bridge_batchruns", "BatchRuns in the bridge's cache, by phase.", ["phase"], registry=REGISTRY)
+RELOADS = Counter(
+    "kubetask_bridge_location_reloads_total",
+    "Code-location reloads after Batch changes, by result.",
+    ["result"],
+    registry=REGISTRY,
+)
+TOGGLES = Counter(
+    "kubetask_bridge_schedule_toggles_total",
+    "Schedules started or stopped to follow spec.schedule.suspend.",
+    ["action"],
+    registry=REGISTRY,
+)
+BATCHRUNS = Gauge(
+    "kubetask_bridge_batchruns", "BatchRuns in the bridge's cache, by phase.", ["phase"], registry=REGISTRY
+)
 BATCHRUN_WORK_QUEUE = Gauge(
     "kubetask_bridge_batchrun_work_queue_length", "BatchRun keys waiting for a reconcile worker.", registry=REGISTRY
 )

@@ -4,200 +4,21 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from crd_bridge.dagster_client import DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
-from crd_bridge.tasks import (
-    TAG_GENERATION,
-    TAG_KIND,
-    TAG_NAME,
-    TAG_NAMESPACE,
-    TAG_UID,
-    Conflict,
-    Gone,
-    Reconciler,
-    TaskStore,
-    WorkQueue,
-    WorkspaceLimits,
-    run_config,
-    run_tags,
-)
-
-NS = "team"
-T0 = 1_800_000_000.0
+from crd_bridge.cache import WorkspaceLimits
+from crd_bridge.dagster.client import DagsterRejected
+from crd_bridge.tasks import Reconciler
+from kubetask import vocabulary
+from kubetask.domain import runs as contract
+from kubetask.vocabulary import TAG_GENERATION, TAG_KIND, TAG_NAME, TAG_NAMESPACE, TAG_UID
+from tests.unit.bridge.bridge_fakes import NS, T0, Clock, FakeDagster, FakeKube, task_store
 
 
-# --- fakes -------------------------------------------------------------------------------------
-
-
-def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386 JSON merge patch."""
-    for k, v in patch.items():
-        if v is None:
-            target.pop(k, None)
-        elif isinstance(v, Mapping) and isinstance(target.get(k), dict):
-            merge(target[k], v)
-        else:
-            target[k] = copy.deepcopy(v)
-    return target
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.tasks: dict[tuple[str, str], dict[str, Any]] = {}
-        self.workspaces: dict[tuple[str, str], dict[str, Any]] = {}
-        self.jobs: set[tuple[str, str]] = set()
-        self.events: list[tuple[str, str, str, bool]] = []
-        self.patches: list[tuple[str, dict[str, Any]]] = []
-        self.rv = 100
-        self.before_patch: Callable[[str, str], None] | None = None
-        self.patch_error: Exception | None = None
-        self.gets = 0
-
-    def _bump(self, obj: dict[str, Any]) -> None:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-
-    def add(self, obj: dict[str, Any]) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
-        self._bump(obj)
-        self.tasks[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
-        return copy.deepcopy(obj)
-
-    def write_status(self, ns: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        """A write by someone else (the run's ops): no precondition."""
-        obj = self.tasks[(ns, name)]
-        merge(obj.setdefault("status", {}), status)
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.gets += 1
-        obj = self.tasks.get((namespace, name))
-        return copy.deepcopy(obj) if obj is not None else None
-
-    def list_tasks(self, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for k, o in self.tasks.items() if not namespaces or k[0] in namespaces]
-
-    def patch_task_status(self, namespace: str, name: str, resource_version: str | None, status: Mapping[str, Any]) -> dict[str, Any]:
-        if self.before_patch is not None:
-            hook, self.before_patch = self.before_patch, None
-            hook(namespace, name)
-        if self.patch_error is not None:
-            error, self.patch_error = self.patch_error, None
-            raise error
-        obj = self.tasks.get((namespace, name))
-        if obj is None:
-            raise Gone(name)
-        if resource_version is not None and resource_version != obj["metadata"]["resourceVersion"]:
-            raise Conflict(name)
-        self.patches.append((name, copy.deepcopy(dict(status))))
-        merge(obj.setdefault("status", {}), status)
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    def get_workspace_config(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.workspaces.get((namespace, name)))
-
-    def list_workspace_configs(self, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for o in self.workspaces.values()]
-
-    def job_exists(self, namespace: str, name: str) -> bool:
-        return (namespace, name) in self.jobs
-
-    def emit_event(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-        self.events.append((obj["metadata"]["name"], reason, message, warning))
-
-    # helpers
-    def status(self, name: str, ns: str = NS) -> dict[str, Any]:
-        return self.tasks[(ns, name)].get("status") or {}
-
-    def reasons(self, name: str) -> list[str]:
-        return [r for n, r, _, _ in self.events if n == name]
-
-
-class FakeDagster:
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.runs: dict[str, RunInfo] = {}
-        self.submitted: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        self.terminated: list[str] = []
-        self.unavailable = False
-        self.reject: DagsterRejected | None = None
-        self.failure_messages: dict[str, str] = {}
-        self._n = 0
-
-    def _check(self) -> None:
-        if self.unavailable:
-            self.failing = True
-            raise DagsterUnavailable("connection refused")
-        self.failing = False
-
-    failing = False
-    available = True
-
-    def location_state(self) -> tuple[str, str | None]:
-        self._check()
-        return "LOADED", None
-
-    def add_run(self, status: str, tags: Mapping[str, str], end_time: float | None = None, run_id: str | None = None) -> str:
-        self._n += 1
-        run_id = run_id or f"run-{self._n}"
-        self.runs[run_id] = RunInfo(run_id, status, dict(tags), creation_time=self.clock(), end_time=end_time)
-        return run_id
-
-    def finish(self, run_id: str, status: str, end_time: float) -> None:
-        r = self.runs[run_id]
-        self.runs[run_id] = RunInfo(r.run_id, status, r.tags, r.creation_time, r.start_time, end_time)
-
-    def submit_run(self, job: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        self._check()
-        if self.reject is not None:
-            raise self.reject
-        self.submitted.append((job, copy.deepcopy(dict(run_config)), dict(tags)))
-        return self.add_run("QUEUED", tags)
-
-    def find_runs(self, tags: Mapping[str, str], *, statuses: Iterable[str] | None = None, limit: int | None = 100) -> list[RunInfo]:
-        self._check()
-        wanted = set(statuses) if statuses is not None else None
-        found = [r for r in self.runs.values() if all(r.tags.get(k) == v for k, v in tags.items()) and (wanted is None or r.status in wanted)]
-        return list(reversed(found))[:limit]
-
-    def get_run(self, run_id: str) -> RunInfo:
-        self._check()
-        if run_id not in self.runs:
-            raise RunNotFound(run_id)
-        return self.runs[run_id]
-
-    def get_runs(self, run_ids: Iterable[str]) -> dict[str, RunInfo]:
-        self._check()
-        return {r: self.runs[r] for r in run_ids if r in self.runs}
-
-    def failure_message(self, run_id: str) -> str | None:
-        self._check()
-        return self.failure_messages.get(run_id)
-
-    def terminate_run(self, run_id: str) -> str:
-        self._check()
-        self.terminated.append(run_id)
-        if run_id not in self.runs:
-            return "not-found"
-        r = self.runs[run_id]
-        if r.finished:
-            return "not-terminable"
-        self.runs[run_id] = RunInfo(r.run_id, "CANCELING", r.tags, r.creation_time)
-        return "terminated"
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+def run_tags(task: dict[str, Any]) -> dict[str, str]:
+    return contract.run_tags(task, vocabulary.KIND_TASK)
 
 
 class World:
@@ -207,7 +28,7 @@ class World:
         self.clock = Clock()
         self.kube = FakeKube()
         self.dagster = FakeDagster(self.clock)
-        self.store = TaskStore(clock=self.clock)
+        self.store = task_store(self.clock)
         self.limits = WorkspaceLimits(self.kube, clock=self.clock)
         self.enqueued: list[tuple[tuple[str, str], float]] = []
         self.r = Reconciler(
@@ -248,7 +69,7 @@ class World:
         }
         if status:
             obj["status"] = status
-        stored = self.kube.add(obj)
+        stored = self.kube.add("tasks", obj)
         self.r.observe(None, stored)
         return stored
 
@@ -256,12 +77,12 @@ class World:
         obj = {"metadata": {"name": name, "namespace": NS}, "spec": {"serviceAccountName": "agent"}}
         if limit is not None:
             obj["spec"]["maxConcurrentTasks"] = limit
-        self.kube.workspaces[(NS, name)] = obj
+        self.kube.objs[("workspaceconfigs", NS, name)] = obj
         self.r.observe_workspace(None, copy.deepcopy(obj))
 
     def sync(self, name: str) -> dict[str, Any]:
         """Deliver the current object as a watch event (what kopf would do)."""
-        obj = self.kube.get_task(NS, name)
+        obj = self.kube.get("tasks", NS, name)
         assert obj is not None
         self.r.observe("MODIFIED", obj)
         return obj
@@ -269,8 +90,11 @@ class World:
     def reconcile(self, name: str) -> float | None:
         return self.r.reconcile_key((NS, name))
 
+    def status(self, name: str) -> dict[str, Any]:
+        return self.kube.status_of("tasks", name)
+
     def condition(self, name: str, type_: str = "Ready") -> dict[str, Any]:
-        return next(c for c in self.kube.status(name).get("conditions", []) if c["type"] == type_)
+        return next(c for c in self.status(name).get("conditions", []) if c["type"] == type_)
 
 
 def running_status(run_id: str, job: str | None = None) -> dict[str, Any]:
@@ -291,10 +115,20 @@ def test_new_task_is_submitted_with_the_contract_tags_and_config():
     assert len(w.dagster.submitted) == 1
     job, config, tags = w.dagster.submitted[0]
     assert job == "task_job"
-    assert config == {"ops": {"prepare_task": {"config": {"namespace": NS, "name": "a", "uid": t["metadata"]["uid"], "generation": 3}}}}
-    assert tags == {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "a", TAG_UID: t["metadata"]["uid"], TAG_GENERATION: "3"}
+    assert config == {
+        "ops": {
+            "prepare_task": {"config": {"namespace": NS, "name": "a", "uid": t["metadata"]["uid"], "generation": 3}}
+        }
+    }
+    assert tags == {
+        TAG_KIND: "Task",
+        TAG_NAMESPACE: NS,
+        TAG_NAME: "a",
+        TAG_UID: t["metadata"]["uid"],
+        TAG_GENERATION: "3",
+    }
     assert all(isinstance(v, str) for v in tags.values())
-    st = w.kube.status("a")
+    st = w.status("a")
     run_id = st["dagsterRunId"]
     assert st["phase"] == "Pending"
     assert st["dagsterRunUrl"] == f"http://dagster.test/runs/{run_id}"
@@ -308,7 +142,7 @@ def test_helpers_match_the_contract():
     w = World()
     t = w.task("x", generation=2)
     assert run_tags(t)[TAG_GENERATION] == "2"
-    assert run_config(t)["ops"]["prepare_task"]["config"]["generation"] == 2
+    assert contract.task_run_config(t)["ops"]["prepare_task"]["config"]["generation"] == 2
 
 
 def test_existing_run_found_by_tags_is_used_not_resubmitted():
@@ -317,7 +151,7 @@ def test_existing_run_found_by_tags_is_used_not_resubmitted():
     existing = w.dagster.add_run("STARTED", run_tags(t))
     w.reconcile("a")
     assert w.dagster.submitted == []
-    assert w.kube.status("a")["dagsterRunId"] == existing
+    assert w.status("a")["dagsterRunId"] == existing
 
 
 def test_a_run_of_an_older_generation_is_not_reused():
@@ -335,10 +169,10 @@ def test_crash_between_submit_and_status_write_does_not_submit_twice():
     delay = w.reconcile("a")
     assert delay is not None and delay > 0
     assert len(w.dagster.submitted) == 1
-    assert "dagsterRunId" not in w.kube.status("a")
+    assert "dagsterRunId" not in w.status("a")
     w.reconcile("a")  # retry (or a restarted bridge)
     assert len(w.dagster.submitted) == 1
-    assert w.kube.status("a")["dagsterRunId"] == "run-1"
+    assert w.status("a")["dagsterRunId"] == "run-1"
 
 
 def test_conflict_on_status_write_rereads_and_never_overwrites_the_runs_phase():
@@ -346,11 +180,11 @@ def test_conflict_on_status_write_rereads_and_never_overwrites_the_runs_phase():
     w.task("a")
 
     def op_writes_running(ns: str, name: str) -> None:  # the run was fast: its op wrote Running first
-        w.kube.write_status(ns, name, {"phase": "Running", "jobName": "a-job-1", "attempt": 1})
+        w.kube.write_status("tasks", name, {"phase": "Running", "jobName": "a-job-1", "attempt": 1})
 
     w.kube.before_patch = op_writes_running
     assert w.reconcile("a") is None
-    st = w.kube.status("a")
+    st = w.status("a")
     assert st["phase"] == "Running"  # not moved back to Pending
     assert st["jobName"] == "a-job-1"
     assert st["dagsterRunId"] == "run-1"
@@ -365,21 +199,24 @@ def test_terminal_tasks_and_tasks_with_runs_are_not_submitted():
     w.reconcile("done")
     w.reconcile("failed")
     assert w.dagster.submitted == []
-    assert w.kube.patches == []
+    assert w.kube.status_patches == []
 
 
 def test_tasks_executed_by_a_batchrun_are_left_alone():
     w = World()
     w.task("b", annotations={"kubetask.io/executed-by": "run-batch"})
-    w.task("c", annotations={"kubetask.io/executed-by": "run-batch", "kubetask.io/stop": "true"},
-           status={"phase": "Running", "dagsterRunId": "run-batch"})
+    w.task(
+        "c",
+        annotations={"kubetask.io/executed-by": "run-batch", "kubetask.io/stop": "true"},
+        status={"phase": "Running", "dagsterRunId": "run-batch"},
+    )
     assert all(k[1] not in ("b", "c") for k, _ in w.enqueued)
     w.reconcile("b")
     w.reconcile("c")
     w.r.periodic()
-    assert w.dagster.submitted == [] and w.dagster.terminated == [] and w.kube.patches == []
+    assert w.dagster.submitted == [] and w.dagster.terminated == [] and w.kube.status_patches == []
     assert all(k[1] not in ("b", "c") for k, _ in w.enqueued)
-    w.r.observe("DELETED", w.kube.get_task(NS, "c"))
+    w.r.observe("DELETED", w.kube.get("tasks", NS, "c"))
     w.reconcile("c")
     assert w.dagster.terminated == []
 
@@ -394,13 +231,13 @@ def test_dagster_unreachable_keeps_the_task_waiting_then_submits():
     w.clock.t += first
     second = w.reconcile("a")
     assert second is not None and second > first  # backoff grows per scheduled retry
-    st = w.kube.status("a")
+    st = w.status("a")
     assert "dagsterRunId" not in st
     assert w.condition("a")["reason"] == "DagsterUnavailable"
     assert w.kube.reasons("a").count("DagsterUnavailable") == 1  # noted once, not per attempt
     w.dagster.unavailable = False
     assert w.reconcile("a") is None
-    assert w.kube.status("a")["phase"] == "Pending"
+    assert w.status("a")["phase"] == "Pending"
     assert w.condition("a")["reason"] == "RunSubmitted"
 
 
@@ -409,7 +246,7 @@ def test_rejected_submission_fails_the_task():
     w.task("a")
     w.dagster.reject = DagsterRejected("RunConfigValidationInvalid", 'Missing required config entry "uid"')
     assert w.reconcile("a") is None
-    st = w.kube.status("a")
+    st = w.status("a")
     assert st["phase"] == "Failed"
     ready = w.condition("a")
     assert ready["reason"] == "RunSubmissionFailed"
@@ -445,15 +282,15 @@ def test_task_is_queued_at_the_limit_and_not_submitted():
     w.task("b")
     w.reconcile("b")
     assert w.dagster.submitted == []
-    st = w.kube.status("b")
+    st = w.status("b")
     assert st["phase"] == "Queued"
     ready = w.condition("b")
     assert ready["reason"] == "WorkspaceConcurrencyLimit"
     assert "at most 1 concurrent Task" in ready["message"] and '"default"' in ready["message"]
     assert w.kube.reasons("b") == ["Queued"]
-    patches = len(w.kube.patches)
+    patches = len(w.kube.status_patches)
     w.reconcile("b")  # nothing changed: no new write, no new Event
-    assert len(w.kube.patches) == patches and w.kube.reasons("b") == ["Queued"]
+    assert len(w.kube.status_patches) == patches and w.kube.reasons("b") == ["Queued"]
 
 
 def test_limit_counts_only_tasks_of_the_same_workspace_with_a_run():
@@ -462,12 +299,17 @@ def test_limit_counts_only_tasks_of_the_same_workspace_with_a_run():
     w.task("other-ws", status={"phase": "Running", "dagsterRunId": "r0"})  # default WorkspaceConfig
     w.task("pending-no-run", workspace="small", status={"phase": "Pending"})  # no run: holds no slot
     w.task("active", workspace="small", status={"phase": "Pending", "dagsterRunId": "r1"})
-    w.task("batch", workspace="small", annotations={"kubetask.io/executed-by": "rb"}, status={"phase": "Running", "dagsterRunId": "rb"})
+    w.task(
+        "batch",
+        workspace="small",
+        annotations={"kubetask.io/executed-by": "rb"},
+        status={"phase": "Running", "dagsterRunId": "rb"},
+    )
     w.task("new", workspace="small")
     w.reconcile("new")
-    assert w.kube.status("new")["phase"] == "Queued"  # active + batch = 2 = limit
+    assert w.status("new")["phase"] == "Queued"  # active + batch = 2 = limit
     w.reconcile("pending-no-run")  # older than "new", but also no slot
-    assert w.kube.status("pending-no-run")["phase"] == "Queued"
+    assert w.status("pending-no-run")["phase"] == "Queued"
 
 
 def test_fifo_release_when_a_slot_frees():
@@ -478,18 +320,18 @@ def test_fifo_release_when_a_slot_frees():
     w.task("newer")
     w.reconcile("newer")
     w.reconcile("older")
-    assert w.kube.status("older")["phase"] == w.kube.status("newer")["phase"] == "Queued"
+    assert w.status("older")["phase"] == w.status("newer")["phase"] == "Queued"
     w.enqueued.clear()
-    w.kube.write_status(NS, "first", {"phase": "Completed"})
+    w.kube.write_status("tasks", "first", {"phase": "Completed"})
     w.sync("first")  # the watch event: a slot freed
     assert [k[1] for k, _ in w.enqueued] == ["older"]  # only the head of the queue
     w.reconcile("newer")  # out of order: still behind "older"
-    assert w.kube.status("newer")["phase"] == "Queued"
+    assert w.status("newer")["phase"] == "Queued"
     w.reconcile("older")
-    assert w.kube.status("older")["phase"] == "Pending"
+    assert w.status("older")["phase"] == "Pending"
     assert [t[2][TAG_NAME] for t in w.dagster.submitted] == ["older"]
     w.reconcile("newer")
-    assert w.kube.status("newer")["phase"] == "Queued"  # "older" holds the only slot now
+    assert w.status("newer")["phase"] == "Queued"  # "older" holds the only slot now
 
 
 def test_free_slots_admit_several_in_order():
@@ -499,8 +341,8 @@ def test_free_slots_admit_several_in_order():
         w.task(name)
     for name in ("t3", "t2", "t1"):  # workers may take them in any order
         w.reconcile(name)
-    assert w.kube.status("t3")["phase"] == "Queued"
-    assert {w.kube.status(n)["phase"] for n in ("t1", "t2")} == {"Pending"}
+    assert w.status("t3")["phase"] == "Queued"
+    assert {w.status(n)["phase"] for n in ("t1", "t2")} == {"Pending"}
 
 
 def test_concurrent_admissions_respect_the_limit():
@@ -557,7 +399,7 @@ def test_stop_without_a_run_sets_stopped():
     w.task("a", annotations={"kubetask.io/stop": "true"})
     w.reconcile("a")
     assert w.dagster.submitted == []
-    assert w.kube.status("a")["phase"] == "Stopped"
+    assert w.status("a")["phase"] == "Stopped"
     assert w.condition("a")["reason"] == "StopRequested"
     assert w.kube.reasons("a") == ["StopRequested"]
 
@@ -568,10 +410,10 @@ def test_stop_of_a_queued_task_frees_its_place():
     w.task("busy", status={"phase": "Running", "dagsterRunId": "r0"})
     w.task("q1")
     w.reconcile("q1")
-    w.kube.tasks[(NS, "q1")]["metadata"]["annotations"]["kubetask.io/stop"] = "true"
+    w.kube.objs[("tasks", NS, "q1")]["metadata"]["annotations"]["kubetask.io/stop"] = "true"
     w.sync("q1")
     w.reconcile("q1")
-    assert w.kube.status("q1")["phase"] == "Stopped"
+    assert w.status("q1")["phase"] == "Stopped"
 
 
 def test_stop_without_a_recorded_run_terminates_a_run_found_by_tags():
@@ -580,14 +422,14 @@ def test_stop_without_a_recorded_run_terminates_a_run_found_by_tags():
     lost = w.dagster.add_run("QUEUED", run_tags(t))
     w.reconcile("a")
     assert w.dagster.terminated == [lost]
-    assert w.kube.status("a")["phase"] == "Stopped"
+    assert w.status("a")["phase"] == "Stopped"
 
 
 def test_stop_with_a_run_terminates_it_once_then_records_the_cancel():
     w = World(grace=5)
     t = w.task("a", annotations={"kubetask.io/stop": "true"}, status=running_status("placeholder"))
     run_id = w.dagster.add_run("STARTED", run_tags(t))
-    w.kube.write_status(NS, "a", {"dagsterRunId": run_id})
+    w.kube.write_status("tasks", "a", {"dagsterRunId": run_id})
     w.sync("a")
     assert w.reconcile("a") is None
     assert w.dagster.terminated == [run_id]
@@ -595,14 +437,14 @@ def test_stop_with_a_run_terminates_it_once_then_records_the_cancel():
     w.reconcile("a")  # again soon: no second terminate, no second Event
     assert w.dagster.terminated == [run_id]
     assert w.kube.reasons("a") == ["StopRequested"]
-    assert w.kube.status("a")["phase"] == "Running"  # the op records Stopped itself
+    assert w.status("a")["phase"] == "Running"  # the op records Stopped itself
     # The run got canceled but its op never wrote (e.g. the run worker died): after the grace, the bridge does.
     w.dagster.finish(run_id, "CANCELED", end_time=w.clock.t)
     delay = w.reconcile("a")
     assert delay is not None and 0 < delay <= 5.5
     w.clock.t += 6
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Stopped"
+    assert w.status("a")["phase"] == "Stopped"
     assert w.condition("a")["reason"] == "RunCanceled"
 
 
@@ -624,7 +466,7 @@ def test_deleting_a_task_with_an_active_run_terminates_the_run():
     w = World()
     t = w.task("a", status=running_status("r1", "a-job-1"))
     w.dagster.add_run("STARTED", run_tags(t), run_id="r1")
-    gone = w.kube.tasks.pop((NS, "a"))
+    gone = w.kube.objs.pop(("tasks", NS, "a"))
     w.r.observe("DELETED", gone)
     assert w.store.get((NS, "a")) is None
     assert ((NS, "a"), 0.0) in w.enqueued
@@ -638,7 +480,7 @@ def test_deleting_a_task_with_an_active_run_terminates_the_run():
 def test_deleting_a_finished_task_terminates_nothing():
     w = World()
     w.task("a", status={"phase": "Completed", "dagsterRunId": "r1"})
-    gone = w.kube.tasks.pop((NS, "a"))
+    gone = w.kube.objs.pop(("tasks", NS, "a"))
     w.r.observe("DELETED", gone)
     w.reconcile("a")
     assert w.dagster.terminated == []
@@ -648,9 +490,21 @@ def test_orphan_sweep_terminates_runs_of_tasks_that_no_longer_exist():
     w = World()
     t = w.task("alive", status=running_status("r1"))
     w.dagster.add_run("STARTED", run_tags(t), run_id="r1")
-    w.dagster.add_run("QUEUED", {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "gone", TAG_UID: "u-gone", TAG_GENERATION: "1"}, run_id="r2")
-    w.dagster.add_run("STARTED", {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "alive", TAG_UID: "older-uid", TAG_GENERATION: "1"}, run_id="r3")
-    w.dagster.add_run("SUCCESS", {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "gone2", TAG_UID: "u2", TAG_GENERATION: "1"}, run_id="r4")
+    w.dagster.add_run(
+        "QUEUED",
+        {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "gone", TAG_UID: "u-gone", TAG_GENERATION: "1"},
+        run_id="r2",
+    )
+    w.dagster.add_run(
+        "STARTED",
+        {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "alive", TAG_UID: "older-uid", TAG_GENERATION: "1"},
+        run_id="r3",
+    )
+    w.dagster.add_run(
+        "SUCCESS",
+        {TAG_KIND: "Task", TAG_NAMESPACE: NS, TAG_NAME: "gone2", TAG_UID: "u2", TAG_GENERATION: "1"},
+        run_id="r4",
+    )
     assert w.r.sweep_orphans() == 2
     assert sorted(w.dagster.terminated) == ["r2", "r3"]
 
@@ -665,7 +519,7 @@ def test_failed_run_without_status_fails_the_task_with_dagsters_message():
     w.dagster.add_run("FAILURE", run_tags(t), end_time=T0 - 10, run_id="r1")
     w.dagster.failure_messages["r1"] = "step prepare_task failed: ConnectionError: API server unreachable"
     assert w.reconcile("a") is None
-    st = w.kube.status("a")
+    st = w.status("a")
     assert st["phase"] == "Failed"
     ready = w.condition("a")
     assert ready["reason"] == "RunFailed"
@@ -681,12 +535,12 @@ def test_grace_lets_the_ops_own_write_win():
     w.dagster.add_run("SUCCESS", run_tags(t), end_time=T0 - 1, run_id="r1")
     delay = w.reconcile("a")
     assert delay is not None and 3.9 <= delay <= 5.2
-    assert w.kube.patches == []
-    w.kube.write_status(NS, "a", {"phase": "Completed", "exitCode": 0})  # the op's write lands late
+    assert w.kube.status_patches == []
+    w.kube.write_status("tasks", "a", {"phase": "Completed", "exitCode": 0})  # the op's write lands late
     w.clock.t += 5
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Completed"
-    assert w.kube.patches == []
+    assert w.status("a")["phase"] == "Completed"
+    assert w.kube.status_patches == []
 
 
 def test_a_terminal_write_during_the_check_is_not_overwritten():
@@ -694,9 +548,9 @@ def test_a_terminal_write_during_the_check_is_not_overwritten():
     t = w.task("a", status=running_status("r1", "a-job-1"))
     w.kube.jobs.add((NS, "a-job-1"))
     w.dagster.add_run("FAILURE", run_tags(t), end_time=T0 - 30, run_id="r1")
-    w.kube.write_status(NS, "a", {"phase": "Failed"})  # the store still says Running; the API says Failed
+    w.kube.write_status("tasks", "a", {"phase": "Failed"})  # the store still says Running; the API says Failed
     w.reconcile("a")
-    assert w.kube.patches == []
+    assert w.kube.status_patches == []
 
 
 def test_canceled_run_stops_the_task():
@@ -704,7 +558,7 @@ def test_canceled_run_stops_the_task():
     t = w.task("a", status=running_status("r1", "a-job-1"))
     w.dagster.add_run("CANCELED", run_tags(t), end_time=T0 - 10, run_id="r1")
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Stopped"
+    assert w.status("a")["phase"] == "Stopped"
     assert w.condition("a")["reason"] == "RunCanceled"
 
 
@@ -713,7 +567,7 @@ def test_successful_run_that_wrote_nothing_fails_the_task():
     t = w.task("a", status={"phase": "Pending", "dagsterRunId": "r1"})
     w.dagster.add_run("SUCCESS", run_tags(t), end_time=T0 - 10, run_id="r1")
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Failed"
+    assert w.status("a")["phase"] == "Failed"
     assert w.condition("a")["reason"] == "RunEndedWithoutStatus"
 
 
@@ -721,7 +575,7 @@ def test_missing_run_fails_the_task():
     w = World()
     w.task("a", status={"phase": "Pending", "dagsterRunId": "vanished"})
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Failed"
+    assert w.status("a")["phase"] == "Failed"
     assert w.condition("a")["reason"] == "RunNotFound"
 
 
@@ -730,7 +584,7 @@ def test_deleted_job_with_a_live_run_is_left_to_the_op():
     t = w.task("a", status=running_status("r1", "a-job-1"))
     w.dagster.add_run("STARTED", run_tags(t), run_id="r1")
     assert w.reconcile("a") is None
-    assert w.kube.patches == []
+    assert w.kube.status_patches == []
 
 
 def test_deleted_job_and_ended_run_fail_the_task_with_job_deleted():
@@ -738,7 +592,7 @@ def test_deleted_job_and_ended_run_fail_the_task_with_job_deleted():
     t = w.task("a", status=running_status("r1", "a-job-1"))
     w.dagster.add_run("FAILURE", run_tags(t), end_time=T0 - 10, run_id="r1")
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Failed"
+    assert w.status("a")["phase"] == "Failed"
     assert w.condition("a")["reason"] == "JobDeleted"
     assert "a-job-1" in w.condition("a")["message"]
 
@@ -748,10 +602,10 @@ def test_grace_without_end_time_counts_from_first_sight():
     t = w.task("a", status={"phase": "Pending", "dagsterRunId": "r1"})
     w.dagster.add_run("FAILURE", run_tags(t), end_time=None, run_id="r1")
     assert (w.reconcile("a") or 0) > 0
-    assert w.kube.patches == []
+    assert w.kube.status_patches == []
     w.clock.t += 6
     w.reconcile("a")
-    assert w.kube.status("a")["phase"] == "Failed"
+    assert w.status("a")["phase"] == "Failed"
 
 
 def test_a_reexecution_started_in_dagster_is_adopted_not_failed():
@@ -761,7 +615,7 @@ def test_a_reexecution_started_in_dagster_is_adopted_not_failed():
     w.dagster.add_run("FAILURE", run_tags(t), end_time=T0 - 30, run_id="r1")
     w.dagster.add_run("STARTED", run_tags(t), run_id="r2")  # "re-execute" in the UI copies the tags
     w.reconcile("a")
-    st = w.kube.status("a")
+    st = w.status("a")
     assert st["phase"] == "Running" and st["dagsterRunId"] == "r2"
     assert "RunAdopted" in w.kube.reasons("a")
 
@@ -802,7 +656,7 @@ def test_unexpected_errors_are_contained_and_backed_off(caplog):
 def test_task_deleted_between_read_and_write_is_dropped():
     w = World()
     w.task("a")
-    w.kube.before_patch = lambda ns, name: w.kube.tasks.pop((ns, name))
+    w.kube.before_patch = lambda ns, name: w.kube.objs.pop(("tasks", ns, name))
     assert w.reconcile("a") is None
     assert w.store.get((NS, "a")) is None
 
@@ -811,7 +665,7 @@ def test_relist_drops_tasks_deleted_while_the_watch_was_away():
     w = World()
     t = w.task("a", status=running_status("r1"))
     w.dagster.add_run("STARTED", run_tags(t), run_id="r1")
-    w.kube.tasks.pop((NS, "a"))
+    w.kube.objs.pop(("tasks", NS, "a"))
     w.clock.t += 1
     w.r.relist(w.clock())
     assert w.store.get((NS, "a")) is None
@@ -822,54 +676,14 @@ def test_relist_drops_tasks_deleted_while_the_watch_was_away():
 # --- caches and queue --------------------------------------------------------------------------
 
 
-def test_store_ignores_older_versions_of_the_same_object():
-    store = TaskStore()
-    new = {"metadata": {"name": "a", "namespace": NS, "uid": "u", "resourceVersion": "10"}, "status": {"phase": "Running"}}
-    old = {"metadata": {"name": "a", "namespace": NS, "uid": "u", "resourceVersion": "9"}, "status": {"phase": "Pending"}}
-    store.put(new)
-    store.put(old)
-    assert store.get((NS, "a"))["status"]["phase"] == "Running"
-    recreated = {"metadata": {"name": "a", "namespace": NS, "uid": "u2", "resourceVersion": "5"}}
-    store.put(recreated)
-    assert store.get((NS, "a"))["metadata"]["uid"] == "u2"
-
-
-def test_work_queue_deduplicates_and_requeues_keys_added_while_processing():
-    q = WorkQueue()
-    q.add(("n", "a"))
-    q.add(("n", "a"))
-    q.add(("n", "b"))
-    assert len(q) == 2
-    k = q.get(timeout=0)
-    assert k == ("n", "a")
-    q.add(("n", "a"))  # while processing: not handed to a second worker
-    assert q.get(timeout=0) == ("n", "b")
-    assert q.get(timeout=0) is None
-    q.done(("n", "a"))
-    assert q.get(timeout=0) == ("n", "a")
-
-
-def test_work_queue_delays():
-    clock = Clock(0.0)
-    q = WorkQueue(clock=clock)
-    q.add_after(("n", "a"), 5)
-    assert q.get(timeout=0) is None
-    clock.t = 5.0
-    assert q.get(timeout=0) == ("n", "a")
-
-
-def test_work_queue_shutdown_wakes_workers():
-    q = WorkQueue()
-    got: list[Any] = []
-    th = threading.Thread(target=lambda: got.append(q.get()))
-    th.start()
-    q.shutdown()
-    th.join(timeout=5)
-    assert got == [None]
-
-
-@pytest.mark.parametrize("value,expected", [("true", True), ("True", True), ("false", False), ("", False)])
-def test_stop_annotation_values(value, expected):
-    from crd_bridge.tasks import stop_requested
-
-    assert stop_requested({"metadata": {"annotations": {"kubetask.io/stop": value}}}) is expected
+@pytest.mark.parametrize(
+    "value,stops", [("true", True), ("True", True), (" true ", True), ("false", False), ("", False)]
+)
+def test_stop_annotation_values(value, stops):
+    """kubetask.io/stop is read by vocabulary.stop_requested, as the run's ops read it."""
+    w = World()
+    w.task("a", annotations={"kubetask.io/stop": value})
+    w.reconcile("a")
+    assert w.status("a")["phase"] == ("Stopped" if stops else "Pending")
+    assert bool(w.dagster.submitted) is not stops
+    assert vocabulary.stop_requested({"kubetask.io/stop": value}) is stops

@@ -3,241 +3,29 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from crd_bridge import batchruns as br
-from crd_bridge.batchruns import (
-    BatchRunReconciler,
-    BatchRunStore,
-    BatchTaskIndex,
-    finalized,
-    identity_tags,
-    run_tags,
-)
-from crd_bridge.dagster_client import (
-    PARENT_RUN_ID_TAG,
-    DagsterClient,
-    DagsterRejected,
-    DagsterUnavailable,
-    RunInfo,
-    RunNotFound,
-)
-from crd_bridge.tasks import TAG_KIND, TAG_UID, Conflict, Gone, TaskStore
+from crd_bridge import watch
+from crd_bridge.batchruns import BatchRunReconciler, finalized
+from crd_bridge.cache import ObjectStore
+from crd_bridge.dagster.client import PARENT_RUN_ID_TAG, DagsterRejected, RunInfo
+from kubetask import vocabulary
+from kubetask.domain import runs as contract
+from kubetask.vocabulary import TAG_KIND, TAG_UID
+from tests.unit.bridge.bridge_fakes import NS, T0, Clock, FakeDagster, FakeKube, task_store
 
-NS = "team"
-T0 = 1_800_000_000.0
 UID = "br-uid-1"
 
 
-# --- fakes -------------------------------------------------------------------------------------
+def run_tags(obj: dict[str, Any]) -> dict[str, str]:
+    return contract.run_tags(obj, vocabulary.KIND_BATCHRUN)
 
 
-def merge(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386 JSON merge patch."""
-    for k, v in patch.items():
-        if v is None:
-            target.pop(k, None)
-        elif isinstance(v, Mapping) and isinstance(target.get(k), dict):
-            merge(target[k], v)
-        else:
-            target[k] = copy.deepcopy(v)
-    return target
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.objs: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
-        self.events: list[tuple[str, str, str, bool]] = []
-        self.status_patches: list[tuple[str, dict[str, Any]]] = []
-        self.meta_patches: list[tuple[str, dict[str, Any]]] = []
-        self.rv = 100
-        self.before_patch: Callable[[], None] | None = None
-
-    def _bump(self, obj: dict[str, Any]) -> None:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-
-    def add(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("namespace", NS)
-        self._bump(obj)
-        self.objs[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
-        return copy.deepcopy(obj)
-
-    def write_status(self, plural: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        """A write by someone else (the run's ops): no precondition."""
-        obj = self.objs[(plural, NS, name)]
-        merge(obj.setdefault("status", {}), status)
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    def annotate(self, name: str, **values: str | None) -> dict[str, Any]:
-        """annotate("br", kubetask_pause="true") sets kubetask.io/pause; None removes it."""
-        obj = self.objs[("batchruns", NS, name)]
-        merge(obj["metadata"].setdefault("annotations", {}), {k.replace("kubetask_", "kubetask.io/", 1): v for k, v in values.items()})
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    def _get(self, plural: str, ns: str, name: str) -> dict[str, Any] | None:
-        obj = self.objs.get((plural, ns, name))
-        return copy.deepcopy(obj) if obj is not None else None
-
-    def _patch(self, plural: str, ns: str, name: str, rv: str | None, body: Mapping[str, Any], where: str) -> dict[str, Any]:
-        if self.before_patch is not None:
-            hook, self.before_patch = self.before_patch, None
-            hook()
-        obj = self.objs.get((plural, ns, name))
-        if obj is None:
-            raise Gone(name)
-        if rv is not None and rv != obj["metadata"]["resourceVersion"]:
-            raise Conflict(name)
-        if where == "status":
-            self.status_patches.append((name, copy.deepcopy(dict(body))))
-            merge(obj.setdefault("status", {}), body)
-        else:
-            self.meta_patches.append((name, copy.deepcopy(dict(body))))
-            merge(obj["metadata"], body)
-        self._bump(obj)
-        return copy.deepcopy(obj)
-
-    # BatchRunKubeApi
-    def get_batchrun(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get("batchruns", namespace, name)
-
-    def list_batchruns(self, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (p, ns, _), o in self.objs.items() if p == "batchruns" and (not namespaces or ns in namespaces)]
-
-    def patch_batchrun_status(self, namespace, name, resource_version, status):
-        return self._patch("batchruns", namespace, name, resource_version, status, "status")
-
-    def patch_batchrun_metadata(self, namespace, name, resource_version, metadata):
-        return self._patch("batchruns", namespace, name, resource_version, metadata, "metadata")
-
-    def get_batch(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get("batches", namespace, name)
-
-    def list_batchrun_tasks(self, namespace: str, batchrun: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (p, ns, _), o in self.objs.items()
-                if p == "tasks" and ns == namespace and (o["metadata"].get("labels") or {}).get("kubetask.io/batch-run") == batchrun]
-
-    def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get("tasks", namespace, name)
-
-    def patch_task_status(self, namespace, name, resource_version, status):
-        return self._patch("tasks", namespace, name, resource_version, status, "status")
-
-    def emit_event(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-        self.events.append((obj["metadata"]["name"], reason, message, warning))
-
-    # helpers
-    def batchrun(self, name: str = "br") -> dict[str, Any]:
-        return copy.deepcopy(self.objs[("batchruns", NS, name)])
-
-    def status(self, name: str = "br") -> dict[str, Any]:
-        return self.batchrun(name).get("status") or {}
-
-    def task(self, name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.objs[("tasks", NS, name)])
-
-    def reasons(self, name: str = "br") -> list[str]:
-        return [r for n, r, _, _ in self.events if n == name]
-
-
-class FakeDagster:
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.runs: dict[str, RunInfo] = {}
-        self.order: list[str] = []
-        self.submitted: list[tuple[str, dict[str, Any], dict[str, str]]] = []
-        self.reexecuted: list[tuple[str, str, bool]] = []
-        self.terminated: list[str] = []
-        self.unavailable = False
-        self.reject: DagsterRejected | None = None
-        self.reexecute_reject: DagsterRejected | None = None
-        self.failure_messages: dict[str, str] = {}
-        self._n = 0
-        self.failing = False
-        self.available = True
-
-    def _check(self) -> None:
-        if self.unavailable:
-            raise DagsterUnavailable("connection refused")
-
-    def add_run(self, status: str, tags: Mapping[str, str], end_time: float | None = None, run_id: str | None = None) -> str:
-        self._n += 1
-        run_id = run_id or f"run-{self._n}"
-        self.runs[run_id] = RunInfo(run_id, status, dict(tags), creation_time=self.clock() + self._n * 1e-3, end_time=end_time)
-        self.order.append(run_id)
-        return run_id
-
-    def finish(self, run_id: str, status: str, end_time: float | None = None) -> None:
-        r = self.runs[run_id]
-        self.runs[run_id] = RunInfo(r.run_id, status, r.tags, r.creation_time, r.start_time, end_time if end_time is not None else self.clock())
-
-    def submit_run(self, job: str, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        self._check()
-        if self.reject is not None:
-            raise self.reject
-        self.submitted.append((job, copy.deepcopy(dict(run_config)), dict(tags)))
-        return self.add_run("QUEUED", tags)
-
-    def reexecute_steps(self, parent_run_id: str, step_keys: list[str]) -> str:
-        return self.reexecute_run(parent_run_id, strategy="STEPS " + " ".join(step_keys))
-
-    def reexecute_run(self, parent_run_id: str, *, strategy: str = "FROM_FAILURE", use_parent_run_tags: bool = True, extra_tags=None) -> str:
-        self._check()
-        if self.reexecute_reject is not None:
-            raise self.reexecute_reject
-        self.reexecuted.append((parent_run_id, strategy, use_parent_run_tags))
-        parent = self.runs[parent_run_id]
-        tags = {**(parent.tags if use_parent_run_tags else {}), PARENT_RUN_ID_TAG: parent_run_id}
-        return self.add_run("QUEUED", tags)
-
-    def find_runs(self, tags: Mapping[str, str], *, statuses: Iterable[str] | None = None, limit: int | None = 100) -> list[RunInfo]:
-        self._check()
-        wanted = set(statuses) if statuses is not None else None
-        found = [self.runs[i] for i in self.order
-                 if all(self.runs[i].tags.get(k) == v for k, v in tags.items()) and (wanted is None or self.runs[i].status in wanted)]
-        return list(reversed(found))[:limit]
-
-    get_run_calls = 0
-
-    def get_run(self, run_id: str) -> RunInfo:
-        self._check()
-        self.get_run_calls += 1
-        if run_id not in self.runs:
-            raise RunNotFound(run_id)
-        return self.runs[run_id]
-
-    def get_runs(self, run_ids: Iterable[str]) -> dict[str, RunInfo]:
-        self._check()
-        return {r: self.runs[r] for r in run_ids if r in self.runs}
-
-    def failure_message(self, run_id: str) -> str | None:
-        self._check()
-        return self.failure_messages.get(run_id)
-
-    def terminate_run(self, run_id: str) -> str:
-        self._check()
-        self.terminated.append(run_id)
-        if run_id not in self.runs:
-            return "not-found"
-        r = self.runs[run_id]
-        if r.finished:
-            return "not-terminable"
-        self.runs[run_id] = RunInfo(r.run_id, "CANCELING", r.tags, r.creation_time)
-        return "terminated"
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+def identity_tags(obj: dict[str, Any]) -> dict[str, str]:
+    return contract.identity_tags(obj, vocabulary.KIND_BATCHRUN)
 
 
 def config_of(ns: str, name: str, uid: str, parallelism: int) -> dict[str, Any]:
@@ -251,41 +39,72 @@ class Env:
         self.clock = Clock()
         self.kube = FakeKube()
         self.dagster = FakeDagster(self.clock)
-        self.tasks = TaskStore(clock=self.clock)
+        self.tasks = task_store(self.clock)
         self.queued: list[tuple[tuple[str, str], float]] = []
         self.r = BatchRunReconciler(
-            self.kube, self.dagster, BatchRunStore(clock=self.clock), BatchTaskIndex(), task_store=self.tasks,
-            run_config=config_of, run_url=lambda i: f"http://dagster/runs/{i}", grace=5.0, debounce=1.0,
-            enqueue=lambda key, delay: self.queued.append((key, delay)), clock=self.clock, **kwargs,
+            self.kube,
+            self.dagster,
+            ObjectStore(clock=self.clock),
+            self.tasks,
+            run_config=config_of,
+            run_url=lambda i: f"http://dagster/runs/{i}",
+            grace=5.0,
+            debounce=1.0,
+            enqueue=lambda key, delay: self.queued.append((key, delay)),
+            clock=self.clock,
+            **kwargs,
         )
 
     # objects
-    def batchrun(self, name: str = "br", annotations: dict[str, str] | None = None, status: dict[str, Any] | None = None,
-                 uid: str = UID, **spec: Any) -> dict[str, Any]:
+    def batchrun(
+        self,
+        name: str = "br",
+        annotations: dict[str, str] | None = None,
+        status: dict[str, Any] | None = None,
+        uid: str = UID,
+        **spec: Any,
+    ) -> dict[str, Any]:
         spec = spec or {"batchRef": "nightly"}
-        obj = {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
-               "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": 1, "annotations": annotations or {}},
-               "spec": spec}
+        obj = {
+            "apiVersion": "kubetask.io/v1alpha1",
+            "kind": "BatchRun",
+            "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": 1, "annotations": annotations or {}},
+            "spec": spec,
+        }
         if status:
             obj["status"] = status
         obj = self.kube.add("batchruns", obj)
         self.r.observe("ADDED", obj)
         return obj
 
+    def status(self, name: str = "br") -> dict[str, Any]:
+        return self.kube.status_of("batchruns", name)
+
     def refresh(self, name: str = "br") -> dict[str, Any]:
         """Deliver the current object as a watch event."""
-        obj = self.kube.batchrun(name)
+        obj = self.kube.obj("batchruns", name)
         self.r.observe("MODIFIED", obj)
         return obj
 
-    def task(self, i: int, phase: str | None, reason: str | None = None, batchrun: str = "br", owner: str = UID) -> dict[str, Any]:
+    def task(
+        self, i: int, phase: str | None, reason: str | None = None, batchrun: str = "br", owner: str = UID
+    ) -> dict[str, Any]:
         name = f"{batchrun}-task-{i}"
-        obj = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
-               "metadata": {"name": name, "namespace": NS, "uid": f"t-{batchrun}-{i}",
-                            "labels": {"kubetask.io/batch-run": batchrun},
-                            "annotations": {"kubetask.io/executed-by": f"batchrun/{batchrun}"},
-                            "ownerReferences": [{"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "name": batchrun, "uid": owner}]},
-               "spec": {"contexts": []}}
+        obj = {
+            "apiVersion": "kubetask.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "uid": f"t-{batchrun}-{i}",
+                "labels": {"kubetask.io/batch-run": batchrun},
+                "annotations": {"kubetask.io/executed-by": f"batchrun/{batchrun}"},
+                "ownerReferences": [
+                    {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "name": batchrun, "uid": owner}
+                ],
+            },
+            "spec": {"contexts": []},
+        }
         if phase:
             status: dict[str, Any] = {"phase": phase}
             if reason:
@@ -298,8 +117,7 @@ class Env:
             obj = copy.deepcopy(self.kube.objs[key])
         else:
             obj = self.kube.add("tasks", obj)
-        self.tasks.put(obj)
-        self.r.observe_task("MODIFIED", obj)
+        self.tasks.put(obj)  # what the Task part does with the watch event; the BatchRun hears of it
         return obj
 
     def reconcile(self, name: str = "br") -> float | None:
@@ -307,14 +125,16 @@ class Env:
 
     def expand(self, total: int, run_id: str, name: str = "br") -> None:
         """What expand_batch writes once every Task exists."""
-        self.kube.write_status("batchruns", name, {"phase": "Running", "dagsterRunId": run_id, "progress": {"total": total}})
+        self.kube.write_status(
+            "batchruns", name, {"phase": "Running", "dagsterRunId": run_id, "progress": {"total": total}}
+        )
         self.refresh(name)
 
     def running_batchrun(self, total: int = 4, phases: Sequence[str | None] = (), **kwargs: Any) -> str:
         """A submitted, expanded BatchRun whose Tasks have ``phases``; its run id."""
         self.batchrun(**kwargs)
         self.reconcile()
-        run_id = self.kube.status()["dagsterRunId"]
+        run_id = self.status()["dagsterRunId"]
         self.expand(total, run_id)
         for i, phase in enumerate(phases):
             self.task(i, phase, "AgentFailed" if phase == "Failed" else None)
@@ -343,23 +163,32 @@ def test_submits_batch_job_with_tags_run_config_and_records_the_run(env):
     [(job, config, tags)] = env.dagster.submitted
     assert job == "batch_job"
     assert config == {"ref": [NS, "br", UID], "parallelism": 7}
-    assert tags == {"kubetask.io/kind": "BatchRun", "kubetask.io/namespace": NS, "kubetask.io/name": "br",
-                    "kubetask.io/uid": UID, "kubetask.io/generation": "1", "kubetask.io/batch": "nightly"}
-    status = env.kube.status()
+    assert tags == {
+        "kubetask.io/kind": "BatchRun",
+        "kubetask.io/namespace": NS,
+        "kubetask.io/name": "br",
+        "kubetask.io/uid": UID,
+        "kubetask.io/generation": "1",
+        "kubetask.io/batch": "nightly",
+    }
+    status = env.status()
     assert status["dagsterRunId"] == "run-1" and status["dagsterRunUrl"] == "http://dagster/runs/run-1"
     assert status["phase"] == "Pending" and status["observedGeneration"] == 1
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("Unknown", "RunSubmitted")
-    assert env.kube.reasons() == ["RunSubmitted"]
+    assert env.kube.reasons("br") == ["RunSubmitted"]
 
 
-@pytest.mark.parametrize("spec, batch, expected", [
-    ({"batchRef": "nightly", "parallelism": 3}, {"parallelism": 7}, 3),
-    ({"batchRef": "nightly"}, {}, 10),
-    ({"batchRef": "absent"}, None, 10),  # expand_batch fails it with BatchNotFound
-    ({"batchSpec": {"commonContext": [], "variableContexts": [], "parallelism": 4}}, None, 4),
-    ({"batchSpec": {"commonContext": [], "variableContexts": []}}, None, 10),
-])
+@pytest.mark.parametrize(
+    "spec, batch, expected",
+    [
+        ({"batchRef": "nightly", "parallelism": 3}, {"parallelism": 7}, 3),
+        ({"batchRef": "nightly"}, {}, 10),
+        ({"batchRef": "absent"}, None, 10),  # expand_batch fails it with BatchNotFound
+        ({"batchSpec": {"commonContext": [], "variableContexts": [], "parallelism": 4}}, None, 4),
+        ({"batchSpec": {"commonContext": [], "variableContexts": []}}, None, 10),
+    ],
+)
 def test_parallelism_from_batchrun_then_batch_then_default(env, spec, batch, expected):
     if batch is not None:
         env.kube.add("batches", {"metadata": {"name": "nightly"}, "spec": batch})
@@ -374,7 +203,7 @@ def test_restart_between_submit_and_status_write_finds_the_run(env):
     env.dagster.add_run("STARTED", run_tags(obj))  # submitted by the previous bridge process
     env.reconcile()
     assert env.dagster.submitted == []
-    assert env.kube.status()["dagsterRunId"] == "run-1"
+    assert env.status()["dagsterRunId"] == "run-1"
 
 
 def test_identity_is_uid_and_generation(env):
@@ -384,11 +213,12 @@ def test_identity_is_uid_and_generation(env):
 
 def test_expand_writing_first_causes_a_reread_not_a_second_run(env):
     env.batchrun()
-    env.kube.before_patch = lambda: env.kube.write_status("batchruns", "br", {"phase": "Running", "dagsterRunId": "run-1",
-                                                                              "progress": {"total": 2}})
+    env.kube.before_patch = lambda ns, name: env.kube.write_status(
+        "batchruns", "br", {"phase": "Running", "dagsterRunId": "run-1", "progress": {"total": 2}}
+    )
     env.reconcile()
     assert len(env.dagster.submitted) == 1
-    status = env.kube.status()
+    status = env.status()
     assert status["dagsterRunId"] == "run-1" and status["phase"] == "Running"
 
 
@@ -405,11 +235,11 @@ def test_the_run_of_a_scheduled_batchrun_is_found_by_tags_and_followed(env):
     run_id = env.dagster.add_run("STARTED", run_tags(obj))
     env.reconcile()
     assert env.dagster.submitted == []
-    assert env.kube.status()["dagsterRunId"] == run_id and env.kube.status()["phase"] == "Pending"
+    assert env.status()["dagsterRunId"] == run_id and env.status()["phase"] == "Pending"
     env.dagster.failure_messages[run_id] = "run worker exited"
     finish(env, run_id, "FAILURE")
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Failed" and "run worker exited" in condition_of(status, "Ready")["message"]
 
 
@@ -421,10 +251,10 @@ def test_rejected_submission_fails_the_batchrun(env):
     env.dagster.reject = DagsterRejected("RunConfigValidationInvalid", "bad config")
     env.batchrun()
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Failed" and status["completionTime"]
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "RunSubmissionFailed"
-    assert finalized(env.kube.batchrun())
+    assert finalized(env.kube.obj("batchruns", "br"))
 
 
 def test_unavailable_dagster_is_retried_with_backoff_and_noted_once(env):
@@ -434,12 +264,12 @@ def test_unavailable_dagster_is_retried_with_backoff_and_noted_once(env):
     env.clock.t += first
     second = env.reconcile()
     assert first == 1.0 and second == 2.0
-    assert env.kube.reasons() == ["DagsterUnavailable"]
-    assert env.kube.status()["phase"] == "Pending"
+    assert env.kube.reasons("br") == ["DagsterUnavailable"]
+    assert env.status()["phase"] == "Pending"
     env.dagster.unavailable = False
     env.clock.t += second
     env.reconcile()
-    assert env.kube.status()["dagsterRunId"] == "run-1"
+    assert env.status()["dagsterRunId"] == "run-1"
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -453,8 +283,16 @@ def test_progress_counts_cached_tasks_and_not_yet_created_ones_as_pending(env):
     env.task(3, "Queued")
     env.task(9, "Failed", "Other", owner="older-uid")  # a leftover of a deleted BatchRun of the same name
     env.reconcile()
-    status = env.kube.status()
-    assert status["progress"] == {"total": 6, "pending": 2, "queued": 1, "running": 1, "completed": 1, "failed": 1, "stopped": 0}
+    status = env.status()
+    assert status["progress"] == {
+        "total": 6,
+        "pending": 2,
+        "queued": 1,
+        "running": 1,
+        "completed": 1,
+        "failed": 1,
+        "stopped": 0,
+    }
     assert status["failedTasks"] == [{"name": "br-task-2", "reason": "AgentFailed"}]
     assert status["phase"] == "Running" and status["dagsterRunId"] == run_id
 
@@ -468,7 +306,7 @@ def test_progress_is_recomputed_not_incremented(env):
     env.task(0, "Completed")
     env.task(0, "Completed")
     env.reconcile()
-    assert env.kube.status()["progress"]["completed"] == 1 and env.kube.status()["progress"]["running"] == 0
+    assert env.status()["progress"]["completed"] == 1 and env.status()["progress"]["running"] == 0
 
 
 def test_nothing_changed_writes_nothing(env):
@@ -496,7 +334,7 @@ def test_progress_writes_are_debounced_to_one_per_second(env):
     env.clock.t += 0.71
     env.reconcile()
     assert len(env.kube.status_patches) == writes + 1
-    assert env.kube.status()["progress"]["running"] == 3
+    assert env.status()["progress"]["running"] == 3
 
 
 def test_no_progress_before_expand_sets_the_total(env):
@@ -504,7 +342,7 @@ def test_no_progress_before_expand_sets_the_total(env):
     env.reconcile()
     env.clock.t += 2
     env.reconcile()
-    assert "progress" not in env.kube.status()
+    assert "progress" not in env.status()
 
 
 def test_pause_and_resume_set_the_phase(env):
@@ -514,13 +352,13 @@ def test_pause_and_resume_set_the_phase(env):
     env.kube.annotate("br", kubetask_pause="true")
     env.refresh()
     env.reconcile()
-    assert env.kube.status()["phase"] == "Paused"
+    assert env.status()["phase"] == "Paused"
     env.clock.t += 2
     env.kube.annotate("br", kubetask_pause=None)
     env.refresh()
     env.reconcile()
-    assert env.kube.status()["phase"] == "Running"
-    assert env.kube.reasons()[-2:] == ["Paused", "Resumed"]
+    assert env.status()["phase"] == "Running"
+    assert env.kube.reasons("br")[-2:] == ["Paused", "Resumed"]
 
 
 def test_paused_before_expand_shows_paused(env):
@@ -529,13 +367,15 @@ def test_paused_before_expand_shows_paused(env):
     env.clock.t += 2
     env.refresh()
     env.reconcile()
-    assert env.kube.status()["phase"] == "Paused"
+    assert env.status()["phase"] == "Paused"
 
 
 def test_a_terminal_phase_written_by_an_op_is_not_overwritten_while_the_run_ends(env):
     run_id = env.running_batchrun(total=2, phases=["Completed", "Completed"])
     env.reconcile()
-    env.kube.write_status("batchruns", "br", {"phase": "Completed", "completionTime": "2027-01-01T00:00:00Z"})  # summarize_batch
+    env.kube.write_status(
+        "batchruns", "br", {"phase": "Completed", "completionTime": "2027-01-01T00:00:00Z"}
+    )  # summarize_batch
     env.refresh()
     env.task(1, "Completed")
     env.clock.t += 2
@@ -543,23 +383,23 @@ def test_a_terminal_phase_written_by_an_op_is_not_overwritten_while_the_run_ends
     env.reconcile()
     assert len(env.kube.status_patches) == writes
     env.periodic()  # the run is still active
-    assert env.kube.status()["phase"] == "Completed" and not finalized(env.kube.batchrun())
+    assert env.status()["phase"] == "Completed" and not finalized(env.kube.obj("batchruns", "br"))
     env.dagster.finish(run_id, "SUCCESS")
     env.periodic()
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "AllTasksCompleted")
     assert status["completionTime"] == "2027-01-01T00:00:00Z"  # the op's time stands
-    assert run_id in ready["message"] and finalized(env.kube.batchrun())
+    assert run_id in ready["message"] and finalized(env.kube.obj("batchruns", "br"))
 
 
 def test_stale_write_is_refused_and_redecided(env):
     env.running_batchrun(total=2)
     env.task(0, "Running")
-    env.kube.before_patch = lambda: env.kube.write_status("batchruns", "br", {"phase": "Failed"})
+    env.kube.before_patch = lambda ns, name: env.kube.write_status("batchruns", "br", {"phase": "Failed"})
     env.reconcile()
-    assert env.kube.status()["phase"] == "Failed"  # the op's write won; the bridge did not overwrite it
+    assert env.status()["phase"] == "Failed"  # the op's write won; the bridge did not overwrite it
 
 
 # --- the end of the run --------------------------------------------------------------------------
@@ -576,15 +416,23 @@ def test_failed_run_writes_failed_with_exact_counters(env):
     env.reconcile()
     finish(env, run_id, "FAILURE")
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Failed" and status["completionTime"]
-    assert status["progress"] == {"total": 4, "pending": 0, "queued": 0, "running": 0, "completed": 2, "failed": 2, "stopped": 0}
+    assert status["progress"] == {
+        "total": 4,
+        "pending": 0,
+        "queued": 0,
+        "running": 0,
+        "completed": 2,
+        "failed": 2,
+        "stopped": 0,
+    }
     assert [t["name"] for t in status["failedTasks"]] == ["br-task-1", "br-task-3"]
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "TasksFailed")
     assert "2 of 4 Tasks completed, 2 failed" in succeeded["message"]
-    assert env.kube.reasons()[-1] == "TasksFailed"
-    assert finalized(env.kube.batchrun())
+    assert env.kube.reasons("br")[-1] == "TasksFailed"
+    assert finalized(env.kube.obj("batchruns", "br"))
     env.periodic()
     assert (NS, "br") not in env.queued_keys()  # nothing more to do
 
@@ -593,39 +441,49 @@ def test_all_completed_is_completed(env):
     run_id = env.running_batchrun(total=2, phases=["Completed", "Completed"])
     finish(env, run_id, "SUCCESS")
     env.reconcile()
-    assert env.kube.status()["phase"] == "Completed"
-    assert env.kube.reasons()[-1] == "AllTasksCompleted"
+    assert env.status()["phase"] == "Completed"
+    assert env.kube.reasons("br")[-1] == "AllTasksCompleted"
 
 
 def test_tasks_the_run_never_finished_end_after_the_grace(env):
     run_id = env.running_batchrun(total=4, phases=["Completed", "Running", "Queued"])  # task 3 never created
     finish(env, run_id, "FAILURE")
     assert env.reconcile() == pytest.approx(5.01)  # the ops may still be writing
-    assert env.kube.task("br-task-1")["status"]["phase"] == "Running"
+    assert env.kube.obj("tasks", "br-task-1")["status"]["phase"] == "Running"
     looks = env.dagster.get_run_calls
     env.clock.t += 1
     env.task(0, "Completed")  # more events during the grace: no Dagster or list calls, no extra delayed looks
     assert env.reconcile() is None and env.dagster.get_run_calls == looks
     env.clock.t += 4.01
     env.reconcile()
-    running = env.kube.task("br-task-1")  # it was running when the run failed: its worker died
+    running = env.kube.obj("tasks", "br-task-1")  # it was running when the run failed: its worker died
     assert running["status"]["phase"] == "Failed"
     assert next(c for c in running["status"]["conditions"] if c["type"] == "Succeeded")["reason"] == "RunFailed"
-    never_started = env.kube.task("br-task-2")
+    never_started = env.kube.obj("tasks", "br-task-2")
     assert never_started["status"]["phase"] == "Stopped"
     assert next(c for c in never_started["status"]["conditions"] if c["type"] == "Succeeded")["reason"] == "RunEnded"
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Failed"
-    assert status["progress"] == {"total": 4, "pending": 1, "queued": 0, "running": 0, "completed": 1, "failed": 1, "stopped": 1}
+    assert status["progress"] == {
+        "total": 4,
+        "pending": 1,
+        "queued": 0,
+        "running": 0,
+        "completed": 1,
+        "failed": 1,
+        "stopped": 1,
+    }
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "TasksFailed"
-    assert env.r.summary(env.kube.batchrun())["progress"]["stopped"] == 1  # the index saw the bridge's own Task writes
+    assert (
+        env.r.summary(env.kube.obj("batchruns", "br"))["progress"]["stopped"] == 1
+    )  # the index saw the bridge's own Task writes
 
 
 def test_canceled_run_is_stopped(env):
     run_id = env.running_batchrun(total=2, phases=["Completed", "Stopped"])
     finish(env, run_id, "CANCELED")
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Stopped"
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "RunCanceled"
 
@@ -636,45 +494,56 @@ def test_vanished_run_is_failed_with_run_not_found(env):
     env.dagster.order.remove(run_id)
     env.periodic()
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Completed"  # the one Task did complete
     env2 = Env()
     env2.batchrun()
     env2.reconcile()
-    run2 = env2.kube.status()["dagsterRunId"]
+    run2 = env2.status()["dagsterRunId"]
     env2.dagster.runs.clear()
     env2.dagster.order.clear()
     env2.periodic()
     env2.reconcile()
-    s2 = env2.kube.status()
+    s2 = env2.status()
     assert s2["phase"] == "Failed"
-    assert next(c for c in s2["conditions"] if c["type"] == "Ready")["reason"] == "RunNotFound" and run2 in str(s2["conditions"])
+    assert next(c for c in s2["conditions"] if c["type"] == "Ready")["reason"] == "RunNotFound" and run2 in str(
+        s2["conditions"]
+    )
 
 
 def test_batch_not_found_written_by_expand_keeps_its_reason(env):
     env.batchrun()
     env.reconcile()
-    run_id = env.kube.status()["dagsterRunId"]
-    env.kube.write_status("batchruns", "br", {"phase": "Failed", "completionTime": "2027-01-01T00:00:00Z", "conditions": [
-        {"type": "Ready", "status": "False", "reason": "BatchNotFound", "message": 'Batch "nightly" not found'}]})
+    run_id = env.status()["dagsterRunId"]
+    env.kube.write_status(
+        "batchruns",
+        "br",
+        {
+            "phase": "Failed",
+            "completionTime": "2027-01-01T00:00:00Z",
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "BatchNotFound", "message": 'Batch "nightly" not found'}
+            ],
+        },
+    )
     env.refresh()
     finish(env, run_id, "FAILURE")
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Failed"
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "BatchNotFound" and "nightly" in succeeded["message"]
-    assert finalized(env.kube.batchrun())
+    assert finalized(env.kube.obj("batchruns", "br"))
 
 
 def test_run_failing_before_expand_is_failed_with_dagsters_reason(env):
     env.batchrun()
     env.reconcile()
-    run_id = env.kube.status()["dagsterRunId"]
+    run_id = env.status()["dagsterRunId"]
     env.dagster.failure_messages[run_id] = "step expand_batch failed: boom"
     finish(env, run_id, "FAILURE")
     env.reconcile()
-    ready = next(c for c in env.kube.status()["conditions"] if c["type"] == "Ready")
+    ready = next(c for c in env.status()["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "RunFailed" and "boom" in ready["message"]
 
 
@@ -688,29 +557,29 @@ def test_stop_terminates_the_run_once_then_records_stopped(env):
     env.reconcile()
     env.reconcile()
     assert env.dagster.terminated == [run_id]
-    assert env.kube.reasons().count("StopRequested") == 1
-    assert env.kube.status()["phase"] == "Running"  # until the run has ended
+    assert env.kube.reasons("br").count("StopRequested") == 1
+    assert env.status()["phase"] == "Running"  # until the run has ended
     env.task(1, "Stopped", "RunTerminated")  # the op deleted its Job
     finish(env, run_id, "CANCELED")
     env.clock.t += 6
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Stopped"
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "StopRequested"
     assert status["progress"]["stopped"] == 2 and status["progress"]["completed"] == 1
-    assert env.kube.task("br-task-2")["status"]["phase"] == "Stopped"
+    assert env.kube.obj("tasks", "br-task-2")["status"]["phase"] == "Stopped"
 
 
 def test_stop_before_any_run_stops_without_submitting(env):
     env.batchrun(annotations={"kubetask.io/stop": "true"})
     env.reconcile()
     assert env.dagster.submitted == []
-    assert env.kube.status()["phase"] == "Stopped" and finalized(env.kube.batchrun())
+    assert env.status()["phase"] == "Stopped" and finalized(env.kube.obj("batchruns", "br"))
 
 
 def test_deletion_terminates_the_run(env):
     run_id = env.running_batchrun(total=2, phases=["Running"])
-    obj = env.kube.batchrun()
+    obj = env.kube.obj("batchruns", "br")
     del env.kube.objs[("batchruns", NS, "br")]
     env.r.observe("DELETED", obj)
     env.reconcile()
@@ -719,7 +588,7 @@ def test_deletion_terminates_the_run(env):
 
 def test_deletion_while_dagster_is_away_is_retried(env):
     run_id = env.running_batchrun(total=2, phases=["Running"])
-    obj = env.kube.batchrun()
+    obj = env.kube.obj("batchruns", "br")
     del env.kube.objs[("batchruns", NS, "br")]
     env.r.observe("DELETED", obj)
     env.dagster.unavailable = True
@@ -733,7 +602,9 @@ def test_deletion_while_dagster_is_away_is_retried(env):
 
 
 def test_orphan_sweep_terminates_runs_of_missing_batchruns(env):
-    env.dagster.add_run("STARTED", {TAG_KIND: "BatchRun", "kubetask.io/namespace": NS, "kubetask.io/name": "gone", TAG_UID: "x"})
+    env.dagster.add_run(
+        "STARTED", {TAG_KIND: "BatchRun", "kubetask.io/namespace": NS, "kubetask.io/name": "gone", TAG_UID: "x"}
+    )
     env.running_batchrun(total=1)
     assert env.r.sweep_orphans() == 1
     assert env.dagster.terminated == ["run-1"]
@@ -746,7 +617,7 @@ def failed_batchrun(env: Env) -> str:
     run_id = env.running_batchrun(total=3, phases=["Completed", "Failed", "Failed"])
     finish(env, run_id, "FAILURE")
     env.reconcile()
-    assert finalized(env.kube.batchrun())
+    assert finalized(env.kube.obj("batchruns", "br"))
     return run_id
 
 
@@ -757,15 +628,17 @@ def test_rerun_failed_reexecutes_from_failure_and_clears_the_annotation(env):
     env.reconcile()
     # every Task that did not complete, and the summary: not FROM_FAILURE, which drops mapped
     # steps that never started when a run was terminated midway
-    assert env.dagster.reexecuted == [(old, "STEPS run_batch_task[task_1] run_batch_task[task_2] summarize_batch", True)]
+    assert env.dagster.reexecuted == [
+        (old, "STEPS run_batch_task[task_1] run_batch_task[task_2] summarize_batch", True)
+    ]
     new = env.dagster.order[-1]
-    obj = env.kube.batchrun()
+    obj = env.kube.obj("batchruns", "br")
     assert "kubetask.io/rerun" not in obj["metadata"]["annotations"]
     status = obj["status"]
     assert status["dagsterRunId"] == new and status["dagsterRunUrl"].endswith(new)
     assert status["phase"] == "Running" and "completionTime" not in status
     assert next(c for c in status["conditions"] if c["type"] == "Succeeded")["status"] == "Unknown"
-    assert env.kube.reasons()[-1] == "RerunStarted"
+    assert env.kube.reasons("br")[-1] == "RerunStarted"
     assert env.dagster.runs[new].tags[TAG_UID] == UID
     # the rerun's run ends: the failed Tasks completed this time
     env.refresh()
@@ -775,7 +648,7 @@ def test_rerun_failed_reexecutes_from_failure_and_clears_the_annotation(env):
     env.reconcile()
     finish(env, new, "SUCCESS")
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Completed" and status["progress"]["completed"] == 3 and status["failedTasks"] == []
 
 
@@ -787,7 +660,7 @@ def test_rerun_launched_before_a_restart_is_not_launched_twice(env):
     env.refresh()
     env.reconcile()
     assert env.dagster.reexecuted == []
-    assert env.kube.status()["dagsterRunId"] == child
+    assert env.status()["dagsterRunId"] == child
 
 
 def test_rerun_of_a_completed_batchrun_only_clears_the_annotation(env):
@@ -798,20 +671,22 @@ def test_rerun_of_a_completed_batchrun_only_clears_the_annotation(env):
     env.refresh()
     env.reconcile()
     assert env.dagster.reexecuted == []
-    assert "kubetask.io/rerun" not in env.kube.batchrun()["metadata"]["annotations"]
-    assert env.kube.reasons()[-1] == "NothingToRerun"
-    assert env.kube.status()["dagsterRunId"] == run_id
+    assert "kubetask.io/rerun" not in env.kube.obj("batchruns", "br")["metadata"]["annotations"]
+    assert env.kube.reasons("br")[-1] == "NothingToRerun"
+    assert env.status()["dagsterRunId"] == run_id
 
 
 def test_rerun_dagster_finds_nothing_to_rerun(env):
     failed_batchrun(env)
-    env.dagster.reexecute_reject = DagsterRejected("DagsterInvalidSubsetError", "No steps needed to be retried in the failed run.")
+    env.dagster.reexecute_reject = DagsterRejected(
+        "DagsterInvalidSubsetError", "No steps needed to be retried in the failed run."
+    )
     env.kube.annotate("br", kubetask_rerun="failed")
     env.refresh()
     env.reconcile()
-    assert env.kube.reasons()[-1] == "NothingToRerun"
-    assert "kubetask.io/rerun" not in env.kube.batchrun()["metadata"]["annotations"]
-    assert env.kube.status()["phase"] == "Failed"
+    assert env.kube.reasons("br")[-1] == "NothingToRerun"
+    assert "kubetask.io/rerun" not in env.kube.obj("batchruns", "br")["metadata"]["annotations"]
+    assert env.status()["phase"] == "Failed"
 
 
 def test_rerun_with_another_value_is_refused(env):
@@ -820,15 +695,15 @@ def test_rerun_with_another_value_is_refused(env):
     env.refresh()
     env.reconcile()
     assert env.dagster.reexecuted == []
-    assert env.kube.reasons()[-1] == "RerunRefused"
-    assert "kubetask.io/rerun" not in env.kube.batchrun()["metadata"]["annotations"]
+    assert env.kube.reasons("br")[-1] == "RerunRefused"
+    assert "kubetask.io/rerun" not in env.kube.obj("batchruns", "br")["metadata"]["annotations"]
 
 
 def test_rerun_waits_until_the_batchrun_is_finished(env):
     env.running_batchrun(total=2, phases=["Running", "Failed"], annotations={"kubetask.io/rerun": "failed"})
     env.reconcile()
     assert env.dagster.reexecuted == []
-    assert env.kube.batchrun()["metadata"]["annotations"]["kubetask.io/rerun"] == "failed"
+    assert env.kube.obj("batchruns", "br")["metadata"]["annotations"]["kubetask.io/rerun"] == "failed"
 
 
 def test_rerun_of_a_stopped_batchrun_removes_the_stop_annotation(env):
@@ -839,14 +714,16 @@ def test_rerun_of_a_stopped_batchrun_removes_the_stop_annotation(env):
     finish(env, run_id, "CANCELED")
     env.clock.t += 6
     env.reconcile()
-    assert env.kube.status()["phase"] == "Stopped"
+    assert env.status()["phase"] == "Stopped"
     env.kube.annotate("br", kubetask_rerun="failed")
     env.refresh()
     env.reconcile()
-    annotations = env.kube.batchrun()["metadata"]["annotations"]
+    annotations = env.kube.obj("batchruns", "br")["metadata"]["annotations"]
     assert "kubetask.io/stop" not in annotations and "kubetask.io/rerun" not in annotations
-    assert env.kube.status()["phase"] == "Running"
-    assert env.dagster.reexecuted == [(run_id, "STEPS run_batch_task[task_1] summarize_batch", True)]  # the never-started Task too
+    assert env.status()["phase"] == "Running"
+    assert env.dagster.reexecuted == [
+        (run_id, "STEPS run_batch_task[task_1] summarize_batch", True)
+    ]  # the never-started Task too
 
 
 def test_a_reexecution_started_in_dagster_is_adopted(env):
@@ -855,13 +732,13 @@ def test_a_reexecution_started_in_dagster_is_adopted(env):
     env.periodic()
     assert (NS, "br") in env.queued_keys()
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["dagsterRunId"] == ui and status["phase"] == "Running" and "completionTime" not in status
-    assert env.kube.reasons()[-1] == "RunAdopted"
+    assert env.kube.reasons("br")[-1] == "RunAdopted"
     env.task(1, "Running")
     env.clock.t += 2
     env.reconcile()
-    assert env.kube.status()["progress"]["running"] == 1
+    assert env.status()["progress"]["running"] == 1
 
 
 def test_a_reexecution_that_ended_before_the_bridge_looked_is_adopted_at_the_end(env):
@@ -871,21 +748,24 @@ def test_a_reexecution_that_ended_before_the_bridge_looked_is_adopted_at_the_end
     env.task(1, "Completed")
     env.periodic()
     env.reconcile()  # follows the newer run instead of finalizing the old one
-    assert env.kube.status()["dagsterRunId"] == ui
+    assert env.status()["dagsterRunId"] == ui
     env.periodic()
     env.reconcile()
-    status = env.kube.status()
-    assert status["phase"] == "Completed" and ui in next(c for c in status["conditions"] if c["type"] == "Ready")["message"]
+    status = env.status()
+    assert (
+        status["phase"] == "Completed"
+        and ui in next(c for c in status["conditions"] if c["type"] == "Ready")["message"]
+    )
 
 
 def test_an_older_active_run_is_not_adopted(env):
     stale = env.dagster.add_run("STARTED", {TAG_KIND: "BatchRun", TAG_UID: UID})
     env.dagster.runs[stale] = RunInfo(stale, "STARTED", {TAG_KIND: "BatchRun", TAG_UID: UID}, creation_time=T0 - 100)
     failed_batchrun(env)
-    current = env.kube.status()["dagsterRunId"]
+    current = env.status()["dagsterRunId"]
     env.periodic()
     env.reconcile()
-    assert env.kube.status()["dagsterRunId"] == current
+    assert env.status()["dagsterRunId"] == current
 
 
 def test_an_op_switching_to_a_new_run_reopens_the_batchrun(env):
@@ -898,7 +778,7 @@ def test_an_op_switching_to_a_new_run_reopens_the_batchrun(env):
     env.task(1, "Running")
     env.clock.t += 2
     env.reconcile()
-    status = env.kube.status()
+    status = env.status()
     assert status["phase"] == "Running" and "completionTime" not in status
     assert next(c for c in status["conditions"] if c["type"] == "Succeeded")["status"] == "Unknown"
 
@@ -906,23 +786,40 @@ def test_an_op_switching_to_a_new_run_reopens_the_batchrun(env):
 # --- index, store, periodic ----------------------------------------------------------------------
 
 
-def test_index_follows_label_moves_deletions_and_rebuilds():
-    index = BatchTaskIndex()
+def test_task_cache_changes_wake_the_batchruns_whose_rows_changed(env):
+    """The Task cache's batch-run index follows label moves, deletions and re-lists; only known BatchRuns wake."""
+    for name in ("a", "b", "c"):
+        env.batchrun(name, uid=f"uid-{name}")
 
     def task(name, batchrun, phase, uid="u"):
-        return {"metadata": {"name": name, "namespace": NS, "uid": uid, "labels": {"kubetask.io/batch-run": batchrun} if batchrun else {},
-                             "ownerReferences": [{"kind": "BatchRun", "uid": "o"}]}, "status": {"phase": phase}}
+        labels = {"kubetask.io/batch-run": batchrun} if batchrun else {}
+        return {
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "uid": uid,
+                "labels": labels,
+                "ownerReferences": [{"kind": "BatchRun", "uid": "o"}],
+            },
+            "status": {"phase": phase},
+        }
 
-    assert index.put(task("a-task-1", "a", "Running")) == {(NS, "a")}
-    assert index.put(task("a-task-0", "a", "Completed")) == {(NS, "a")}
-    assert index.rows(NS, "a", "o") == [("a-task-0", "Completed", None), ("a-task-1", "Running", None)]
-    assert index.rows(NS, "a", "other") == []
-    assert index.put(task("a-task-1", "b", "Running")) == {(NS, "a"), (NS, "b")}
-    assert index.remove((NS, "a-task-1"), uid="someone-else") == set()
-    assert index.remove((NS, "a-task-1")) == {(NS, "b")}
-    assert index.put(task("plain", None, "Running")) == set()
-    index.rebuild(lambda: [task("c-task-0", "c", "Failed")])
-    assert index.rows(NS, "a") == [] and index.rows(NS, "c") == [("c-task-0", "Failed", None)]
+    def woken(change) -> set[tuple[str, str]]:
+        env.queued.clear()
+        change()
+        return env.queued_keys()
+
+    assert woken(lambda: env.tasks.put(task("a-task-1", "a", "Running"))) == {(NS, "a")}
+    assert woken(lambda: env.tasks.put(task("a-task-0", "a", "Completed"))) == {(NS, "a")}
+    assert env.r.rows(NS, "a", "o") == [("a-task-0", "Completed", None), ("a-task-1", "Running", None)]
+    assert env.r.rows(NS, "a", "other") == []
+    assert woken(lambda: env.tasks.put(task("a-task-1", "b", "Running"))) == {(NS, "a"), (NS, "b")}
+    assert woken(lambda: env.tasks.remove((NS, "a-task-1"), uid="someone-else")) == set()
+    assert woken(lambda: env.tasks.remove((NS, "a-task-1"))) == {(NS, "b")}
+    assert woken(lambda: env.tasks.put(task("plain", None, "Running"))) == set()
+    assert woken(lambda: env.tasks.put(task("zz-task-0", "zz", "Running"))) == set()  # no such BatchRun
+    env.tasks.replace([task("c-task-0", "c", "Failed")], listed_since=env.clock.t + 1)
+    assert env.r.rows(NS, "a") == [] and env.r.rows(NS, "c") == [("c-task-0", "Failed", None)]
 
 
 def test_task_events_index_the_caches_newest_version(env):
@@ -931,13 +828,14 @@ def test_task_events_index_the_caches_newest_version(env):
     older = copy.deepcopy(newer)
     older["metadata"]["resourceVersion"] = "1"
     older["status"] = {"phase": "Running"}
+    env.queued.clear()
     env.tasks.put(older)  # refused by the cache: it holds a newer version
-    env.r.observe_task("MODIFIED", older)
-    assert env.r.index.rows(NS, "br", UID) == [("br-task-0", "Completed", None)]
+    assert env.r.rows(NS, "br", UID) == [("br-task-0", "Completed", None)]
+    assert env.queued == []  # and nothing changed, so nothing wakes
 
 
 def test_store_keeps_the_newest_and_replace_drops_unseen(env):
-    store = BatchRunStore(clock=env.clock)
+    store = ObjectStore(clock=env.clock)
     a = {"metadata": {"name": "a", "namespace": NS, "uid": "1", "resourceVersion": "5"}}
     store.put(a)
     store.put({"metadata": {"name": "a", "namespace": NS, "uid": "1", "resourceVersion": "4"}})
@@ -948,7 +846,7 @@ def test_store_keeps_the_newest_and_replace_drops_unseen(env):
 
 def test_relist_reconciles_everything_and_notices_deletions(env):
     env.running_batchrun(total=1, phases=["Running"])
-    obj = env.kube.batchrun()
+    obj = env.kube.obj("batchruns", "br")
     del env.kube.objs[("batchruns", NS, "br")]
     env.clock.t += 10
     env.queued.clear()
@@ -960,7 +858,7 @@ def test_relist_reconciles_everything_and_notices_deletions(env):
 
 def test_reconcile_never_raises(env):
     env.batchrun()
-    env.kube.get_batch = None  # type: ignore[assignment]  (a bug: calling it raises TypeError)
+    env.kube.get = None  # type: ignore[assignment]  (a bug: calling it raises TypeError)
     assert env.reconcile() == 1.0
 
 
@@ -969,61 +867,6 @@ def test_periodic_survives_dagster_being_away(env):
     env.dagster.unavailable = True
     env.periodic()
     assert (NS, "br") in env.queued_keys()
-
-
-# --- Dagster client: re-execution ------------------------------------------------------------------
-
-
-class Response:
-    def __init__(self, status: int, payload: Any):
-        self.status_code = status
-        self._payload = payload
-        self.text = str(payload)
-
-    def json(self) -> Any:
-        return self._payload
-
-
-class Session:
-    def __init__(self, *script: Response):
-        self.script = list(script)
-        self.calls: list[dict[str, Any]] = []
-
-    def post(self, url: str, json: dict[str, Any], timeout: float) -> Response:
-        self.calls.append(json)
-        return self.script.pop(0)
-
-
-def client(*script: Response) -> tuple[DagsterClient, Session]:
-    session = Session(*script)
-    return DagsterClient("http://dagster", session=session, sleep=lambda s: None), session  # type: ignore[arg-type]
-
-
-def test_reexecute_sends_parent_strategy_and_parent_tags():
-    c, session = client(Response(200, {"data": {"launchRunReexecution": {"__typename": "LaunchRunSuccess", "run": {"runId": "r2"}}}}))
-    assert c.reexecute_run("r1") == "r2"
-    assert session.calls[0]["variables"] == {"params": {"parentRunId": "r1", "strategy": "FROM_FAILURE", "useParentRunTags": True}}
-
-
-def test_reexecute_of_a_run_with_nothing_to_rerun_is_rejected_not_unavailable():
-    """dagster-webserver answers 500 with the PythonError in `data`."""
-    answer = {"data": {"launchRunReexecution": {"__typename": "PythonError", "className": "DagsterInvariantViolationError",
-                                                "message": "Cannot reexecute from failure a run that is not failed or canceled\n"}}}
-    c, _ = client(Response(500, answer))
-    with pytest.raises(DagsterRejected) as e:
-        c.reexecute_run("r1")
-    assert e.value.kind == "DagsterInvariantViolationError"
-    assert not c.failing
-
-
-def test_reexecute_other_python_errors_and_bare_500s_are_transient():
-    c, _ = client(Response(500, {"data": {"launchRunReexecution": {"__typename": "PythonError", "className": "OSError", "message": "x"}}}))
-    with pytest.raises(DagsterUnavailable):
-        c.reexecute_run("r1")
-    c, _ = client(Response(500, "Internal Server Error"))
-    with pytest.raises(DagsterUnavailable):
-        c.reexecute_run("r1")
-    assert c.failing
 
 
 # --- wiring ----------------------------------------------------------------------------------------
@@ -1038,10 +881,32 @@ def test_runtime_registers_a_batchrun_event_handler():
     configuration = kubernetes.client.Configuration()
     configuration.host = "https://127.0.0.1:6443"
     rt = Runtime(BridgeConfig(), configuration)
-    ids = {h.id for h in rt.registry()._watching.get_all_handlers()}
+    ids = {h.id for h in watch.registry(rt)._watching.get_all_handlers()}
     assert "batchruns" in ids and "tasks" in ids
     assert rt.batchruns.job == "batch_job" and rt.batchruns.debounce == 1.0
 
 
-def test_constants_match_the_api():
-    assert br.TERMINAL == {"Completed", "Failed", "Stopped"}
+@pytest.mark.parametrize(
+    "phase, final",
+    [
+        ("Completed", True),
+        ("Failed", True),
+        ("Stopped", True),
+        ("Running", False),
+        ("Paused", False),
+        ("Pending", False),
+    ],
+)
+def test_only_terminal_phases_with_the_runs_outcome_are_final_and_left_alone(env, phase, final):
+    run_id = env.dagster.add_run("SUCCESS", {}, end_time=T0 - 60)
+    outcome = {
+        "type": "Succeeded",
+        "status": "True" if phase == "Completed" else "False",
+        "reason": "x",
+        "message": f"Dagster run {run_id} ended",
+    }
+    env.batchrun(status={"phase": phase, "dagsterRunId": run_id, "conditions": [outcome]})
+    assert finalized(env.kube.obj("batchruns", "br")) is final
+    if final:  # nothing to do: no submission, no status write, no Event
+        assert env.reconcile() is None
+        assert (env.dagster.submitted, env.kube.status_patches, env.kube.events) == ([], [], [])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ from crd_bridge.config import parse_config
 from crd_bridge.leader import KubernetesLeaseApi, LeaderElector, LeaseConflict, LeaseRecord
 
 NS, NAME = "kubetask-system", "kubetask-bridge"
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 class FakeLeaseApi:
@@ -64,8 +64,9 @@ class Clock:
 def elector(api, identity, clock=None, **kw) -> LeaderElector:
     clock = clock or Clock()
     wall = kw.pop("wall", None)
-    return LeaderElector(api, NS, NAME, identity, monotonic=clock,
-                         now=wall or (lambda: T0 + timedelta(seconds=clock())), **kw)
+    return LeaderElector(
+        api, NS, NAME, identity, monotonic=clock, now=wall or (lambda: T0 + timedelta(seconds=clock())), **kw
+    )
 
 
 def test_first_candidate_creates_the_lease_and_the_second_waits():
@@ -110,8 +111,14 @@ def test_a_standby_takes_over_only_after_the_record_stayed_unchanged_for_the_lea
 def test_expiry_is_judged_by_local_observation_not_by_the_leases_wall_clock_times():
     api, clock = FakeLeaseApi(), Clock()
     # A Lease written long ago by another machine whose clock may be anything.
-    api._store(LeaseRecord(holder="x", lease_duration_seconds=15, acquire_time=T0 - timedelta(days=1),
-                           renew_time=T0 - timedelta(days=1)))
+    api._store(
+        LeaseRecord(
+            holder="x",
+            lease_duration_seconds=15,
+            acquire_time=T0 - timedelta(days=1),
+            renew_time=T0 - timedelta(days=1),
+        )
+    )
     b = elector(api, "b", clock)
     assert not b.try_acquire_or_renew()  # first sight: valid for a lease duration from now
     clock.t += 15
@@ -177,8 +184,20 @@ def test_timings_must_let_the_leader_stop_before_anyone_may_take_over():
         elector(FakeLeaseApi(), "a", renew_deadline=20)
 
 
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 def _fast(api, identity):
-    return LeaderElector(api, NS, NAME, identity, lease_duration=0.6, renew_deadline=0.3, renew_interval=0.05, retry_period=0.05)
+    return LeaderElector(
+        api, NS, NAME, identity, lease_duration=0.6, renew_deadline=0.3, renew_interval=0.05, retry_period=0.05
+    )
 
 
 def test_the_leader_notices_a_takeover_and_reports_the_loss():
@@ -188,8 +207,8 @@ def test_the_leader_notices_a_takeover_and_reports_the_loss():
     lost: list[str] = []
     done = threading.Event()
     a.start_renewing(lambda reason: (lost.append(reason), done.set()))
-    time.sleep(0.2)
-    assert not lost and api.writes >= 3  # renewing
+    assert wait_until(lambda: api.writes >= 3)  # renewing
+    assert not lost
     with api.lock:  # someone else takes the Lease (e.g. after a long pause of this process)
         api._store(LeaseRecord(holder="b", lease_duration_seconds=15, transitions=1))
     assert done.wait(2)
@@ -198,19 +217,35 @@ def test_the_leader_notices_a_takeover_and_reports_the_loss():
 
 
 def test_the_leader_gives_up_when_it_cannot_renew_before_the_deadline():
-    api = FakeLeaseApi()
-    a = _fast(api, "a")
+    """Judged on the elector's own clock: each failed renewal takes 0.1 s of it."""
+    api, clock = FakeLeaseApi(), Clock()
+    a = LeaderElector(
+        api,
+        NS,
+        NAME,
+        "a",
+        lease_duration=0.6,
+        renew_deadline=0.3,
+        renew_interval=0.01,
+        retry_period=0.01,
+        monotonic=clock,
+    )
     assert a.try_acquire_or_renew()
+    acquired = clock.t
+    failures: list[float] = []
+
+    def unreachable(namespace, name):
+        clock.t += 0.1
+        failures.append(clock.t - acquired)
+        raise ConnectionError("API server unreachable")
+
+    api.get = unreachable  # type: ignore[method-assign]
     lost: list[str] = []
-    done = threading.Event()
-    started = time.monotonic()
-    a.start_renewing(lambda reason: (lost.append(reason), done.set()))
-    api.fail = ConnectionError("API server unreachable")
-    assert done.wait(2)
-    elapsed = time.monotonic() - started
-    assert "could not renew" in lost[0] and "unreachable" in lost[0]
-    assert 0.3 <= elapsed < 0.6  # after the renew deadline, before the lease duration
-    a.stop()
+    a.renew_until_lost(lost.append)  # returns once leadership is lost
+    assert len(lost) == 1 and "could not renew" in lost[0] and "unreachable" in lost[0]
+    assert not a.is_leader
+    assert failures[-1] == pytest.approx(0.3) and len(failures) == 3  # at the renew deadline, not before
+    assert failures[-1] < a.lease_duration  # before anyone may take the Lease over
 
 
 def test_acquire_waits_for_the_lease_and_stops_on_request():
@@ -240,12 +275,26 @@ def test_default_identity_and_namespace(tmp_path):
 
 
 def test_lease_body_uses_micro_time_and_carries_the_resource_version():
-    now = datetime(2030, 1, 2, 3, 4, 5, 678900, tzinfo=timezone.utc)
-    body = KubernetesLeaseApi._body(NAME, LeaseRecord(holder="a", lease_duration_seconds=15, acquire_time=now,
-                                                      renew_time=now, transitions=2, resource_version="41"))
+    now = datetime(2030, 1, 2, 3, 4, 5, 678900, tzinfo=UTC)
+    body = KubernetesLeaseApi._body(
+        NAME,
+        LeaseRecord(
+            holder="a",
+            lease_duration_seconds=15,
+            acquire_time=now,
+            renew_time=now,
+            transitions=2,
+            resource_version="41",
+        ),
+    )
     assert body["metadata"] == {"name": NAME, "resourceVersion": "41"}
-    assert body["spec"] == {"holderIdentity": "a", "leaseDurationSeconds": 15, "acquireTime": "2030-01-02T03:04:05.678900Z",
-                            "renewTime": "2030-01-02T03:04:05.678900Z", "leaseTransitions": 2}
+    assert body["spec"] == {
+        "holderIdentity": "a",
+        "leaseDurationSeconds": 15,
+        "acquireTime": "2030-01-02T03:04:05.678900Z",
+        "renewTime": "2030-01-02T03:04:05.678900Z",
+        "leaseTransitions": 2,
+    }
     released = KubernetesLeaseApi._body(NAME, LeaseRecord(holder=None, lease_duration_seconds=1, transitions=2))
     assert "holderIdentity" not in released["spec"]
 
@@ -253,7 +302,11 @@ def test_lease_body_uses_micro_time_and_carries_the_resource_version():
 def test_flags():
     assert parse_config([], env={}).leader_elect is False
     cfg = parse_config(["--leader-elect", "--leader-election-namespace", "ops"], env={})
-    assert (cfg.leader_elect, cfg.leader_election_namespace, cfg.leader_election_lease) == (True, "ops", "kubetask-bridge")
+    assert (cfg.leader_elect, cfg.leader_election_namespace, cfg.leader_election_lease) == (
+        True,
+        "ops",
+        "kubetask-bridge",
+    )
     env = {"KUBETASK_BRIDGE_LEADER_ELECT": "true", "KUBETASK_BRIDGE_LEADER_ELECTION_LEASE": "other"}
     assert parse_config([], env=env).leader_elect is True
     assert parse_config(["--no-leader-elect"], env=env).leader_elect is False

@@ -8,9 +8,10 @@ import urllib.request
 import kubernetes
 import pytest
 
-from crd_bridge import metrics
-from crd_bridge.__main__ import Runtime, connection_info
+from crd_bridge import metrics, watch
 from crd_bridge.config import BridgeConfig, parse_config
+from crd_bridge.runtime import Runtime
+from crd_bridge.watch import connection_info
 
 
 def test_defaults():
@@ -37,8 +38,18 @@ def test_flags_and_environment():
     assert cfg.dagster_url == "http://dagster:3000"  # /graphql is added by the client
     assert cfg.drift_interval == 7.5
     cfg = parse_config(
-        ["-n", "x", "--namespace", "y,z", "--dagster-ui-url", "https://dagster.example.com/", "--health-bind", "0.0.0.0:9000",
-         "--kubeconfig", "/k"],
+        [
+            "-n",
+            "x",
+            "--namespace",
+            "y,z",
+            "--dagster-ui-url",
+            "https://dagster.example.com/",
+            "--health-bind",
+            "0.0.0.0:9000",
+            "--kubeconfig",
+            "/k",
+        ],
         env=env,
     )
     assert cfg.namespaces == ("x", "y", "z")  # flags replace the variable
@@ -85,8 +96,14 @@ def test_http_server_serves_health_and_metrics():
         assert e.value.code == 503
         metrics.SUBMISSIONS.inc()
         body = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
-        for name in ("kubetask_bridge_submissions_total", "kubetask_bridge_submission_errors_total", "kubetask_bridge_reconcile_errors_total",
-                     "kubetask_bridge_drift_corrections_total", "kubetask_bridge_submit_latency_seconds", "kubetask_bridge_queued_tasks"):
+        for name in (
+            "kubetask_bridge_submissions_total",
+            "kubetask_bridge_submission_errors_total",
+            "kubetask_bridge_reconcile_errors_total",
+            "kubetask_bridge_drift_corrections_total",
+            "kubetask_bridge_submit_latency_seconds",
+            "kubetask_bridge_queued_tasks",
+        ):
             assert name in body
     finally:
         server.shutdown()
@@ -111,10 +128,10 @@ def test_kopf_login_uses_the_bridges_configuration():
 def test_kopf_registry_has_only_event_handlers():
     """Event handlers only: kopf then stores no diff-base/progress annotations and adds no finalizer."""
     rt = Runtime(BridgeConfig(), _configuration())
-    registry = rt.registry()
+    registry = watch.registry(rt)
     assert registry._watching.has_handlers
     ids = {h.id for h in registry._watching.get_all_handlers()}
-    assert {"tasks", "workspaceconfigs", "batch-catalog", "batch-status"} <= ids  # batches.register_batches adds the last two
+    assert {"tasks", "workspaceconfigs", "batch-catalog", "batch-status"} <= ids  # the Batch sync's
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []
-    assert rt.settings().posting.enabled is False
+    assert watch.settings().posting.enabled is False

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import requests
 
-from crd_bridge.dagster_client import (
-    ALL_QUERIES,
+from crd_bridge.dagster.client import (
     DagsterClient,
     DagsterError,
     DagsterRejected,
     DagsterUnavailable,
     RunNotFound,
 )
+from crd_bridge.dagster.queries import ALL_QUERIES, RELOAD, SLOW
 
 
 class Response:
@@ -74,8 +74,14 @@ def client(session: Session, clock: Callable[[], float] | None = None, **kw: Any
 
 
 def run(run_id: str, status: str = "STARTED", **extra: Any) -> dict[str, Any]:
-    return {"runId": run_id, "status": status, "creationTime": 1.0, "startTime": 2.0, "endTime": extra.get("endTime"),
-            "tags": [{"key": k, "value": v} for k, v in extra.get("tags", {}).items()]}
+    return {
+        "runId": run_id,
+        "status": status,
+        "creationTime": 1.0,
+        "startTime": 2.0,
+        "endTime": extra.get("endTime"),
+        "tags": [{"key": k, "value": v} for k, v in extra.get("tags", {}).items()],
+    }
 
 
 # --- transport ---------------------------------------------------------------------------------
@@ -84,14 +90,25 @@ def run(run_id: str, status: str = "STARTED", **extra: Any) -> dict[str, Any]:
 def test_submit_names_location_repository_job_tags_and_config():
     s = Session(ok({"launchRun": {"__typename": "LaunchRunSuccess", "run": {"runId": "r-1"}}}))
     c, _ = client(s)
-    run_id = c.submit_run("task_job", {"ops": {"prepare_task": {"config": {"name": "a"}}}}, {"kubetask.io/uid": "u", "kubetask.io/generation": "1"})
+    run_id = c.submit_run(
+        "task_job",
+        {"ops": {"prepare_task": {"config": {"name": "a"}}}},
+        {"kubetask.io/uid": "u", "kubetask.io/generation": "1"},
+    )
     assert run_id == "r-1"
     call = s.calls[0]
     assert call["url"] == "http://dagster.test:3000/graphql"
     params = call["variables"]["executionParams"]
-    assert params["selector"] == {"repositoryLocationName": "kubetask", "repositoryName": "__repository__", "jobName": "task_job"}
+    assert params["selector"] == {
+        "repositoryLocationName": "kubetask",
+        "repositoryName": "__repository__",
+        "jobName": "task_job",
+    }
     assert params["runConfigData"] == {"ops": {"prepare_task": {"config": {"name": "a"}}}}
-    assert params["executionMetadata"]["tags"] == [{"key": "kubetask.io/uid", "value": "u"}, {"key": "kubetask.io/generation", "value": "1"}]
+    assert params["executionMetadata"]["tags"] == [
+        {"key": "kubetask.io/uid", "value": "u"},
+        {"key": "kubetask.io/generation", "value": "1"},
+    ]
 
 
 def test_unreachable_is_retried_with_backoff_then_reported_and_remembered():
@@ -190,9 +207,28 @@ def test_invalid_run_config_is_rejected():
 
 def test_unknown_job_in_a_loaded_location_is_rejected():
     s = Session(
-        ok({"launchRun": {"__typename": "PipelineNotFoundError", "message": "Could not find Pipeline kubetask.__repository__.task_job"}}),
-        ok({"workspaceOrError": {"__typename": "Workspace", "locationEntries": [
-            {"name": "kubetask", "loadStatus": "LOADED", "locationOrLoadError": {"__typename": "RepositoryLocation"}}]}}),
+        ok(
+            {
+                "launchRun": {
+                    "__typename": "PipelineNotFoundError",
+                    "message": "Could not find Pipeline kubetask.__repository__.task_job",
+                }
+            }
+        ),
+        ok(
+            {
+                "workspaceOrError": {
+                    "__typename": "Workspace",
+                    "locationEntries": [
+                        {
+                            "name": "kubetask",
+                            "loadStatus": "LOADED",
+                            "locationOrLoadError": {"__typename": "RepositoryLocation"},
+                        }
+                    ],
+                }
+            }
+        ),
     )
     c, _ = client(s)
     with pytest.raises(DagsterRejected, match="Could not find"):
@@ -203,7 +239,13 @@ def test_unknown_job_in_a_loaded_location_is_rejected():
     "entries",
     [
         [{"name": "kubetask", "loadStatus": "LOADING", "locationOrLoadError": None}],
-        [{"name": "kubetask", "loadStatus": "LOADED", "locationOrLoadError": {"__typename": "PythonError", "message": "ImportError"}}],
+        [
+            {
+                "name": "kubetask",
+                "loadStatus": "LOADED",
+                "locationOrLoadError": {"__typename": "PythonError", "message": "ImportError"},
+            }
+        ],
         [],
     ],
 )
@@ -228,7 +270,16 @@ def test_python_error_on_submit_is_transient():
 
 
 def test_find_runs_by_tags_and_statuses():
-    s = Session(ok({"runsOrError": {"__typename": "Runs", "results": [run("r2", "QUEUED", tags={"kubetask.io/uid": "u"}), run("r1", "FAILURE", endTime=5.0)]}}))
+    s = Session(
+        ok(
+            {
+                "runsOrError": {
+                    "__typename": "Runs",
+                    "results": [run("r2", "QUEUED", tags={"kubetask.io/uid": "u"}), run("r1", "FAILURE", endTime=5.0)],
+                }
+            }
+        )
+    )
     c, _ = client(s)
     runs = c.find_runs({"kubetask.io/uid": "u"}, statuses=["QUEUED", "STARTED"], limit=10)
     assert [r.run_id for r in runs] == ["r2", "r1"]
@@ -259,13 +310,27 @@ def test_get_runs_in_chunks():
 
 
 def test_failure_message_prefers_the_step_failure_and_pages():
-    page1 = {"__typename": "EventConnection", "cursor": "c1", "hasMore": True, "events": [
-        {"__typename": "ExecutionStepFailureEvent", "stepKey": "prepare_task", "message": "Execution of step failed.",
-         "error": {"message": "TaskError: WorkspaceConfig \"x\" not found\n", "className": "Failure"}},
-    ]}
-    page2 = {"__typename": "EventConnection", "cursor": "c2", "hasMore": False, "events": [
-        {"__typename": "RunFailureEvent", "message": "Execution of run for \"task_job\" failed.", "error": None},
-    ]}
+    page1 = {
+        "__typename": "EventConnection",
+        "cursor": "c1",
+        "hasMore": True,
+        "events": [
+            {
+                "__typename": "ExecutionStepFailureEvent",
+                "stepKey": "prepare_task",
+                "message": "Execution of step failed.",
+                "error": {"message": 'TaskError: WorkspaceConfig "x" not found\n', "className": "Failure"},
+            },
+        ],
+    }
+    page2 = {
+        "__typename": "EventConnection",
+        "cursor": "c2",
+        "hasMore": False,
+        "events": [
+            {"__typename": "RunFailureEvent", "message": 'Execution of run for "task_job" failed.', "error": None},
+        ],
+    }
     s = Session(ok({"logsForRun": page1}), ok({"logsForRun": page2}))
     c, _ = client(s)
     assert c.failure_message("r") == 'step prepare_task failed: TaskError: WorkspaceConfig "x" not found'
@@ -273,19 +338,41 @@ def test_failure_message_prefers_the_step_failure_and_pages():
 
 
 def test_failure_message_drops_dagsters_failure_class_path():
-    events = {"__typename": "EventConnection", "cursor": "c", "hasMore": False, "events": [
-        {"__typename": "ExecutionStepFailureEvent", "stepKey": "run_agent", "message": "x",
-         "error": {"message": "dagster._core.definitions.events.Failure: AgentFailed: the agent exited with 1 (Error)\n", "className": "Failure"}},
-    ]}
+    events = {
+        "__typename": "EventConnection",
+        "cursor": "c",
+        "hasMore": False,
+        "events": [
+            {
+                "__typename": "ExecutionStepFailureEvent",
+                "stepKey": "run_agent",
+                "message": "x",
+                "error": {
+                    "message": "dagster._core.definitions.events.Failure: "
+                    "AgentFailed: the agent exited with 1 (Error)\n",
+                    "className": "Failure",
+                },
+            },
+        ],
+    }
     c, _ = client(Session(ok({"logsForRun": events})))
     assert c.failure_message("r") == "step run_agent failed: AgentFailed: the agent exited with 1 (Error)"
 
 
 def test_failure_message_of_a_dead_run_worker():
-    events = {"__typename": "EventConnection", "cursor": "c", "hasMore": False, "events": [
-        {"__typename": "EngineEvent", "message": "Run worker failed.", "error": {"message": "SIGKILL", "className": None}},
-        {"__typename": "RunFailureEvent", "message": "Run failed.", "error": None},
-    ]}
+    events = {
+        "__typename": "EventConnection",
+        "cursor": "c",
+        "hasMore": False,
+        "events": [
+            {
+                "__typename": "EngineEvent",
+                "message": "Run worker failed.",
+                "error": {"message": "SIGKILL", "className": None},
+            },
+            {"__typename": "RunFailureEvent", "message": "Run failed.", "error": None},
+        ],
+    }
     c, _ = client(Session(ok({"logsForRun": events})))
     assert c.failure_message("r") == "Run worker failed. SIGKILL"
 
@@ -293,11 +380,60 @@ def test_failure_message_of_a_dead_run_worker():
 def test_terminate_outcomes():
     s = Session(
         ok({"terminateRun": {"__typename": "TerminateRunSuccess", "run": {"runId": "r"}}}),
-        ok({"terminateRun": {"__typename": "TerminateRunFailure", "message": "already finished", "run": {"status": "SUCCESS"}}}),
+        ok(
+            {
+                "terminateRun": {
+                    "__typename": "TerminateRunFailure",
+                    "message": "already finished",
+                    "run": {"status": "SUCCESS"},
+                }
+            }
+        ),
         ok({"terminateRun": {"__typename": "RunNotFoundError", "message": "no"}}),
     )
     c, _ = client(s)
     assert [c.terminate_run("r") for _ in range(3)] == ["terminated", "not-terminable", "not-found"]
+
+
+# --- re-execution ------------------------------------------------------------------------------
+
+
+def test_reexecute_sends_parent_strategy_and_parent_tags():
+    session = Session(ok({"launchRunReexecution": {"__typename": "LaunchRunSuccess", "run": {"runId": "r2"}}}))
+    c, _ = client(session)
+    assert c.reexecute_run("r1") == "r2"
+    assert session.calls[0]["variables"] == {
+        "params": {"parentRunId": "r1", "strategy": "FROM_FAILURE", "useParentRunTags": True}
+    }
+
+
+def test_reexecute_of_a_run_with_nothing_to_rerun_is_rejected_not_unavailable():
+    """dagster-webserver answers 500 with the PythonError in `data`."""
+    answer = {
+        "data": {
+            "launchRunReexecution": {
+                "__typename": "PythonError",
+                "className": "DagsterInvariantViolationError",
+                "message": "Cannot reexecute from failure a run that is not failed or canceled\n",
+            }
+        }
+    }
+    c, _ = client(Session(Response(500, answer)))
+    with pytest.raises(DagsterRejected) as e:
+        c.reexecute_run("r1")
+    assert e.value.kind == "DagsterInvariantViolationError"
+    assert not c.failing
+
+
+def test_reexecute_other_python_errors_and_bare_500s_are_transient():
+    error = {"launchRunReexecution": {"__typename": "PythonError", "className": "OSError", "message": "x"}}
+    c, _ = client(Session(Response(500, {"data": error})))
+    with pytest.raises(DagsterUnavailable):
+        c.reexecute_run("r1")
+    c, _ = client(Session(Response(500, "Internal Server Error")))
+    with pytest.raises(DagsterUnavailable):
+        c.reexecute_run("r1")
+    assert c.failing
 
 
 # --- the queries match the installed Dagster's schema ------------------------------------------
@@ -310,3 +446,32 @@ def test_queries_validate_against_dagsters_graphql_schema():
     schema = schema_mod.create_schema().graphql_schema
     for name, query in ALL_QUERIES.items():
         assert validate(schema, parse(query)) == [], name
+
+
+def test_every_document_of_the_bridge_is_in_the_validated_set():
+    """No GraphQL outside ALL_QUERIES: every module-level document of crd_bridge is listed there."""
+    import importlib
+    import pkgutil
+
+    import crd_bridge
+
+    listed = set(ALL_QUERIES.values())
+    for info in pkgutil.walk_packages(crd_bridge.__path__, "crd_bridge."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, str) and value.lstrip().startswith(("query Bridge", "mutation Bridge")):
+                assert value in listed, f"{info.name}.{name}"
+
+
+def test_the_batch_syncs_documents_get_the_long_timeout():
+    timeouts: list[float] = []
+
+    class Recording:
+        def post(self, url: str, json: dict[str, Any], timeout: float) -> Response:
+            timeouts.append(timeout)
+            return Response(200, {"data": {}})
+
+    c = DagsterClient("http://dagster", timeout=10.0, session=Recording())  # type: ignore[arg-type]
+    c.execute(RELOAD, {"location": "kubetask"}, mutation=True)
+    c.execute(ALL_QUERIES["runs"], {})
+    assert timeouts == [60.0, 10.0] and RELOAD in SLOW
