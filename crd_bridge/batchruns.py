@@ -437,6 +437,7 @@ class BatchRunReconciler(ReconcileLoop):
             return self._later(key, last + self.debounce)
         current = objects.phase_of(obj)
         summary = self.summary(obj)
+        phase: str | None
         if paused(obj):
             phase = PAUSED
         elif summary is not None:
@@ -774,7 +775,7 @@ class BatchRunReconciler(ReconcileLoop):
                 steps.append(f"run_batch_task[{batches.mapping_key(index)}]")
         return sorted(steps) + ["summarize_batch"] if steps else []
 
-    def _nothing_to_rerun(self, obj: Obj, why: str) -> None:
+    def _nothing_to_rerun(self, obj: Obj, why: str) -> float | None:
         self._clear_annotations(obj, [vocabulary.RERUN])
         self._event(obj, vocabulary.NOTHING_TO_RERUN, f"nothing to rerun: {why}; annotation removed")
         metrics.BATCHRUN_RERUNS.labels("nothing").inc()
@@ -809,8 +810,8 @@ class BatchRunReconciler(ReconcileLoop):
                 log.debug("periodic pass: no run statuses from Dagster: %s", e)
             else:
                 with self._lock:
-                    for run_id in ids:
-                        self._runs[run_id] = found.get(run_id)
+                    for followed in ids:
+                        self._runs[followed] = found.get(followed)
         with self._lock:
             active_uids = {uid: [r.run_id for r in runs] for uid, runs in self._active.items()}
         for o in objs:

@@ -111,52 +111,115 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         ),
         epilog=f"Every flag defaults to the environment variable in brackets (prefix {ENV_PREFIX}).",
     )
-    p.add_argument("--kubeconfig", default=env.get("KUBECONFIG") or None,
-                   help="kubeconfig file [KUBECONFIG]; without it: in-cluster, else ~/.kube/config")
-    p.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
-                   help="watch only this namespace (repeatable, or a comma list) [NAMESPACES]; default: all")
-    p.add_argument("--dagster-url", default=e("DAGSTER_URL", "http://127.0.0.1:3000"),
-                   help="dagster-webserver base URL [DAGSTER_URL] (default %(default)s)")
-    p.add_argument("--dagster-ui-url", default=e("DAGSTER_UI_URL"),
-                   help="base URL of run links in Task status [DAGSTER_UI_URL] (default: --dagster-url)")
-    p.add_argument("--location", default=e("LOCATION", "kubetask"),
-                   help="Dagster code location [LOCATION] (default %(default)s)")
-    p.add_argument("--repository", default=e("REPOSITORY", "__repository__"),
-                   help="Dagster repository [REPOSITORY] (default %(default)s)")
+    p.add_argument(
+        "--kubeconfig",
+        default=env.get("KUBECONFIG") or None,
+        help="kubeconfig file [KUBECONFIG]; without it: in-cluster, else ~/.kube/config",
+    )
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch only this namespace (repeatable, or a comma list) [NAMESPACES]; default: all",
+    )
+    p.add_argument(
+        "--dagster-url",
+        default=e("DAGSTER_URL", "http://127.0.0.1:3000"),
+        help="dagster-webserver base URL [DAGSTER_URL] (default %(default)s)",
+    )
+    p.add_argument(
+        "--dagster-ui-url",
+        default=e("DAGSTER_UI_URL"),
+        help="base URL of run links in Task status [DAGSTER_UI_URL] (default: --dagster-url)",
+    )
+    p.add_argument(
+        "--location", default=e("LOCATION", "kubetask"), help="Dagster code location [LOCATION] (default %(default)s)"
+    )
+    p.add_argument(
+        "--repository",
+        default=e("REPOSITORY", "__repository__"),
+        help="Dagster repository [REPOSITORY] (default %(default)s)",
+    )
     p.add_argument("--job", default=e("JOB", "task_job"), help="Dagster job run per Task [JOB] (default %(default)s)")
-    p.add_argument("--health-bind", type=_bind, default=e("HEALTH_BIND", "127.0.0.1:8081"),
-                   help="HOST:PORT of /healthz, /readyz and /metrics [HEALTH_BIND] (default %(default)s)")
-    p.add_argument("--drift-interval", type=_positive_float, default=e("DRIFT_INTERVAL", "5"),
-                   help="seconds between periodic passes [DRIFT_INTERVAL] (default %(default)s)")
-    p.add_argument("--drift-grace", type=float, default=e("DRIFT_GRACE", "5"),
-                   help="seconds after a run ended before the bridge writes the Task's terminal status "
-                        "[DRIFT_GRACE] (default %(default)s)")
-    p.add_argument("--orphan-interval", type=_positive_float, default=e("ORPHAN_INTERVAL", "60"),
-                   help="seconds between sweeps terminating runs of deleted Tasks [ORPHAN_INTERVAL] "
-                        "(default %(default)s)")
-    p.add_argument("--relist-interval", type=_positive_float, default=e("RELIST_INTERVAL", "300"),
-                   help="seconds between full re-lists of Tasks [RELIST_INTERVAL] (default %(default)s)")
-    p.add_argument("--workers", type=int, default=e("WORKERS", "4"),
-                   help="reconcile threads [WORKERS] (default %(default)s)")
-    p.add_argument("--batch-job", default=e("BATCH_JOB", "batch_job"),
-                   help="Dagster job run per BatchRun [BATCH_JOB] (default %(default)s)")
-    p.add_argument("--batchrun-workers", type=int, default=e("BATCHRUN_WORKERS", "2"),
-                   help="BatchRun reconcile threads [BATCHRUN_WORKERS] (default %(default)s)")
-    p.add_argument("--batchrun-debounce", type=float, default=e("BATCHRUN_DEBOUNCE", "1"),
-                   help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] "
-                        "(default %(default)s)")
-    p.add_argument("--dagster-timeout", type=_positive_float, default=e("DAGSTER_TIMEOUT", "10"),
-                   help="HTTP timeout of one GraphQL request, seconds [DAGSTER_TIMEOUT] (default %(default)s)")
-    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"),
-                   help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)")
+    p.add_argument(
+        "--health-bind",
+        type=_bind,
+        default=e("HEALTH_BIND", "127.0.0.1:8081"),
+        help="HOST:PORT of /healthz, /readyz and /metrics [HEALTH_BIND] (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-interval",
+        type=_positive_float,
+        default=e("DRIFT_INTERVAL", "5"),
+        help="seconds between periodic passes [DRIFT_INTERVAL] (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-grace",
+        type=float,
+        default=e("DRIFT_GRACE", "5"),
+        help="seconds after a run ended before the bridge writes the Task's terminal status "
+        "[DRIFT_GRACE] (default %(default)s)",
+    )
+    p.add_argument(
+        "--orphan-interval",
+        type=_positive_float,
+        default=e("ORPHAN_INTERVAL", "60"),
+        help="seconds between sweeps terminating runs of deleted Tasks [ORPHAN_INTERVAL] (default %(default)s)",
+    )
+    p.add_argument(
+        "--relist-interval",
+        type=_positive_float,
+        default=e("RELIST_INTERVAL", "300"),
+        help="seconds between full re-lists of Tasks [RELIST_INTERVAL] (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=e("WORKERS", "4"), help="reconcile threads [WORKERS] (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch-job",
+        default=e("BATCH_JOB", "batch_job"),
+        help="Dagster job run per BatchRun [BATCH_JOB] (default %(default)s)",
+    )
+    p.add_argument(
+        "--batchrun-workers",
+        type=int,
+        default=e("BATCHRUN_WORKERS", "2"),
+        help="BatchRun reconcile threads [BATCHRUN_WORKERS] (default %(default)s)",
+    )
+    p.add_argument(
+        "--batchrun-debounce",
+        type=float,
+        default=e("BATCHRUN_DEBOUNCE", "1"),
+        help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] (default %(default)s)",
+    )
+    p.add_argument(
+        "--dagster-timeout",
+        type=_positive_float,
+        default=e("DAGSTER_TIMEOUT", "10"),
+        help="HTTP timeout of one GraphQL request, seconds [DAGSTER_TIMEOUT] (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)"
+    )
     # --- leader election (crd_bridge.leader) ---
-    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction,
-                   default=(e("LEADER_ELECT", "") or "").strip().lower() in ("1", "true", "yes", "on"),
-                   help="watch and reconcile only while holding the Lease [LEADER_ELECT] (default: off)")
-    p.add_argument("--leader-election-namespace", default=e("LEADER_ELECTION_NAMESPACE"),
-                   help="namespace of the Lease [LEADER_ELECTION_NAMESPACE] (default: the pod's, else kubetask-system)")
-    p.add_argument("--leader-election-lease", default=e("LEADER_ELECTION_LEASE", "kubetask-bridge"),
-                   help="name of the Lease [LEADER_ELECTION_LEASE] (default %(default)s)")
+    p.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=(e("LEADER_ELECT", "") or "").strip().lower() in ("1", "true", "yes", "on"),
+        help="watch and reconcile only while holding the Lease [LEADER_ELECT] (default: off)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=e("LEADER_ELECTION_NAMESPACE"),
+        help="namespace of the Lease [LEADER_ELECTION_NAMESPACE] (default: the pod's, else kubetask-system)",
+    )
+    p.add_argument(
+        "--leader-election-lease",
+        default=e("LEADER_ELECTION_LEASE", "kubetask-bridge"),
+        help="name of the Lease [LEADER_ELECTION_LEASE] (default %(default)s)",
+    )
     return p
 
 

@@ -120,7 +120,8 @@ class KubernetesApi:
 
     def list(self, plural: str, namespaces: Sequence[str], *, label_selector: str | None = None) -> list[Obj]:
         items: list[Obj] = []
-        for ns in namespaces or [None]:
+        scopes: list[str | None] = list(namespaces) or [None]
+        for ns in scopes:
             token: str | None = None
             while True:
                 kwargs: dict[str, Any] = {"limit": PAGE, "_request_timeout": LIST_TIMEOUT}

@@ -233,7 +233,7 @@ class Reconciler(ReconcileLoop):
             self._note_unavailable(task, e)
             raise
 
-    def _queue(self, task: Obj, workspace: str, limit: int) -> None:
+    def _queue(self, task: Obj, workspace: str, limit: int) -> float | None:
         plural = "" if limit == 1 else "s"
         message = (
             f'WorkspaceConfig "{workspace}" allows at most {limit} concurrent Task{plural}; waiting for a free slot'
@@ -250,7 +250,7 @@ class Reconciler(ReconcileLoop):
             log.info("Task %s queued: %s", objects.name_of(task), message)
         return None
 
-    def _submit(self, task: Obj) -> None:
+    def _submit(self, task: Obj) -> float | None:
         adopted = self._existing_run(task)
         if adopted is not None:
             run_id = adopted.run_id
@@ -380,7 +380,7 @@ class Reconciler(ReconcileLoop):
                 return run  # type: ignore[no-any-return]
         return None
 
-    def _adopt(self, task: Obj, run: RunInfo) -> None:
+    def _adopt(self, task: Obj, run: RunInfo) -> float | None:
         url = self.run_url(run.run_id)
         self._patch(task, {"dagsterRunId": run.run_id, "dagsterRunUrl": url})
         self._event(task, vocabulary.RUN_ADOPTED, f"following Dagster run {run.run_id} (started from Dagster): {url}")
