@@ -83,6 +83,10 @@ def dagster(cluster) -> Any:
         subprocess.run([str(DAGSTER_SCRIPT), "stop"], env=env, check=False, capture_output=True, timeout=120)
 
 
+CRASH_AFTER_SUBMIT = "tests.integration.crash_after_submit"
+"""The bridge, exiting (137) right after its first Task submission, before the status write."""
+
+
 @dataclass
 class Bridge:
     """The CR bridge as a real process; tests may kill and restart it."""
@@ -92,10 +96,12 @@ class Bridge:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
 
-    def start(self, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, extra_env: dict[str, str] | None = None, module: str = "crd_bridge") -> None:
+        """Start ``python -m <module>`` with the bridge's flags: ``crd_bridge``, or a test seam that runs
+        it (``CRASH_AFTER_SUBMIT``)."""
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crd_bridge", *self.args],
+            [sys.executable, "-m", module, *self.args],
             env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         deadline = time.monotonic() + 60

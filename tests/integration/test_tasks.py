@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kt_helpers import apply, condition, event_reasons, get, inline, jobs, run_worker_pids, task, wait_phase, workspace
+from kt_stack import CRASH_AFTER_SUBMIT
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ def test_secret_context_lands_in_a_secret_and_nowhere_else(kubectl, wait_for, na
 def test_bridge_killed_right_after_submitting_leaves_one_run_and_one_job(kubectl, wait_for, namespace, bridge, dagster):
     bridge.stop()
     try:
-        bridge.start(extra_env={"KUBETASK_BRIDGE_CRASH_AFTER_SUBMIT": "1"})
+        bridge.start(module=CRASH_AFTER_SUBMIT)
         apply(kubectl, namespace, workspace(), task("crash"))
         uid = get(kubectl, namespace, "task", "crash")["metadata"]["uid"]
         wait_for(lambda: bridge.proc.poll() is not None, timeout=60, what="the bridge to crash after submitting")
