@@ -23,6 +23,10 @@ STUCK_WAITING_REASONS = {
 }
 
 
+NEVER_STARTED = frozenset({*STUCK_WAITING_REASONS.values(), vocabulary.POD_CREATION_FAILED})
+"""Outcomes of an attempt whose agent never ran: its pod could not start (or not be created)."""
+
+
 @dataclass
 class PodOutcome:
     """How one attempt's pod ended."""

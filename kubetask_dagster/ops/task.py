@@ -28,7 +28,7 @@ from dagster import (
 from kubetask import vocabulary
 from kubetask.api import GitContext, Task, WorkspaceConfig
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
-from kubetask.domain import manifests, status
+from kubetask.domain import manifests, outcomes, status
 from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
 from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
@@ -265,6 +265,11 @@ def run_attempt(
         return {"attempt": attempt, "job": job_name, "exitCode": outcome.exit_code}
 
     context.log_event(AssetObservation(asset_key, partition=partition, metadata=metadata))
+    if outcome.reason in outcomes.NEVER_STARTED:
+        # The pod waits for a fix (a Secret, an image); once it comes the kubelet would start the agent of
+        # an attempt already recorded as failed. The next attempt, if any, gets a Job of its own.
+        api.delete_job(config.namespace, job_name)
+        reporter.event(vocabulary.JOB_DELETED, f"attempt {attempt}: Job {job_name} deleted, its pod never started")
     if policy is not None and context.retry_number < policy.limit and outcome.reason != vocabulary.JOB_DELETED:
         delay = status.retry_delay(policy, context.retry_number + 1)
         message = f"attempt {attempt} failed ({outcome.reason}: {outcome.message}); retrying in {delay:g} s"

@@ -91,7 +91,8 @@ RUNTIME = [
     ("workspace-missing", [], {"workspaceConfigRef": "absent"}, "WorkspaceConfigNotFound", ["absent"], False),
     ("mount-path-conflict", [workspace(credentials=[{"name": "token", "secretRef": {"name": "s", "key": "k"}, "mountPath": "/workspace/task.md"}])],
      None, "MountPathConflict", ["/workspace/task.md"], False),
-    ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], True),
+    # its Job is deleted: the pod never started, and must not start the agent once the image appears
+    ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], False),
     ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
     # a Task that is not the BatchRun's holds the name of its first Task (stopped, so it runs no Job)
     ("batchrun-task-name-taken",

@@ -282,13 +282,6 @@ def test_a_failed_attempt_with_retries_left_records_retrying_and_runs_a_second_j
     assert result.output_for_node("run_agent")["attempt"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _next_attempt resumes attempt 1 on a RetryRequested retry of the same run. A pod stuck in "
-    "CreateContainerConfigError/ImagePullBackOff leaves its Job without a Complete/Failed condition, and the retry "
-    "runs with the same run id, so the Job's dagster-run-id annotation matches and the step re-waits on the same "
-    "stuck pod (in a cluster: the same outcome at once) instead of creating t1-job-2; every retry is burned on attempt 1",
-)
 def test_a_retry_after_a_pod_that_cannot_start_runs_a_new_job(run):
     stuck = PodOutcome(False, vocabulary.CONTAINER_CONFIG_ERROR, 'CreateContainerConfigError: secret "llm" not found')
     kube = fake_kube(stuck, ok(), task=task_obj(retries={"limit": 1, "backoff": {"initialDelay": "1ms"}}))
@@ -297,12 +290,6 @@ def test_a_retry_after_a_pod_that_cannot_start_runs_a_new_job(run):
     assert kube.task()["status"]["attempt"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an attempt ended for a pod that cannot start (ContainerConfigError, ImagePullFailed) leaves its Job "
-    "and pending pod in place; the Task is Failed, yet once the missing Secret or image appears the kubelet starts "
-    "the agent anyway (or the pod stays Pending forever when no timeout is set). run_attempt never deletes that Job",
-)
 def test_a_task_failed_for_a_pod_that_cannot_start_deletes_its_job(run):
     stuck = PodOutcome(False, vocabulary.IMAGE_PULL_FAILED, "ImagePullBackOff: not found")
     kube = fake_kube(stuck)
