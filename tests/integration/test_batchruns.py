@@ -45,13 +45,17 @@ def configmaps(kubectl, namespace: str) -> list[str]:
 
 
 class PodWatch:
-    """Counts the agent pods that run at the same time (created and not yet terminated) in a namespace."""
+    """Counts the agent pods that run at the same time (created and not yet terminated) in a namespace.
+
+    A watch that dies before ``stop()`` fails the test there: a count from a dead watch proves nothing."""
 
     def __init__(self, api_client, namespace: str):
         from kubernetes import client, watch
 
         self._core = client.CoreV1Api(api_client)
         self._watch = watch.Watch()
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
         self.namespace = namespace
         self.active: set[str] = set()
         self.seen: set[str] = set()
@@ -71,11 +75,17 @@ class PodWatch:
                 else:
                     self.active.add(name)
                 self.max_active = max(self.max_active, len(self.active))
-        except Exception:  # the watch ends with the test
-            pass
+            if not self._stopping.is_set():
+                self.error = TimeoutError("the pod watch ended (600 s) before the test stopped it")
+        except Exception as e:
+            if not self._stopping.is_set():
+                self.error = e
 
     def stop(self) -> None:
+        self._stopping.set()
         self._watch.stop()
+        self._thread.join(timeout=10)
+        assert self.error is None, f"the pod watch died during the test: {self.error!r}"
 
 
 # --- tests ---------------------------------------------------------------------------------------

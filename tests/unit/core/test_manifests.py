@@ -9,7 +9,6 @@ import pytest
 
 from kubetask.api import Context, Task, WorkspaceConfigSpec
 from kubetask.domain.contexts import aggregate, resolve
-from tests.fakes import StaticReader
 from kubetask.domain.errors import TaskError
 from kubetask.domain.manifests import (
     DEFAULT_GIT_IMAGE,
@@ -22,6 +21,7 @@ from kubetask.domain.manifests import (
     owner_reference,
     secret_name,
 )
+from tests.fakes import StaticReader
 
 NS = "team-a"
 SECRET_VALUE = "s3cret-value"
