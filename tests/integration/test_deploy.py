@@ -27,11 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import kt_stack
 import pytest
 import requests
 import yaml
-
-import kt_stack
 from conftest import wait_for as wait_until
 from kt_helpers import apply, condition, event_reasons, get, inline, jobs, task, wait_phase, workspace
 
