@@ -85,9 +85,8 @@ def main() -> int:
             print(f"{key:<26} {s or float('nan'):>10.1f} {b:>10.1f} {(s / b if s else float('nan')):>6.2f}x")
         print(f"{'Task runs per second':<26} {system['runs_per_s']:>10.2f} {baseline['runs_per_s']:>10.2f}")
         print(f"{'Tasks Completed':<26} {system['completed']:>10} {args.tasks:>10}")
-        print(
-            f"{'API requests per Task':<26} {sum(system['requests_per_task'].values()):>10.1f} {sum(baseline['requests_per_task'].values()):>10.1f}"
-        )
+        requests = sum(system["requests_per_task"].values()), sum(baseline["requests_per_task"].values())
+        print(f"{'API requests per Task':<26} {requests[0]:>10.1f} {requests[1]:>10.1f}")
         print("peak RSS (MB, process trees):", system["peak_rss_mb"])
         print("peak PSS (MB, shared pages split):", system["peak_pss_mb"])
         print("CPU seconds by component while the system ran:", system["cpu_s"])

@@ -420,7 +420,7 @@ def wait_for_leadership(
     health = StandbyHealth(f"{namespace}/{name}")
     server = metrics.serve(config.health_host, config.health_port, health)
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -144,6 +145,14 @@ BATCHRUN_WORK_QUEUE = Gauge(
 )
 
 
+class HealthProbe(Protocol):
+    """What /healthz and /readyz ask: (ok, detail)."""
+
+    def live(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
+
+
 class Health:
     """Heartbeats and flags behind /healthz and /readyz (thread-safe)."""
 
@@ -178,7 +187,7 @@ class Health:
         return ok, detail
 
 
-def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+def _handler(health: HealthProbe) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             path = self.path.split("?", 1)[0]
@@ -201,7 +210,7 @@ def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, health: Health) -> ThreadingHTTPServer:
+def serve(host: str, port: int, health: HealthProbe) -> ThreadingHTTPServer:
     """Start the /healthz + /metrics server in a daemon thread; ``shutdown()`` the result to stop it."""
     server = ThreadingHTTPServer((host, port), _handler(health))
     server.daemon_threads = True

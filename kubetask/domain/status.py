@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubetask.api import BatchRunPhase, RetryPolicy, TaskPhase, TaskSpec, WorkspaceConfigSpec, parse_duration
@@ -43,13 +43,13 @@ _RERUNNABLE = frozenset({TaskPhase.FAILED.value, TaskPhase.STOPPED.value})
 
 def now() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def rfc3339(dt: datetime) -> str:
     """``2026-12-01T00:00:00Z``: UTC, whole seconds (a naive datetime is taken as UTC)."""
     if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc)
+        dt = dt.astimezone(UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -70,7 +70,9 @@ def set_condition(
         "status": status,
         "reason": reason,
         "message": message[:MAX_CONDITION_MESSAGE],
-        "lastTransitionTime": rfc3339(now) if changed else previous.get("lastTransitionTime", rfc3339(now)),
+        "lastTransitionTime": rfc3339(now)
+        if previous is None or changed
+        else previous.get("lastTransitionTime", rfc3339(now)),
     }
     if observed_generation is not None:
         condition["observedGeneration"] = observed_generation
@@ -110,7 +112,7 @@ def _transition(
     generation: int | None = None,
 ) -> dict[str, Any]:
     current = current or {}
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     generation = current.get("observedGeneration") if generation is None else generation
     if phase is TaskPhase.COMPLETED:
         succeeded, ready = "True", "True"
@@ -128,7 +130,9 @@ def _transition(
     return patch
 
 
-def submitted(current: Status, *, run_id: str, run_url: str | None, generation: int | None, now: datetime | None = None) -> dict[str, Any]:
+def submitted(
+    current: Status, *, run_id: str, run_url: str | None, generation: int | None, now: datetime | None = None
+) -> dict[str, Any]:
     """Pending: the Dagster run is submitted."""
     patch = _transition(current, TaskPhase.PENDING, "RunSubmitted", f"Dagster run {run_id} submitted", now, generation)
     patch["dagsterRunId"] = run_id
@@ -155,8 +159,10 @@ def running(
     """Running: attempt ``attempt`` runs in ``job_name``. ``startTime`` (``started`` or now) is set once;
     the exit code, completion time and pod of an earlier attempt are cleared."""
     current = current or {}
-    now = now or datetime.now(timezone.utc)
-    patch = _transition(current, TaskPhase.RUNNING, "Running", f"attempt {attempt} running in Job {job_name}", now, generation)
+    now = now or datetime.now(UTC)
+    patch = _transition(
+        current, TaskPhase.RUNNING, "Running", f"attempt {attempt} running in Job {job_name}", now, generation
+    )
     patch.update(jobName=job_name, attempt=attempt, exitCode=None, completionTime=None)
     if pod_name or current.get("attempt") != attempt:
         patch["podName"] = pod_name
@@ -172,7 +178,9 @@ def pod_started(current: Status, *, pod_name: str) -> dict[str, Any]:
     return {"podName": pod_name}
 
 
-def retrying(current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None) -> dict[str, Any]:
+def retrying(
+    current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Still Running: an attempt failed for ``reason`` and another one follows (``message`` says when)."""
     patch = _transition(current, TaskPhase.RUNNING, reason, message, now)
     if exit_code is not None:
@@ -180,16 +188,27 @@ def retrying(current: Status, reason: str, message: str, *, exit_code: int | Non
     return patch
 
 
-def completed(current: Status, *, exit_code: int, pod_name: str | None = None, message: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+def completed(
+    current: Status,
+    *,
+    exit_code: int,
+    pod_name: str | None = None,
+    message: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Completed: the agent exited successfully."""
-    patch = _transition(current, TaskPhase.COMPLETED, "Completed", message or f"agent exited with code {exit_code}", now)
+    patch = _transition(
+        current, TaskPhase.COMPLETED, "Completed", message or f"agent exited with code {exit_code}", now
+    )
     patch["exitCode"] = exit_code
     if pod_name:
         patch["podName"] = pod_name
     return patch
 
 
-def failed(current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None) -> dict[str, Any]:
+def failed(
+    current: Status, reason: str, message: str, *, exit_code: int | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Failed, for ``reason`` (a CamelCase condition reason)."""
     patch = _transition(current, TaskPhase.FAILED, reason, message, now)
     if exit_code is not None:
@@ -219,7 +238,9 @@ def retry_delay(policy: RetryPolicy | None, retry_number: int) -> float:
     return min(delay, cap.total_seconds())
 
 
-def effective_timeout_seconds(task_spec: TaskSpec, workspace_spec: WorkspaceConfigSpec, batch_default: str | None = None) -> int | None:
+def effective_timeout_seconds(
+    task_spec: TaskSpec, workspace_spec: WorkspaceConfigSpec, batch_default: str | None = None
+) -> int | None:
     """Timeout of one attempt in whole seconds (rounded up): the Task's, the Batch's, the WorkspaceConfig's, or None."""
     text = task_spec.timeout or batch_default or workspace_spec.default_timeout
     if text is None:

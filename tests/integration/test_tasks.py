@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kt_helpers import apply, condition, event_reasons, get, inline, jobs, run_worker_pids, task, wait_phase, workspace
 from kt_stack import CRASH_AFTER_SUBMIT
 
