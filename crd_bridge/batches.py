@@ -37,7 +37,7 @@ from kubetask.objects import Key
 from . import metrics
 from .dagster import queries
 from .dagster.client import DagsterError
-from .kube import BATCHES, BATCHRUNS, KubeApi, KubernetesApi
+from .kube import BATCHES, BATCHRUNS, KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class BatchSync:
     def __init__(
         self,
         dagster: Any,
-        kube: KubeApi | Any,
+        kube: KubeApi,
         *,
         debounce: float = 1.0,
         max_delay: float = 10.0,
@@ -88,9 +88,9 @@ class BatchSync:
         sync_attempts: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """``dagster``: the bridge's ``DagsterClient``; ``kube``: its ``KubeApi`` (or a CustomObjectsApi)."""
+        """``dagster``: the bridge's ``DagsterClient``; ``kube``: its ``KubeApi``."""
         self.dagster = dagster
-        self.kube = KubernetesApi.of(kube)
+        self.kube = kube
         self.debounce = debounce
         self.max_delay = max_delay
         self.status_delay = status_delay

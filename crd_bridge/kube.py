@@ -92,14 +92,6 @@ class KubernetesApi:
         self._core = core or kubernetes.client.CoreV1Api(api_client)
         self._events = EventRecorder(self._core, component, socket.gethostname(), TIMEOUT)
 
-    @classmethod
-    def of(cls, api: Any) -> KubeApi:
-        """``api`` when it is a ``KubeApi`` already, else a ``KubernetesApi`` over ``api``, a CustomObjectsApi
-        (what ``BatchSync`` was given before this adapter existed)."""
-        if hasattr(api, "patch_status"):
-            return api  # type: ignore[no-any-return]
-        return cls(custom=api)
-
     @staticmethod
     def _errors(e: kubernetes.client.ApiException, namespace: str, name: str, resource_version: Any) -> Exception:
         if e.status == 409:

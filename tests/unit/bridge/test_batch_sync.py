@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from crd_bridge.batches import BatchSync, desired_toggle, owner_batch
+from crd_bridge.kube import KubernetesApi
 from kubetask.domain import catalog as catalog_entries
 from tests.fakes import FakeCustom, batch, run
 
@@ -24,7 +25,7 @@ class FakeDagster:
         if op == "BridgeReload":
             if self.fail_reload:
                 self.fail_reload -= 1
-                from crd_bridge.dagster_client import DagsterUnavailable
+                from crd_bridge.dagster.client import DagsterUnavailable
                 raise DagsterUnavailable("down")
             return {"reloadRepositoryLocation": {"__typename": "WorkspaceLocationEntry", "loadStatus": "LOADED",
                                                  "locationOrLoadError": {"__typename": "RepositoryLocation"}}}
@@ -57,7 +58,7 @@ class Clock:
 
 def test_bridge_reloads_once_per_burst_after_a_quiet_second():
     clock, dagster = Clock(), FakeDagster()
-    sync = BatchSync(dagster, FakeCustom(), clock=clock, debounce=1.0, max_delay=10.0, startup_grace=2.0)
+    sync = BatchSync(dagster, KubernetesApi(custom=FakeCustom()), clock=clock, debounce=1.0, max_delay=10.0, startup_grace=2.0)
     sync.observe(None, batch("a"))
     sync.observe(None, batch("b"))
     sync.step()
@@ -89,7 +90,7 @@ def test_bridge_reloads_once_per_burst_after_a_quiet_second():
 def test_bridge_reload_retries_with_backoff():
     clock, dagster = Clock(), FakeDagster()
     dagster.fail_reload = 2
-    sync = BatchSync(dagster, FakeCustom(), clock=clock, startup_grace=0.0)
+    sync = BatchSync(dagster, KubernetesApi(custom=FakeCustom()), clock=clock, startup_grace=0.0)
     sync.observe(None, batch("a"))
     clock.t += 1.1
     sync.step()
@@ -110,7 +111,7 @@ def test_bridge_toggles_follow_suspend():
     clock = Clock()
     dagster = FakeDagster({"batch__team_a__on": listed("batch__team_a__on", "* * * * *"),
                            "batch__team_a__off": listed("batch__team_a__off", "* * * * *", "RUNNING")})
-    sync = BatchSync(dagster, FakeCustom(), clock=clock, startup_grace=0.0)
+    sync = BatchSync(dagster, KubernetesApi(custom=FakeCustom()), clock=clock, startup_grace=0.0)
     sync.observe(None, batch("on", schedule={"cron": "* * * * *"}))
     sync.observe(None, batch("off", schedule={"cron": "* * * * *", "suspend": True}))
     sync.observe(None, batch("plain"))
@@ -151,7 +152,7 @@ def test_bridge_refreshes_batch_status_and_history_when_a_batchrun_changes():
                                 status={"active": [{"name": "r1"}], "lastScheduleTime": "2026-12-01T03:00:00Z"}))
     finished = custom.add("batchruns", run("r1", "Completed", completed="2026-12-01T03:01:00Z"))
     custom.add("batchruns", run("r0", "Failed", completed="2026-12-01T02:01:00Z"))
-    sync = BatchSync(FakeDagster(), custom, clock=clock, startup_grace=100.0)
+    sync = BatchSync(FakeDagster(), KubernetesApi(custom=custom), clock=clock, startup_grace=100.0)
     sync.observe_batchrun("MODIFIED", finished)
     sync.step()
     assert not [c for c in custom.calls if c[0] == "status"]  # status_delay
@@ -169,7 +170,7 @@ def test_bridge_refreshes_batch_status_and_history_when_a_batchrun_changes():
 
 
 def test_bridge_thread_stops():
-    sync = BatchSync(FakeDagster(), FakeCustom(), startup_grace=100.0)
+    sync = BatchSync(FakeDagster(), KubernetesApi(custom=FakeCustom()), startup_grace=100.0)
     stopping = threading.Event()
     thread = threading.Thread(target=sync.run, args=(stopping,))
     thread.start()
