@@ -207,12 +207,10 @@ class BatchRunReconciler(ReconcileLoop):
         return updated
 
     def _conditions(self, obj: Mapping[str, Any], status: str, reason: str, message: str) -> list[dict[str, Any]]:
-        """``Succeeded`` (``status``) and ``Ready`` (True only when Completed) with one reason and message."""
-        now, generation = self._now(), objects.generation_of(obj)
-        ready = "True" if status == "True" else "False"
         current = objects.status(obj).get("conditions")
-        conditions = task_status.set_condition(current, vocabulary.SUCCEEDED, status, reason, message, now, generation)
-        return task_status.set_condition(conditions, vocabulary.READY, ready, reason, message, now, generation)
+        return task_status.batchrun_conditions(
+            current, status, reason, message, self._now(), objects.generation_of(obj)
+        )
 
     def _later(self, key: Key, due: float) -> float | None:
         """Seconds until ``due`` for the worker to look again, or None when a look is already due by then

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubetask import vocabulary
 from kubetask.api import BatchRunPhase, RetryPolicy, TaskPhase, TaskSpec, WorkspaceConfigSpec, parse_duration
 from kubetask.api.batch import MAX_FAILED_TASKS_LISTED
 
@@ -316,18 +317,22 @@ def batchrun_outcome(
     Completed when every Task completed, else Failed. Before any Task existed, a failure an op recorded
     on ``ready`` stands too.
     """
-    from kubetask import vocabulary as v  # here, not at the top: this function is appended to the module
-
-    not_an_outcome = {v.RUN_SUBMITTED, v.DAGSTER_UNAVAILABLE, v.RERUN_STARTED, v.RUN_ADOPTED, None}
+    not_an_outcome = {
+        vocabulary.RUN_SUBMITTED,
+        vocabulary.DAGSTER_UNAVAILABLE,
+        vocabulary.RERUN_STARTED,
+        vocabulary.RUN_ADOPTED,
+        None,
+    }
     canceled = run_status == "CANCELED"
     stopped = stop_requested or canceled
-    stop_reason = v.STOP_REQUESTED if stop_requested else v.RUN_CANCELED
+    stop_reason = vocabulary.STOP_REQUESTED if stop_requested else vocabulary.RUN_CANCELED
     word = run_status if run_status is not None else "not found"
     failed, completed = BatchRunPhase.FAILED.value, BatchRunPhase.COMPLETED.value
     if total is None and not tasks:  # expand_batch never completed
         ready, detail = ready or {}, False
         if (
-            current_phase in v.BATCHRUN_TERMINAL
+            current_phase in vocabulary.BATCHRUN_TERMINAL
             and ready.get("status") == "False"
             and (ready.get("reason") not in not_an_outcome)
         ):
@@ -337,10 +342,10 @@ def batchrun_outcome(
             phase, reason = BatchRunPhase.STOPPED.value, stop_reason
             message = f"Dagster run {run_id} ended ({word}) before any Task was created"
         elif run_status is None:
-            phase, reason = failed, v.RUN_NOT_FOUND
+            phase, reason = failed, vocabulary.RUN_NOT_FOUND
             message = f"Dagster has no run {run_id} (was the Dagster instance reset?)"
         else:
-            phase, reason, detail = failed, v.RUN_FAILED, True
+            phase, reason, detail = failed, vocabulary.RUN_FAILED, True
             message = f"Dagster run {run_id} ended ({word}) before any Task was created"
         return {
             "phase": phase,
@@ -352,20 +357,20 @@ def batchrun_outcome(
         }
     summary = batchrun_summary(tasks, total if total is not None else len(tasks), paused=False, stopped=stopped)
     counts = summary["progress"]
-    if current_phase in v.BATCHRUN_TERMINAL:
+    if current_phase in vocabulary.BATCHRUN_TERMINAL:
         phase = str(current_phase)  # an op's outcome stands
     elif stopped:
         phase = BatchRunPhase.STOPPED.value
     else:
         phase = completed if summary["phase"] == completed else failed
     if phase == completed:
-        reason = v.ALL_TASKS_COMPLETED
+        reason = vocabulary.ALL_TASKS_COMPLETED
     elif phase == BatchRunPhase.STOPPED.value:
         reason = stop_reason
     elif counts["failed"] or counts["stopped"]:
-        reason = v.TASKS_FAILED
+        reason = vocabulary.TASKS_FAILED
     else:
-        reason = v.RUN_NOT_FOUND if run_status is None else v.RUN_FAILED
+        reason = vocabulary.RUN_NOT_FOUND if run_status is None else vocabulary.RUN_FAILED
     message = (
         f"Dagster run {run_id} ended ({word}): {counts['completed']} of {counts['total']} Tasks completed, "
         f"{counts['failed']} failed, {counts['stopped']} stopped"
@@ -373,12 +378,27 @@ def batchrun_outcome(
     if counts["pending"]:
         message += f", {counts['pending']} never created"
     if ended_tasks:
-        message += f" ({ended_tasks} never finished and were marked Stopped, reason {v.RUN_ENDED})"
+        message += f" ({ended_tasks} never finished and were marked Stopped, reason {vocabulary.RUN_ENDED})"
     return {
         "phase": phase,
         "reason": reason,
         "message": message,
         "progress": counts,
         "failedTasks": summary["failedTasks"],
-        "failure_detail": reason == v.RUN_FAILED,
+        "failure_detail": reason == vocabulary.RUN_FAILED,
     }
+
+
+def batchrun_conditions(
+    current: Sequence[Mapping[str, Any]] | None,
+    succeeded: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """A BatchRun's final conditions: ``Succeeded`` (``succeeded``) and ``Ready`` (True only when it
+    succeeded) with one reason and message."""
+    ready = "True" if succeeded == "True" else "False"
+    conditions = set_condition(current, vocabulary.SUCCEEDED, succeeded, reason, message, now, generation)
+    return set_condition(conditions, vocabulary.READY, ready, reason, message, now, generation)

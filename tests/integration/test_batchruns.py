@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from kt_helpers import (
@@ -315,7 +316,7 @@ def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namesp
 
 def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, namespace, crds):
     from kubetask.api.batch import MAX_BATCHRUN_NAME
-    from kubetask.domain.status import batchrun_summary
+    from kubetask.domain.status import batchrun_conditions, batchrun_outcome
 
     name = "b" * MAX_BATCHRUN_NAME
     run_id = "0f6a7c1e-7d3b-4f57-9a54-4ad4c3f1b2e9"
@@ -324,12 +325,15 @@ def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, nam
          # executed-by: a BatchRun the bridge neither submits nor follows without a run of its own
          "metadata": {"name": name, "annotations": {"kubetask.io/executed-by": "test/status-size"}},
          "spec": {"batchRef": "absent"}}))
+    # The status the bridge writes when such a run ends, from the same functions it calls.
     rows = [(f"{name}-task-{i}", "Failed", "AgentFailed") for i in range(5000)]
-    summary = batchrun_summary(rows, 5000, paused=False, stopped=False)
-    message = f"Dagster run {run_id} ended (FAILURE): 0 of 5000 Tasks completed, 5000 failed, 0 stopped"
-    conditions = [{"type": t, "status": "False", "reason": "TasksFailed", "message": message,
-                   "lastTransitionTime": "2027-01-01T00:00:00Z", "observedGeneration": 1} for t in ("Succeeded", "Ready")]
-    status = {**summary, "dagsterRunId": run_id, "dagsterRunUrl": f"https://dagster.example.com/runs/{run_id}",
+    outcome = batchrun_outcome(run_id, "FAILURE", current_phase="Running", ready=None, total=5000, tasks=rows,
+                               stop_requested=False)
+    assert (outcome["phase"], outcome["reason"]) == ("Failed", "TasksFailed")
+    message = outcome["message"] + ": " + "x" * 100_000  # the longest failure detail: set_condition caps it
+    conditions = batchrun_conditions(None, "False", outcome["reason"], message, datetime.now(UTC), 1)
+    status = {"phase": outcome["phase"], "progress": outcome["progress"], "failedTasks": outcome["failedTasks"],
+              "dagsterRunId": run_id, "dagsterRunUrl": f"https://dagster.example.com/runs/{run_id}",
               "startTime": "2027-01-01T00:00:00Z", "completionTime": "2027-01-01T06:00:00Z",
               "conditions": conditions, "observedGeneration": 1}
     kubectl("patch", "batchrun", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
