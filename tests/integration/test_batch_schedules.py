@@ -15,8 +15,9 @@ import pytest
 import yaml
 from dagster import RunRequest, SkipReason
 
-from kubetask_dagster import catalog, schedules
-from kubetask_dagster.assets import materialization_batchrun_name
+from kubetask.domain import catalog, scheduling
+from kubetask.domain.scheduling import materialization_batchrun_name
+from kubetask_dagster import schedules
 from kubetask_dagster.kube import Kube
 
 pytestmark = pytest.mark.integration
@@ -183,7 +184,7 @@ def test_materializing_the_batch_asset_creates_a_batchrun(kubectl, wait_for, nam
 
 def _wait_tick_run(kubectl, wait_for, namespace: str, batch: str, uid: str, timeout: float) -> dict:
     def owned():
-        runs = [r for r in batchruns(kubectl, namespace, batch) if schedules.owned_by(r, uid)]
+        runs = [r for r in batchruns(kubectl, namespace, batch) if scheduling.owned_by(r, uid)]
         return runs[0] if runs else None
     return wait_for(owned, timeout=timeout, interval=0.5, what=f"a BatchRun of {batch} from a tick")
 
@@ -264,7 +265,7 @@ def test_tick_decisions_on_the_real_api_server(kubectl, wait_for, namespace, bri
     apply(kubectl, namespace, active)
     api = Kube()
     when = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    name = schedules.tick_batchrun_name("pol", when)
+    name = scheduling.tick_batchrun_name("pol", when)
 
     skipped = schedules.evaluate_tick(api, namespace, "pol", "s", when)
     assert isinstance(skipped, SkipReason) and "pol-active" in skipped.skip_message
