@@ -33,10 +33,8 @@ from dagster import (
     StaticPartitionsDefinition,
     multi_asset,
 )
-from kubernetes.client.rest import ApiException
 
 from kubetask import vocabulary
-from kubetask.api import GROUP, VERSION
 from kubetask.domain.catalog import BatchEntry
 from kubetask.domain.scheduling import materialization_batchrun_body, materialization_batchrun_name, owned_by
 from kubetask_dagster.resources import KubeResource
@@ -55,11 +53,9 @@ def create_batchrun(
         raise Failure(f"Batch {namespace}/{batch_name} no longer exists", allow_retries=False)
     name = materialization_batchrun_name(batch_name, request_id)
     body = materialization_batchrun_body(batch, name, run_id)
-    try:
-        return api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", body), True
-    except ApiException as e:
-        if e.status != 409:
-            raise
+    created = api.create_custom("batchruns", namespace, body)
+    if created is not None:
+        return created, True
     existing = api.get_custom("batchruns", namespace, name)
     if existing is None or not owned_by(existing, batch["metadata"]["uid"]):
         raise Failure(

@@ -87,6 +87,42 @@ class Kube:
             {"status": status},
         )
 
+    def create_custom(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the object; None when one of that name exists (409: the caller decides whether to adopt it)."""
+        try:
+            created: dict[str, Any] = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, body
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return None
+            raise
+        return created
+
+    def list_custom(self, plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The objects of ``plural`` in ``namespace`` that match ``label_selector``."""
+        page = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, label_selector=label_selector
+        )
+        return list(page["items"])
+
+    def patch_custom(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch the object (not its status); None when it is gone."""
+        return _unless_missing(
+            lambda: self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, patch, _content_type="application/merge-patch+json"
+            )
+        )
+
+    def delete_custom(self, plural: str, namespace: str, name: str) -> bool:
+        """Delete the object (its dependents in the background); False when it was already gone."""
+        deleted = _unless_missing(
+            lambda: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, propagation_policy="Background"
+            )
+        )
+        return deleted is not None
+
     # --- context readers (contexts.ContextReader) ------------------------------------------------
 
     def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:

@@ -37,10 +37,8 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from kubernetes.client.rest import ApiException
 
 from kubetask import objects, vocabulary
-from kubetask.api import GROUP, VERSION
 from kubetask.api.batch import DEFAULT_PARALLELISM
 from kubetask.domain import status as status_fns
 from kubetask.domain.catalog import BatchEntry
@@ -80,40 +78,16 @@ def run_request(batch: Obj, batchrun: Obj, scheduled_time: datetime) -> RunReque
 
 def list_batch_runs(api: Any, namespace: str, batch: str, batch_uid: str) -> list[dict[str, Any]]:
     """The BatchRuns of a Batch: labelled with its name and owned by this incarnation of it."""
-    items = api.custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, "batchruns", label_selector=f"{vocabulary.LABEL_BATCH}={batch}"
-    )["items"]
+    items = api.list_custom("batchruns", namespace, f"{vocabulary.LABEL_BATCH}={batch}")
     return [r for r in items if owned_by(r, batch_uid)]
 
 
 def request_stop(api: Any, namespace: str, name: str) -> None:
-    try:
-        api.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "batchruns",
-            name,
-            {"metadata": {"annotations": {vocabulary.STOP: "true"}}},
-            _content_type="application/merge-patch+json",
-        )
-    except ApiException as e:
-        if e.status != 404:
-            raise
+    api.patch_custom("batchruns", namespace, name, {"metadata": {"annotations": {vocabulary.STOP: "true"}}})
 
 
 def delete_batch_runs(api: Any, namespace: str, names: Iterable[str]) -> list[str]:
-    deleted = []
-    for name in names:
-        try:
-            api.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, "batchruns", name, propagation_policy="Background"
-            )
-            deleted.append(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-    return deleted
+    return [name for name in names if api.delete_custom("batchruns", namespace, name)]
 
 
 def evaluate_tick(
@@ -134,12 +108,10 @@ def evaluate_tick(
         logger.info(f"concurrencyPolicy Replace: stopping BatchRun {namespace}/{name}")
         request_stop(api, namespace, name)
     body = scheduled_batchrun_body(batch, plan.name, schedule_name, scheduled_time)
-    try:
-        batchrun = api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "batchruns", body)
+    batchrun = api.create_custom("batchruns", namespace, body)
+    if batchrun is not None:
         logger.info(f"created BatchRun {namespace}/{plan.name} for the tick {status_fns.rfc3339(scheduled_time)}")
-    except ApiException as e:
-        if e.status != 409:
-            raise
+    else:  # this tick evaluated again
         batchrun = api.get_custom("batchruns", namespace, plan.name)
         if batchrun is None or not owned_by(batchrun, uid):
             return SkipReason(f"BatchRun {namespace}/{plan.name} exists and does not belong to this Batch")

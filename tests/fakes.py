@@ -148,3 +148,25 @@ class FakeKube:
 
     def patch_status(self, plural, ns, name, status):
         return self.custom.patch_namespaced_custom_object_status("", "", ns, plural, name, {"status": status})
+
+    def create_custom(self, plural, ns, body):
+        try:
+            return self.custom.create_namespaced_custom_object("", "", ns, plural, body)
+        except ApiException:  # 409
+            return None
+
+    def list_custom(self, plural, ns, label_selector):
+        return self.custom.list_namespaced_custom_object("", "", ns, plural, label_selector=label_selector)["items"]
+
+    def patch_custom(self, plural, ns, name, patch):
+        try:
+            return self.custom.patch_namespaced_custom_object("", "", ns, plural, name, patch)
+        except KeyError:
+            return None
+
+    def delete_custom(self, plural, ns, name):
+        try:
+            self.custom.delete_namespaced_custom_object("", "", ns, plural, name)
+            return True
+        except ApiException:  # 404
+            return False

@@ -26,11 +26,9 @@ from dagster import (
     Output,
     op,
 )
-from kubernetes.client.rest import ApiException
 
 from kubetask import objects, vocabulary
 from kubetask.api import Batch, BatchRun, TaskPhase
-from kubetask.api.base import GROUP, VERSION
 from kubetask.domain import batches, status
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.kube import Kube
@@ -86,18 +84,11 @@ def _fail_batchrun(context: OpExecutionContext, api: Kube, obj: dict[str, Any], 
 def _create_task(api: Kube, body: dict[str, Any], batchrun: str) -> dict[str, Any]:
     """Create one Task, Queued (idempotently: a Task of this BatchRun that exists is kept as it is)."""
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        obj = api.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "tasks", body)
-        api.patch_status(
-            "tasks",
-            ns,
-            name,
-            status.queued({}, message="waiting for its turn in the BatchRun", reason=vocabulary.WAITING_FOR_TURN),
-        )
-        return obj
-    except ApiException as e:
-        if e.status != 409:
-            raise
+    created = api.create_custom("tasks", ns, body)
+    if created is not None:
+        queued = status.queued({}, message="waiting for its turn in the BatchRun", reason=vocabulary.WAITING_FOR_TURN)
+        api.patch_status("tasks", ns, name, queued)
+        return created
     obj = api.get_custom("tasks", ns, name)
     if obj is None or (obj["metadata"].get("labels") or {}).get(vocabulary.LABEL_BATCH_RUN) != batchrun:
         raise Failure(
@@ -218,9 +209,7 @@ def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
     obj = api.get_custom("batchruns", ns, name)
     if obj is None:
         return {}
-    tasks = api.custom.list_namespaced_custom_object(
-        GROUP, VERSION, ns, "tasks", label_selector=f"{vocabulary.LABEL_BATCH_RUN}={name}"
-    )["items"]
+    tasks = api.list_custom("tasks", ns, f"{vocabulary.LABEL_BATCH_RUN}={name}")
     rows = sorted(
         ((t["metadata"]["name"], (t.get("status") or {}).get("phase"), _reason(t)) for t in tasks),
         key=lambda row: batches.index_of(row[0]) or 0,

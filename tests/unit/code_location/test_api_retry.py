@@ -40,7 +40,7 @@ class ScriptedApiServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_PATCH = do_POST = _answer
+            do_GET = do_PATCH = do_POST = do_DELETE = _answer
 
             def log_message(self, *args) -> None:
                 pass
@@ -127,5 +127,24 @@ def test_a_refused_connection_is_retried_until_the_server_listens(tmp_path, fast
     try:
         reader.join(timeout=10)
         assert answer.get("task", {}).get("metadata", {}).get("uid") == "u", answer
+    finally:
+        server.close()
+
+
+def test_the_custom_object_verbs_answer_none_or_false_for_409_and_404(tmp_path, fast_backoff):
+    created = {**TASK, "metadata": {**TASK["metadata"], "name": "new"}}
+    server = ScriptedApiServer([(201, created), (409, {"reason": "AlreadyExists"}), (200, {"items": [TASK]}),
+                                (404, {}), (200, {}), (404, {})])
+    try:
+        kube = kube_for(server.url, tmp_path)
+        assert kube.create_custom("tasks", "ns", created)["metadata"]["name"] == "new"
+        assert kube.create_custom("tasks", "ns", created) is None  # exists: the caller decides to adopt
+        assert kube.list_custom("tasks", "ns", "kubetask.io/batch-run=b") == [TASK]
+        assert kube.patch_custom("batchruns", "ns", "gone", {"metadata": {"annotations": {}}}) is None
+        assert kube.delete_custom("batchruns", "ns", "old") is True
+        assert kube.delete_custom("batchruns", "ns", "gone") is False
+        methods = [m for m, _ in server.requests]
+        assert methods == ["POST", "POST", "GET", "PATCH", "DELETE", "DELETE"]
+        assert "labelSelector=kubetask.io%2Fbatch-run%3Db" in server.requests[2][1]
     finally:
         server.close()
