@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import kubernetes
 
 from kubetask.api import GROUP, VERSION
+from kubetask.kube import listing
 from kubetask.kube.events import EventRecorder
 
 TASKS = "tasks"
@@ -111,25 +112,9 @@ class KubernetesApi:
             raise
 
     def list(self, plural: str, namespaces: Sequence[str], *, label_selector: str | None = None) -> list[Obj]:
-        items: list[Obj] = []
-        scopes: list[str | None] = list(namespaces) or [None]
-        for ns in scopes:
-            token: str | None = None
-            while True:
-                kwargs: dict[str, Any] = {"limit": PAGE, "_request_timeout": LIST_TIMEOUT}
-                if label_selector:
-                    kwargs["label_selector"] = label_selector
-                if token:
-                    kwargs["_continue"] = token
-                if ns is None:
-                    page = self._custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
-                else:
-                    page = self._custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural, **kwargs)
-                items.extend(page.get("items") or [])
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
-        return items
+        return listing.list_custom_objects(
+            self._custom, plural, namespaces, label_selector=label_selector, page_size=PAGE, timeout=LIST_TIMEOUT
+        )
 
     def _merge_patch(self, plural: str, namespace: str, name: str, body: dict[str, Any], *, status: bool) -> Obj:
         call = (

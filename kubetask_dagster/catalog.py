@@ -10,7 +10,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kubetask.api import GROUP, VERSION
 from kubetask.domain.catalog import (
     ENV_CATALOG,
     LIST_TIMEOUT,
@@ -20,29 +19,14 @@ from kubetask.domain.catalog import (
     configured_namespaces,
     entries_from_batches,
 )
+from kubetask.kube import listing
 
 log = logging.getLogger(__name__)
 
 
 def list_batches(custom_api: Any, namespaces: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every Batch in ``namespaces`` (all when empty), page by page; raises on API errors."""
-    items: list[dict[str, Any]] = []
-    targets: list[str | None] = [*namespaces] or [None]
-    for ns in targets:
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": LIST_TIMEOUT}
-            if token:
-                kwargs["_continue"] = token
-            if ns is None:
-                page = custom_api.list_cluster_custom_object(GROUP, VERSION, "batches", **kwargs)
-            else:
-                page = custom_api.list_namespaced_custom_object(GROUP, VERSION, ns, "batches", **kwargs)
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                break
-    return items
+    return listing.list_custom_objects(custom_api, "batches", namespaces, page_size=PAGE_SIZE, timeout=LIST_TIMEOUT)
 
 
 def load_entries(env: Mapping[str, str] | None = None, custom_api: Any = None) -> list[BatchEntry]:
