@@ -1,0 +1,1 @@
+"""How steps run: the threaded executor and ``maxConcurrentTasks`` as Dagster pools."""

@@ -1,0 +1,1 @@
+"""The ops of ``task_job`` (``task``) and ``batch_job`` (``batch``)."""
