@@ -16,10 +16,10 @@ from kubetask.api.task import TaskPhase
 # --- annotations the controllers honour -----------------------------------------------------------
 
 STOP = "kubetask.io/stop"
-"""`"true"` on a Task or BatchRun: terminate its Dagster run and stop its Jobs."""
+"""`"true"` (any case) on a Task or BatchRun: terminate its Dagster run and stop its Jobs."""
 
 PAUSE = "kubetask.io/pause"
-"""`"true"` on a BatchRun: dispatch no new Tasks (running ones finish); remove it to resume."""
+"""`"true"` (any case) on a BatchRun: dispatch no new Tasks (running ones finish); remove it to resume."""
 
 RERUN = "kubetask.io/rerun"
 """`"failed"` on a finished BatchRun: re-execute its failed and never-started Tasks; cleared when taken."""
