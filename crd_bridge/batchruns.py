@@ -208,9 +208,7 @@ class BatchRunReconciler(ReconcileLoop):
 
     def _conditions(self, obj: Mapping[str, Any], status: str, reason: str, message: str) -> list[dict[str, Any]]:
         current = objects.status(obj).get("conditions")
-        return task_status.batchrun_conditions(
-            current, status, reason, message, self._now(), objects.generation_of(obj)
-        )
+        return task_status.outcome_conditions(current, status, reason, message, self._now(), objects.generation_of(obj))
 
     def _later(self, key: Key, due: float) -> float | None:
         """Seconds until ``due`` for the worker to look again, or None when a look is already due by then

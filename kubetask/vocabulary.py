@@ -154,11 +154,6 @@ RESUMED = "Resumed"
 # --- parsers: one per annotation, used by the bridge and the ops alike ---------------------------------
 
 
-def annotations_of(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
-    """``metadata.annotations`` of a raw object (``{}`` when absent)."""
-    return ((obj or {}).get("metadata") or {}).get("annotations") or {}
-
-
 def _flag(annotations: Mapping[str, Any] | None, name: str) -> bool:
     # Kubernetes users write "true", "True" and " true"; all of them mean yes.
     return str((annotations or {}).get(name, "")).strip().lower() == "true"

@@ -24,7 +24,6 @@ DEFAULT_SUCCESSFUL_HISTORY = 3
 DEFAULT_FAILED_HISTORY = 1
 
 
-FINISHED = frozenset(p.value for p in BatchRunPhase if p.terminal)
 SUCCEEDED = BatchRunPhase.COMPLETED.value
 
 Obj = Mapping[str, Any]
@@ -33,12 +32,8 @@ Obj = Mapping[str, Any]
 # --- reading BatchRuns (pure) --------------------------------------------------------------------
 
 
-def phase_of(obj: Obj) -> str | None:
-    return objects.phase_of(obj)
-
-
 def is_finished(obj: Obj) -> bool:
-    return phase_of(obj) in FINISHED
+    return objects.phase_of(obj) in vocabulary.BATCHRUN_TERMINAL
 
 
 def stop_requested(obj: Obj) -> bool:
@@ -83,8 +78,8 @@ def history_limits(schedule: Mapping[str, Any] | None) -> tuple[int, int]:
 def runs_to_prune(runs: Iterable[Obj], successful_limit: int, failed_limit: int) -> list[str]:
     """Names of finished BatchRuns beyond the history limits, oldest first (Stopped counts as failed)."""
     finished = [r for r in runs if is_finished(r) and not objects.meta(r).get("deletionTimestamp")]
-    ok = sorted((r for r in finished if phase_of(r) == SUCCEEDED), key=_finished_at, reverse=True)
-    bad = sorted((r for r in finished if phase_of(r) != SUCCEEDED), key=_finished_at, reverse=True)
+    ok = sorted((r for r in finished if objects.phase_of(r) == SUCCEEDED), key=_finished_at, reverse=True)
+    bad = sorted((r for r in finished if objects.phase_of(r) != SUCCEEDED), key=_finished_at, reverse=True)
     extra = ok[max(0, successful_limit) :] + bad[max(0, failed_limit) :]
     return [objects.meta(r)["name"] for r in sorted(extra, key=_finished_at)]
 
@@ -94,7 +89,9 @@ def status_from_runs(runs: Iterable[Obj], current: Mapping[str, Any] | None = No
     runs = list(runs)
     patch: dict[str, Any] = {"active": [{"name": objects.meta(r)["name"]} for r in active_runs(runs)] or None}
     times = [
-        str(t) for t in ((r.get("status") or {}).get("completionTime") for r in runs if phase_of(r) == SUCCEEDED) if t
+        str(t)
+        for t in ((r.get("status") or {}).get("completionTime") for r in runs if objects.phase_of(r) == SUCCEEDED)
+        if t
     ]
     previous = (current or {}).get("lastSuccessfulTime")
     latest = max(times + ([str(previous)] if previous else []), default=None)  # RFC 3339 UTC sorts as text

@@ -35,12 +35,6 @@ DEFAULT_FACTOR = 2.0
 DEFAULT_MAX_DELAY = timedelta(minutes=10)
 MAX_CONDITION_MESSAGE = 32768
 
-READY = "Ready"
-SUCCEEDED = "Succeeded"
-
-TERMINAL_PHASES = frozenset(phase.value for phase in TaskPhase if phase.terminal)
-_RERUNNABLE = frozenset({TaskPhase.FAILED.value, TaskPhase.STOPPED.value})
-
 
 def now() -> datetime:
     """The current time, timezone-aware UTC."""
@@ -82,7 +76,7 @@ def set_condition(
 
 
 def is_terminal(phase: str | None) -> bool:
-    return phase in TERMINAL_PHASES
+    return phase in vocabulary.TASK_TERMINAL
 
 
 def may_transition(current: str | None, new: str) -> bool:
@@ -93,7 +87,7 @@ def may_transition(current: str | None, new: str) -> bool:
     (a Queued Task that is admitted becomes Pending).
     """
     if is_terminal(current):
-        return current in _RERUNNABLE and new == TaskPhase.RUNNING.value
+        return current in vocabulary.TASK_RERUNNABLE and new == TaskPhase.RUNNING.value
     if new == TaskPhase.PENDING.value:
         return current in (None, TaskPhase.PENDING.value, TaskPhase.QUEUED.value)
     return True
@@ -115,14 +109,8 @@ def _transition(
     current = current or {}
     at = at or datetime.now(UTC)
     generation = current.get("observedGeneration") if generation is None else generation
-    if phase is TaskPhase.COMPLETED:
-        succeeded, ready = "True", "True"
-    elif phase.terminal:
-        succeeded, ready = "False", "False"
-    else:
-        succeeded, ready = "Unknown", "False"
-    conditions = set_condition(current.get("conditions"), SUCCEEDED, succeeded, reason, message, at, generation)
-    conditions = set_condition(conditions, READY, ready, reason, message, at, generation)
+    succeeded = "True" if phase is TaskPhase.COMPLETED else "False" if phase.terminal else "Unknown"
+    conditions = outcome_conditions(current.get("conditions"), succeeded, reason, message, at, generation)
     patch: dict[str, Any] = {"phase": phase.value, "message": message, "conditions": conditions}
     if generation is not None:
         patch["observedGeneration"] = generation
@@ -389,16 +377,16 @@ def batchrun_outcome(
     }
 
 
-def batchrun_conditions(
+def outcome_conditions(
     current: Sequence[Mapping[str, Any]] | None,
     succeeded: str,
     reason: str,
     message: str,
     now: datetime,
-    generation: int,
+    generation: int | None,
 ) -> list[dict[str, Any]]:
-    """A BatchRun's final conditions: ``Succeeded`` (``succeeded``) and ``Ready`` (True only when it
-    succeeded) with one reason and message."""
+    """``Succeeded`` (``succeeded``) and ``Ready`` (True only when it succeeded) with one reason and
+    message: the conditions of a Task's phase change and of a BatchRun's outcome."""
     ready = "True" if succeeded == "True" else "False"
     conditions = set_condition(current, vocabulary.SUCCEEDED, succeeded, reason, message, now, generation)
     return set_condition(conditions, vocabulary.READY, ready, reason, message, now, generation)

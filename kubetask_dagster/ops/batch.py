@@ -66,7 +66,9 @@ def _load_batchrun(api: Kube, ref: BatchRunRef) -> dict[str, Any]:
 def _fail_batchrun(context: OpExecutionContext, api: Kube, obj: dict[str, Any], reason: str, message: str) -> None:
     meta = obj["metadata"]
     current = obj.get("status") or {}
-    conditions = status.set_condition(current.get("conditions"), "Ready", "False", reason, message, status.now())
+    conditions = status.set_condition(
+        current.get("conditions"), vocabulary.READY, "False", reason, message, status.now()
+    )
     _patch_batchrun(
         api,
         meta["namespace"],
@@ -143,7 +145,7 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
         "progress": {**(current.get("progress") or {}), "total": len(tasks)},
         "observedGeneration": obj["metadata"].get("generation"),
     }
-    if current.get("phase") in ("Completed", "Failed", "Stopped") and current.get("dagsterRunId") != context.run_id:
+    if current.get("phase") in vocabulary.BATCHRUN_TERMINAL and current.get("dagsterRunId") != context.run_id:
         patch.update(phase="Running", completionTime=None)  # a re-execution of all steps reopens the BatchRun
     _patch_batchrun(api, config.namespace, config.name, patch)
     yield Output(

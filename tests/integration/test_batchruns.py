@@ -316,7 +316,7 @@ def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namesp
 
 def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, namespace, crds):
     from kubetask.api.batch import MAX_BATCHRUN_NAME
-    from kubetask.domain.status import batchrun_conditions, batchrun_outcome
+    from kubetask.domain.status import batchrun_outcome, outcome_conditions
 
     name = "b" * MAX_BATCHRUN_NAME
     run_id = "0f6a7c1e-7d3b-4f57-9a54-4ad4c3f1b2e9"
@@ -331,7 +331,7 @@ def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, nam
                                stop_requested=False)
     assert (outcome["phase"], outcome["reason"]) == ("Failed", "TasksFailed")
     message = outcome["message"] + ": " + "x" * 100_000  # the longest failure detail: set_condition caps it
-    conditions = batchrun_conditions(None, "False", outcome["reason"], message, datetime.now(UTC), 1)
+    conditions = outcome_conditions(None, "False", outcome["reason"], message, datetime.now(UTC), 1)
     status = {"phase": outcome["phase"], "progress": outcome["progress"], "failedTasks": outcome["failedTasks"],
               "dagsterRunId": run_id, "dagsterRunUrl": f"https://dagster.example.com/runs/{run_id}",
               "startTime": "2027-01-01T00:00:00Z", "completionTime": "2027-01-01T06:00:00Z",
