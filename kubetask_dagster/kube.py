@@ -136,6 +136,11 @@ class Kube:
         data = secret.data or {}
         return {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in data.items()}
 
+    def secret_keys(self, namespace: str, name: str) -> list[str] | None:
+        """The key names of a Secret (never its values), or None when it does not exist."""
+        secret = _unless_missing(self.core.read_namespaced_secret, name, namespace)
+        return None if secret is None else sorted(secret.data or {})
+
     def fetch(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> str:
         return self._fetcher.fetch(url, headers, timeout, max_bytes)
 

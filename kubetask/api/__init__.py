@@ -18,9 +18,18 @@ from kubetask.api.batch import (
     FailedTask,
     Progress,
 )
-from kubetask.api.contexts import Context, ContextType, FileContext, FileSource, GitContext, KeyRef, RemoteFileContext
+from kubetask.api.contexts import (
+    Context,
+    ContextType,
+    FileContext,
+    FileSource,
+    GitContext,
+    KeyRef,
+    RemoteFileContext,
+    RepositoryContext,
+)
 from kubetask.api.task import Backoff, RetryPolicy, Task, TaskPhase, TaskSpec, TaskStatus
-from kubetask.api.workspace import Credential, PodScheduling, WorkspaceConfig, WorkspaceConfigSpec
+from kubetask.api.workspace import Credential, PodScheduling, RepositorySettings, WorkspaceConfig, WorkspaceConfigSpec
 
 __all__ = [
     "API_VERSION",
@@ -37,6 +46,7 @@ __all__ = [
     "GitContext",
     "KeyRef",
     "RemoteFileContext",
+    "RepositoryContext",
     "Task",
     "TaskSpec",
     "TaskStatus",
@@ -46,6 +56,7 @@ __all__ = [
     "WorkspaceConfig",
     "WorkspaceConfigSpec",
     "Credential",
+    "RepositorySettings",
     "PodScheduling",
     "Batch",
     "BatchSpec",

@@ -1,4 +1,4 @@
-"""Context types: the inputs an agent gets as files (File, RemoteFile) or a checkout (Git)."""
+"""Context types: the inputs an agent gets as files (File, RemoteFile) or a checkout (Git, Repository)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ _DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
 NORMALISED_PATH_PATTERN = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
 # A branch, tag or commit: never an option (``--upload-pack=...``) for the clone script's git.
 GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+# One path segment of a repository URL (an organisation or a repository): never "." or "..", never an option.
+PATH_SEGMENT_PATTERN = r"^([A-Za-z0-9_]|\.[A-Za-z0-9_-]|\.\.[A-Za-z0-9._-])[A-Za-z0-9._-]*$"
+REPOSITORY_MOUNT_ROOT = "/workspace"
 
 
 def _normalised_absolute(path: str) -> str:
@@ -146,6 +149,51 @@ class RemoteFileContext(ApiModel):
         return self
 
 
+def _ref_name(text: str) -> str:
+    if not re.fullmatch(GIT_REF_PATTERN, text) or ".." in text:
+        raise ValueError(f"{text!r} is not a branch, tag or commit name")
+    return text
+
+
+GitRef = Annotated[
+    str,
+    AfterValidator(_ref_name),
+    Field(
+        max_length=256,
+        json_schema_extra=k8s_extra(
+            cel(
+                f"self.matches(r'{GIT_REF_PATTERN}') && !self.contains('..')",
+                "{field} must be a branch, tag or commit name (letters, digits, . _ / -, not starting with - or /, no ..)",
+                pattern=GIT_REF_PATTERN,
+            )
+        ),
+    ),
+]
+
+
+def _path_segment(text: str) -> str:
+    if not re.fullmatch(PATH_SEGMENT_PATTERN, text):
+        raise ValueError(f"{text!r} must be one path segment (letters, digits, . _ -; not . or ..; no /)")
+    return text
+
+
+PathSegment = Annotated[
+    str,
+    AfterValidator(_path_segment),
+    Field(
+        min_length=1,
+        max_length=100,
+        json_schema_extra=k8s_extra(
+            cel(
+                f"self.matches(r'{PATH_SEGMENT_PATTERN}')",
+                "{field} must be one path segment (letters, digits, . _ -; not . or .., no /, not starting with -)",
+                pattern=PATH_SEGMENT_PATTERN,
+            )
+        ),
+    ),
+]
+
+
 class GitContext(ApiModel):
     """A Git repository cloned into the agent's filesystem by an init container."""
 
@@ -160,18 +208,7 @@ class GitContext(ApiModel):
             )
         ),
     )
-    ref: str | None = Field(
-        None,
-        description="Branch, tag or commit to check out (default: the remote's HEAD).",
-        max_length=256,
-        json_schema_extra=k8s_extra(
-            cel(
-                f"self.matches(r'{GIT_REF_PATTERN}') && !self.contains('..')",
-                "{field} must be a branch, tag or commit name (letters, digits, . _ / -, not starting with - or /, no ..)",
-                pattern=GIT_REF_PATTERN,
-            )
-        ),
-    )
+    ref: GitRef | None = Field(None, description="Branch, tag or commit to check out (default: the remote's HEAD).")
     path: FilePath = Field(description="Absolute directory the repository is checked out into.")
     depth: int | None = Field(
         None, description="Shallow-clone depth (default 1; 0 clones the full history).", ge=0, le=1000000
@@ -189,43 +226,66 @@ class LocalSecretRef(ApiModel):
 GitContext.model_rebuild()
 
 
+class RepositoryContext(ApiModel):
+    """A repository of the WorkspaceConfig's Git host, by organisation and name: a Git context on
+    ``<repositories.baseURL>/<org>/<repo>.git`` with the WorkspaceConfig's clone credentials."""
+
+    org: PathSegment = Field(description="Organisation, group or user that owns the repository.")
+    repo: PathSegment = Field(description="Repository name (without .git).")
+    branch: GitRef | None = Field(None, description="Branch, tag or commit to check out (default: the remote's HEAD).")
+    path: FilePath | None = Field(
+        None, description=f"Absolute directory of the checkout (default {REPOSITORY_MOUNT_ROOT}/<repo>)."
+    )
+
+    @property
+    def checkout_path(self) -> str:
+        return self.path or f"{REPOSITORY_MOUNT_ROOT}/{self.repo}"
+
+
 class ContextType(str, Enum):
     FILE = "File"
     REMOTE_FILE = "RemoteFile"
     GIT = "Git"
+    REPOSITORY = "Repository"
 
 
 _TYPE_MATCHES_BODY = (
     "(self.type == 'File') == has(self.file) && "
     "(self.type == 'RemoteFile') == has(self.remoteFile) && "
-    "(self.type == 'Git') == has(self.git)"
+    "(self.type == 'Git') == has(self.git) && "
+    "(self.type == 'Repository') == has(self.repository)"
+)
+_TYPE_MATCHES_MESSAGE = (
+    "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, "
+    "Repository needs `repository`, and no other"
 )
 
 
 class Context(ApiModel):
-    """One input of a Task: `type` says which of `file`, `remoteFile`, `git` is set."""
+    """One input of a Task: `type` says which of `file`, `remoteFile`, `git`, `repository` is set."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": k8s_extra(
-            cel(
-                _TYPE_MATCHES_BODY,
-                "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other",
-            )
-        )
+        "json_schema_extra": k8s_extra(cel(_TYPE_MATCHES_BODY, _TYPE_MATCHES_MESSAGE))
     }
 
-    type: ContextType = Field(description="File, RemoteFile or Git.")
+    type: ContextType = Field(description="File, RemoteFile, Git or Repository.")
     file: FileContext | None = Field(None, description="A file with inline, ConfigMap or Secret content.")
     remote_file: RemoteFileContext | None = Field(None, description="A file fetched over HTTP(S).")
     git: GitContext | None = Field(None, description="A Git checkout made by an init container.")
+    repository: RepositoryContext | None = Field(
+        None, description="A checkout of <org>/<repo> from the WorkspaceConfig's Git host, made by an init container."
+    )
 
     @model_validator(mode="after")
     def _body_matches_type(self) -> Context:
-        bodies = {ContextType.FILE: self.file, ContextType.REMOTE_FILE: self.remote_file, ContextType.GIT: self.git}
+        bodies = {
+            ContextType.FILE: self.file,
+            ContextType.REMOTE_FILE: self.remote_file,
+            ContextType.GIT: self.git,
+            ContextType.REPOSITORY: self.repository,
+        }
         if bodies[self.type] is None or sum(b is not None for b in bodies.values()) != 1:
-            raise ValueError(
-                "context of type File needs `file`, RemoteFile needs `remoteFile`, Git needs `git`, and no other"
-            )
+            raise ValueError(_TYPE_MATCHES_MESSAGE)
         return self
 
     @property
@@ -235,6 +295,8 @@ class Context(ApiModel):
             return self.file.file_path
         if self.remote_file is not None:
             return self.remote_file.file_path
+        if self.repository is not None:
+            return self.repository.checkout_path
         assert self.git is not None
         return self.git.path
 

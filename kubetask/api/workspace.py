@@ -2,42 +2,137 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, cel, k8s_extra
-from kubetask.api.contexts import ContextList, FilePath
+from kubetask.api.contexts import ContextList, FilePath, LocalSecretRef
 
 DEFAULT_AGENT_IMAGE = "quay.io/zhaoxue/kubetask-agent-gemini:latest"
 DEFAULT_WORKSPACE_CONFIG = "default"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+DEFAULT_SERVICE_ACCOUNT = "default"
+DEFAULT_REPOSITORY_BASE_URL = "https://github.com"
+# https: no user info (a token in a URL ends up in logs and the Job spec); ssh: a user is how ssh works.
+REPOSITORY_BASE_URL_PATTERN = r"^(https://[^/@?# ]+|ssh://([^/@?# ]+@)?[^/@?# ]+)(/[^?# ]*)?$"
 
 _ANY_OBJECT = k8s_extra(preserve_unknown=True)
 
 
+def _env_name(value: object) -> object:
+    """``env`` as the design document writes it (``{name: X}``) or as a plain string."""
+    if isinstance(value, dict) and set(value) == {"name"}:
+        return value["name"]
+    return value
+
+
+def _env_name_valid(text: str) -> str:
+    if not re.fullmatch(ENV_NAME_PATTERN, text):
+        raise ValueError(f"{text!r} is not an env var name (letters, digits and _, not starting with a digit)")
+    return text
+
+
+# A string or {name: <string>}: CEL cannot see a field of two types, so the structural schema leaves
+# it untyped and tells the two apart with OpenAPI junctors (a string has no properties; an object no
+# length), which name the field when they refuse a value.
+_ENV_SCHEMA = {
+    "description": "Env var that receives the value: a name, or {name: NAME}.",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {"name": {"type": "string", "description": "Env var name."}},
+    "oneOf": [
+        {"pattern": ENV_NAME_PATTERN, "not": {"maxLength": 0}},
+        {
+            "required": ["name"],
+            "maxProperties": 1,
+            "properties": {"name": {"pattern": ENV_NAME_PATTERN}},
+            "not": {"maxProperties": 0},
+        },
+    ],
+}
+EnvName = Annotated[str, BeforeValidator(_env_name), AfterValidator(_env_name_valid), WithJsonSchema(_ENV_SCHEMA)]
+
+
 class CredentialSecretRef(ApiModel):
     name: str = Field(description="Secret name in the Task's namespace.", min_length=1, max_length=253)
-    key: str = Field(description="Key within the Secret.", min_length=1, max_length=253)
+    key: str | None = Field(
+        None,
+        description="Key within the Secret. Without it: with `env`, the Secret's only key; with `mountPath`, "
+        "the whole Secret as a directory; with neither, every key as an env var.",
+        min_length=1,
+        max_length=253,
+    )
 
 
 class Credential(ApiModel):
-    """A Secret key given to the agent as an env var, a file, or both. The value never enters the Job spec."""
+    """A Secret (or one of its keys) given to the agent as env vars or files. No value enters the Job spec."""
 
-    name: str = Field(description="Descriptive name.", min_length=1, max_length=253)
-    secret_ref: CredentialSecretRef = Field(description="The Secret key holding the credential.")
-    env: str | None = Field(
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": k8s_extra(
+            cel(
+                "!has(self.secretRef.key) || has(self.env) || has(self.mountPath)",
+                "a credential with secretRef.key needs env or mountPath (without a key, the whole Secret "
+                "becomes env vars)",
+            )
+        )
+    }
+
+    name: str | None = Field(
+        None, description="Descriptive name (default: the Secret's name).", min_length=1, max_length=253
+    )
+    secret_ref: CredentialSecretRef = Field(description="The Secret, or the Secret key, holding the credential.")
+    env: EnvName | None = None
+    mount_path: FilePath | None = Field(
+        None, description="Absolute path: the key's file, or without secretRef.key the Secret's directory."
+    )
+    file_mode: int | None = Field(
+        None, description="Permission bits of the mounted file(s) (default 0600, i.e. 384).", ge=0, le=511
+    )
+
+    @model_validator(mode="after")
+    def _key_has_a_target(self) -> Credential:
+        if self.secret_ref.key is not None and self.env is None and self.mount_path is None:
+            raise ValueError("a credential with secretRef.key needs env or mountPath")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.secret_ref.name
+
+
+class RepositorySettings(ApiModel):
+    """Where Repository contexts are cloned from, and with which credentials."""
+
+    base_url: str | None = Field(
         None,
-        description="Env var that receives the value (through secretKeyRef).",
-        max_length=256,
+        alias="baseURL",
+        description=f"https:// or ssh:// URL that <org>/<repo>.git is appended to (default {DEFAULT_REPOSITORY_BASE_URL}).",
+        max_length=1024,
         json_schema_extra=k8s_extra(
-            cel(f"self.matches(r'{ENV_NAME_PATTERN}')", "{field} must be a valid env var name")
+            cel(
+                f"self.matches(r'{REPOSITORY_BASE_URL_PATTERN}')",
+                "{field} must be an https://host[/path] URL without user info, or an ssh://[user@]host[:port][/path] "
+                "URL; no query or fragment",
+            )
         ),
     )
-    mount_path: FilePath | None = Field(None, description="Absolute file path the value is mounted at.")
-    file_mode: int | None = Field(
-        None, description="File permission bits of the mounted file (default 0600, i.e. 384).", ge=0, le=511
+    secret_ref: LocalSecretRef | None = Field(
+        None,
+        description="Secret with the clone credentials, as a Git context's secretRef: `username` and `password` "
+        "(HTTPS; a token alone in `password` works) or `ssh-privatekey` and optionally `known_hosts` (SSH).",
     )
+
+    @model_validator(mode="after")
+    def _https_or_ssh(self) -> RepositorySettings:
+        if self.base_url is not None and not re.fullmatch(REPOSITORY_BASE_URL_PATTERN, self.base_url):
+            raise ValueError(
+                "baseURL must be an https:// URL without user info or an ssh:// URL, with no query or fragment"
+            )
+        return self
+
+    def clone_url(self, org: str, repo: str) -> str:
+        return f"{(self.base_url or DEFAULT_REPOSITORY_BASE_URL).rstrip('/')}/{org}/{repo}.git"
 
 
 class PodScheduling(ApiModel):
@@ -71,8 +166,15 @@ class WorkspaceConfigSpec(ApiModel):
     scheduling: PodScheduling | None = Field(
         None, description="nodeSelector, tolerations and affinity of the agent pod."
     )
-    service_account_name: str = Field(
-        description="ServiceAccount the agent pod runs as (must exist in the namespace).", min_length=1, max_length=253
+    service_account_name: str | None = Field(
+        None,
+        description=f"ServiceAccount the agent pod runs as (must exist in the namespace; default `{DEFAULT_SERVICE_ACCOUNT}`).",
+        min_length=1,
+        max_length=253,
+    )
+    repositories: RepositorySettings | None = Field(
+        None,
+        description="Git host and clone credentials of Repository contexts (default: https://github.com, anonymous).",
     )
     resources: dict[str, Any] | None = Field(
         None,

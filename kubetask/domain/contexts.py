@@ -2,7 +2,8 @@
 
 ``resolve`` turns the contexts of a Task (WorkspaceConfig defaults first) into ordered ``Part``\\ s,
 reading ConfigMaps, Secrets and URLs through a ``ContextReader`` (the only I/O edge). Git contexts
-are passed through: an init container clones them. ``aggregate`` groups the parts per ``filePath``
+are passed through, and Repository contexts become Git contexts on the WorkspaceConfig's Git host
+(``repository_checkout``): an init container clones them. ``aggregate`` groups the parts per ``filePath``
 into ``ContextFile``\\ s in the original's format and gives each a ConfigMap key (``file_keys``).
 
 A part is sensitive when its content came from a Secret, or from a URL fetched with a header taken
@@ -20,7 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from kubetask.api import Context, ContextType, FileSource, GitContext, RemoteFileContext, Task, WorkspaceConfigSpec
+from kubetask.api import (
+    Context,
+    ContextType,
+    FileSource,
+    GitContext,
+    RemoteFileContext,
+    RepositoryContext,
+    RepositorySettings,
+    Task,
+    WorkspaceConfigSpec,
+)
 from kubetask.domain.errors import TaskError
 from kubetask.vocabulary import CONTEXT_KEY_CONFLICT, CONTEXT_REF_NOT_FOUND, REMOTE_FILE_UNAVAILABLE
 
@@ -108,15 +119,30 @@ def all_contexts(task: Task, workspace: WorkspaceConfigSpec) -> list[Context]:
     return [*(workspace.default_contexts or []), *task.spec.contexts]
 
 
+def repository_checkout(repository: RepositoryContext, settings: RepositorySettings | None) -> GitContext:
+    """The Git context a Repository context stands for: ``<baseURL>/<org>/<repo>.git`` at ``branch``,
+    cloned with the WorkspaceConfig's clone Secret into ``path`` (default ``/workspace/<repo>``)."""
+    settings = settings or RepositorySettings()
+    return GitContext(
+        repository=settings.clone_url(repository.org, repository.repo),
+        ref=repository.branch,
+        path=repository.checkout_path,
+        secret_ref=settings.secret_ref,
+    )
+
+
 def resolve(
     contexts: Sequence[Context],
     namespace: str,
     reader: ContextReader,
     *,
+    repositories: RepositorySettings | None = None,
     remote_timeout: float = 10.0,
     remote_max_bytes: int = 1_048_576,
 ) -> Resolution:
     """Resolve every File and RemoteFile context; read only ``namespace``, each object at most once.
+
+    Git and Repository contexts (the latter on the Git host ``repositories`` names) become checkouts.
 
     Raises ``TaskError(ContextRefNotFound)`` for a missing non-optional ConfigMap/Secret or key (and
     for any missing Secret behind a RemoteFile header), ``TaskError(RemoteFileUnavailable)`` when a
@@ -130,6 +156,9 @@ def resolve(
         if context.type is ContextType.GIT:
             assert context.git is not None
             git.append(context.git)
+        elif context.type is ContextType.REPOSITORY:
+            assert context.repository is not None
+            git.append(repository_checkout(context.repository, repositories))
         elif context.type is ContextType.FILE:
             assert context.file is not None
             parts.append(_resolve_file(context.file.file_path, context.file.source, objects, where))

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubetask import vocabulary
-from kubetask.api import API_VERSION, GitContext, Task, WorkspaceConfigSpec
-from kubetask.api.workspace import DEFAULT_AGENT_IMAGE
+from kubetask.api import API_VERSION, Credential, GitContext, Task, WorkspaceConfigSpec
+from kubetask.api.workspace import DEFAULT_AGENT_IMAGE, DEFAULT_SERVICE_ACCOUNT
 from kubetask.domain.contexts import ContextFile
 from kubetask.domain.errors import TaskError
 from kubetask.vocabulary import (
@@ -42,6 +42,7 @@ from kubetask.vocabulary import (
 DEFAULT_GIT_IMAGE = "alpine/git:2.47.2"
 MAX_OBJECT_BYTES = 1_048_576
 DEFAULT_CREDENTIAL_MODE = 0o600
+CREDENTIAL_FILE = "secret-file"
 
 TOOLS_PATH = "/tools"
 TOOLS_ENV = {
@@ -254,26 +255,19 @@ def build_job(
         )
         env += [{"name": key, "value": value} for key, value in TOOLS_ENV.items()]
 
+    env_from: list[dict[str, Any]] = []
     for index, credential in enumerate(workspace.credentials or []):
-        ref = {"name": credential.secret_ref.name, "key": credential.secret_ref.key}
-        if credential.env:
-            env.append({"name": credential.env, "valueFrom": {"secretKeyRef": ref}})
-        if credential.mount_path:
-            mode = DEFAULT_CREDENTIAL_MODE if credential.file_mode is None else credential.file_mode
-            volume = f"credential-{index}"
-            volumes.append(
-                {
-                    "name": volume,
-                    "secret": {
-                        "secretName": ref["name"],
-                        "items": [{"key": ref["key"], "path": "secret-file", "mode": mode}],
-                        "defaultMode": mode,
-                    },
-                }
-            )
-            mounts.append(
-                {"name": volume, "mountPath": credential.mount_path, "subPath": "secret-file", "readOnly": True}
-            )
+        volume = f"credential-{index}"
+        if credential.env is None and credential.mount_path is None:
+            env_from.append({"secretRef": {"name": credential.secret_ref.name}})
+        if credential.env is not None:
+            env.append({"name": credential.env, "valueFrom": {"secretKeyRef": _credential_key(credential)}})
+        if credential.mount_path is not None:
+            volumes.append({"name": volume, "secret": _credential_volume(credential)})
+            mount: dict[str, Any] = {"name": volume, "mountPath": credential.mount_path, "readOnly": True}
+            if credential.secret_ref.key is not None:
+                mount["subPath"] = CREDENTIAL_FILE
+            mounts.append(mount)
 
     for volume, source, sensitive in (
         (CONTEXT_VOLUME, {"configMap": {"name": config_map_name(name)}}, False),
@@ -289,6 +283,7 @@ def build_job(
         "image": workspace.agent_image or DEFAULT_AGENT_IMAGE,
         "imagePullPolicy": "IfNotPresent",
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         # Sorted by path: deterministic, and a directory (a checkout) is mounted before files inside it.
         "volumeMounts": sorted(mounts, key=lambda m: m["mountPath"]),
     }
@@ -298,7 +293,7 @@ def build_job(
         agent["securityContext"] = workspace.security_context
 
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": workspace.service_account_name,
+        "serviceAccountName": workspace.service_account_name or DEFAULT_SERVICE_ACCOUNT,
         "restartPolicy": "Never",
     }
     if init_containers:
@@ -331,6 +326,22 @@ def build_job(
         "spec": spec,
     }
     return copy.deepcopy(job)  # shares nothing with the models (resources, scheduling...)
+
+
+def _credential_key(credential: Credential) -> dict[str, str]:
+    if credential.secret_ref.key is None:
+        raise ValueError(f'credential "{credential.display_name}": bind its key first (credentials.bind_keys)')
+    return {"name": credential.secret_ref.name, "key": credential.secret_ref.key}
+
+
+def _credential_volume(credential: Credential) -> dict[str, Any]:
+    """The key as the file ``secret-file``, or without a key every key of the Secret as a file."""
+    mode = DEFAULT_CREDENTIAL_MODE if credential.file_mode is None else credential.file_mode
+    source: dict[str, Any] = {"secretName": credential.secret_ref.name}
+    if credential.secret_ref.key is not None:
+        source["items"] = [{"key": credential.secret_ref.key, "path": CREDENTIAL_FILE, "mode": mode}]
+    source["defaultMode"] = mode
+    return source
 
 
 def _git_clone_container(
@@ -374,7 +385,7 @@ def _git_clone_container(
 
 def _check_mount_paths(workspace: WorkspaceConfigSpec, files: Sequence[ContextFile], git: Sequence[GitContext]) -> None:
     claims: list[tuple[str, str]] = [(f.file_path, "context file") for f in files]
-    claims += [(c.mount_path, f'credential "{c.name}"') for c in workspace.credentials or [] if c.mount_path]
+    claims += [(c.mount_path, f'credential "{c.display_name}"') for c in workspace.credentials or [] if c.mount_path]
     claims += [(g.path, f"Git checkout #{i}") for i, g in enumerate(git)]
     if workspace.tools_image:
         claims.append((TOOLS_PATH, "tools (toolsImage)"))

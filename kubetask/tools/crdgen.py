@@ -153,7 +153,8 @@ def _structural(node: dict[str, Any], name: str, cardinality: int = 1) -> dict[s
         node = inner
     for key in _DROP_KEYS:
         node.pop(key, None)
-    if node.get("x-kubernetes-preserve-unknown-fields"):
+    untyped = bool(node.get("x-kubernetes-preserve-unknown-fields")) and "oneOf" in node
+    if node.get("x-kubernetes-preserve-unknown-fields") and not untyped:
         node.setdefault("type", "object")
         if node.get("additionalProperties") is True:
             del node["additionalProperties"]
@@ -177,7 +178,8 @@ def _structural(node: dict[str, Any], name: str, cardinality: int = 1) -> dict[s
         node["additionalProperties"] = _structural(node["additionalProperties"], name)
     if "enum" in node and "type" not in node:
         node["type"] = "string"
-    if "type" not in node:
+    # A value of several types (a string or an object) keeps no type: its oneOf tells them apart.
+    if "type" not in node and not untyped:
         raise ValueError(f"{name}: schema without a type: {node}")
     return node
 

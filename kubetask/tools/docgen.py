@@ -18,6 +18,8 @@ CRDs in `deploy/crds/bases/`); do not edit. `kubectl explain <kind>.<field>` sho
 
 
 def _type(node: dict[str, Any]) -> str:
+    if "type" not in node and "oneOf" in node:
+        return "string \\| object"
     kind = str(node.get("type", "object"))
     if kind == "array":
         return f"[]{_type(node.get('items', {}))}"

@@ -30,6 +30,7 @@ from kubetask.api import GitContext, Task, WorkspaceConfig
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
 from kubetask.domain import manifests, outcomes, status
 from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
+from kubetask.domain.credentials import bind_keys
 from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
 from kubetask.domain.redact import Redactor
@@ -140,7 +141,9 @@ def prepare(
         raise Failure(description="the Task carries the stop annotation", allow_retries=False)
     try:
         workspace = load_workspace(api, task)
-        resolution = resolve(all_contexts(task, workspace.spec), config.namespace, api)
+        resolution = resolve(
+            all_contexts(task, workspace.spec), config.namespace, api, repositories=workspace.spec.repositories
+        )
         files = aggregate(resolution.parts)
         config_map, secret = manifests.build_context_objects(task, files)
         if config_map is not None:
@@ -210,9 +213,12 @@ def run_attempt(
     timeout = status.effective_timeout_seconds(task.spec, workspace.spec)
     attempt, resuming = _next_attempt(api, task, context.run_id)
     try:
+        credentials = bind_keys(
+            workspace.spec.credentials or [], config.namespace, lambda name: api.secret_keys(config.namespace, name)
+        )
         job = manifests.build_job(
             task,
-            workspace.spec,
+            workspace.spec.model_copy(update={"credentials": credentials}),
             _files(prepared),
             [_git(g) for g in prepared["git"]],
             attempt=attempt,
@@ -220,7 +226,7 @@ def run_attempt(
             timeout_seconds=timeout,
             git_image=kube.git_image,
         )
-    except TaskError as e:  # e.g. a context file and a credential mounted at one path
+    except TaskError as e:  # e.g. a context file and a credential mounted at one path, or an ambiguous key
         reporter.fail(e.reason, e.message)
         raise Failure(description=str(e), allow_retries=False) from None
     job_name = job["metadata"]["name"]

@@ -78,6 +78,10 @@ class FakeKube:
     def secret_data(self, namespace, name):
         return self.secrets.get((namespace, name))
 
+    def secret_keys(self, namespace, name):
+        data = self.secrets.get((namespace, name))
+        return None if data is None else sorted(data)
+
     def fetch(self, url, headers, timeout, max_bytes):
         raise AssertionError("no RemoteFile in these tests")
 
@@ -227,6 +231,29 @@ def test_missing_workspace_config_fails_the_task(run):
     assert 'WorkspaceConfig "gpu" not found in namespace "team-a"' in status["message"]
     assert [(r, w) for r, _, w in kube.events] == [(vocabulary.WORKSPACE_CONFIG_NOT_FOUND, True)]
     assert kube.created == []
+
+
+def test_an_env_credential_on_a_secret_of_several_keys_fails_the_task_before_any_job(run):
+    ws = workspace_obj(credentials=[{"secretRef": {"name": "llm"}, "env": {"name": "API_KEY"}}])
+    kube = fake_kube(ok(), workspace=ws)  # Secret llm holds api-key and other
+    result, _ = run(kube)
+    assert not result.success
+    status = kube.task()["status"]
+    assert status["phase"] == "Failed" and reason(status) == vocabulary.CREDENTIAL_KEY_AMBIGUOUS
+    assert 'Secret "llm" holds 2 keys (api-key, other)' in status["message"]
+    assert kube.created == [] and kube.waits == []
+    assert CREDENTIAL not in str(kube.patches) + str(kube.events)
+
+
+def test_an_env_credential_on_a_single_key_secret_references_that_key(run):
+    ws = workspace_obj(credentials=[{"secretRef": {"name": "one"}, "env": {"name": "API_KEY"}}])
+    kube = fake_kube(ok(), workspace=ws)
+    kube.secrets[(NS, "one")] = {"token": CREDENTIAL}
+    result, _ = run(kube)
+    assert result.success
+    agent = kube.jobs["t1-job-1"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "one", "key": "token"}}} in agent["env"]
+    assert CREDENTIAL not in str(kube.jobs)
 
 
 def test_a_task_that_no_longer_exists_writes_nothing(run):

@@ -9,10 +9,13 @@ from pydantic import ValidationError
 from kubetask.api import (
     Batch,
     BatchRun,
+    Context,
     ContextType,
+    RepositorySettings,
     Task,
     TaskPhase,
     WorkspaceConfig,
+    WorkspaceConfigSpec,
     parse_duration,
 )
 from kubetask.api.cron import is_valid_cron, to_five_fields
@@ -102,7 +105,13 @@ def _task(context):
         ({"type": "File", "file": {"filePath": "/a//b", "source": {"inline": "x"}}}, "absolute, normalised"),
         ({"type": "File", "file": {"filePath": "/a/", "source": {"inline": "x"}}}, "absolute, normalised"),
         ({"type": "File", "remoteFile": {"filePath": "/a", "url": "https://x"}}, "needs `file`"),
-        ({"type": "Repository"}, "Input should be 'File', 'RemoteFile' or 'Git'"),
+        ({"type": "Bitbucket"}, "Input should be 'File', 'RemoteFile', 'Git' or 'Repository'"),
+        ({"type": "Repository"}, "Repository needs `repository`"),
+        ({"type": "Repository", "repository": {"repo": "r"}}, "org\n  Field required"),
+        ({"type": "Repository", "repository": {"org": "a/b", "repo": "r"}}, "one path segment"),
+        ({"type": "Repository", "repository": {"org": "o", "repo": ".."}}, "one path segment"),
+        ({"type": "Repository", "repository": {"org": "o", "repo": "r", "branch": "--upload-pack=x"}}, "branch, tag or commit"),
+        ({"type": "Repository", "repository": {"org": "o", "repo": "r", "branch": "a..b"}}, "branch, tag or commit"),
         ({"type": "RemoteFile", "remoteFile": {"filePath": "/a", "url": "ftp://x"}}, "http:// or https://"),
         ({"type": "RemoteFile", "remoteFile": {"filePath": "/a", "url": "https://x", "headers": [{"name": "A"}]}}, "exactly one of value, valueFrom"),
     ],
@@ -152,3 +161,57 @@ def test_schedule_validation():
     for schedule in ({"cron": "every day"}, {"cron": "@daily", "timeZone": "Mars/Olympus"}, {"cron": "@daily", "concurrencyPolicy": "Sometimes"}):
         with pytest.raises(ValidationError):
             Batch.model_validate({"spec": {**base, "schedule": schedule}})
+
+
+@pytest.mark.parametrize("env", ["GITHUB_TOKEN", {"name": "GITHUB_TOKEN"}])
+def test_credential_env_is_a_name_or_an_object_with_a_name(env):
+    ws = WorkspaceConfigSpec.model_validate({"credentials": [{"secretRef": {"name": "github-token"}, "env": env}]})
+    [credential] = ws.credentials
+    assert (credential.env, credential.name, credential.display_name, credential.secret_ref.key) == (
+        "GITHUB_TOKEN", None, "github-token", None)
+    assert ws.service_account_name is None  # the Job falls back to the namespace's `default`
+
+
+@pytest.mark.parametrize(
+    "credential, message",
+    [
+        ({"secretRef": {"name": "s"}, "env": "1BAD"}, "not an env var name"),
+        ({"secretRef": {"name": "s"}, "env": {"name": "GITHUB-TOKEN"}}, "not an env var name"),
+        ({"secretRef": {"name": "s"}, "env": {"name": "A", "value": "x"}}, "Input should be a valid string"),
+        ({"secretRef": {"name": "s", "key": "k"}}, "needs env or mountPath"),
+    ],
+)
+def test_bad_credentials_are_refused(credential, message):
+    with pytest.raises(ValidationError, match=message):
+        WorkspaceConfigSpec.model_validate({"credentials": [credential]})
+
+
+@pytest.mark.parametrize(
+    "base_url, ok",
+    [
+        ("https://github.com", True),
+        ("https://gitlab.example.com/group/", True),
+        ("ssh://git@github.com", True),
+        ("ssh://git@git.example.com:2222/prefix", True),
+        ("http://github.com", False),
+        ("https://x-access-token:ghp_abc@github.com", False),
+        ("https://github.com?token=abc", False),
+        ("git@github.com:myorg", False),
+        ("file:///srv/git", False),
+    ],
+)
+def test_repository_base_url_is_https_without_user_info_or_ssh(base_url, ok):
+    if ok:
+        settings = WorkspaceConfigSpec.model_validate({"repositories": {"baseURL": base_url}}).repositories
+        assert settings.clone_url("o", "r") == f"{base_url.rstrip('/')}/o/r.git"
+    else:
+        with pytest.raises(ValidationError, match="baseURL must be"):
+            WorkspaceConfigSpec.model_validate({"repositories": {"baseURL": base_url}})
+
+
+def test_repository_defaults_to_github_and_a_workspace_checkout():
+    ctx = Context.model_validate({"type": "Repository", "repository": {"org": "myorg", "repo": "service-a"}})
+    assert ctx.file_path == "/workspace/service-a"
+    assert RepositorySettings().clone_url("myorg", "service-a") == "https://github.com/myorg/service-a.git"
+    moved = Context.model_validate({"type": "Repository", "repository": {"org": "o", "repo": ".github", "path": "/src/gh"}})
+    assert moved.file_path == "/src/gh"

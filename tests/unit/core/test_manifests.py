@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from kubetask.api import Context, Task, WorkspaceConfigSpec
+from kubetask.api import Context, GitContext, Task, WorkspaceConfigSpec
 from kubetask.domain.contexts import aggregate, resolve
 from kubetask.domain.errors import TaskError
 from kubetask.domain.manifests import (
@@ -354,7 +354,12 @@ def test_git_contexts_clone_in_init_containers_before_tools():
 
 
 def test_git_strings_never_enter_the_script():
-    nasty = git_ctx(repository="https://example.com/$(touch /pwned);`id`.git", ref="main; rm -rf /", path="/workspace/r")
+    # The models refuse this ref; the script must stay safe even for what validation would let through.
+    with pytest.raises(ValueError, match="not a branch, tag or commit name"):
+        git_ctx(repository="https://example.com/r.git", ref="main; rm -rf /", path="/workspace/r")
+    nasty = GitContext.model_construct(
+        repository="https://example.com/$(touch /pwned);`id`.git", ref="main; rm -rf /", path="/workspace/r", depth=None, secret_ref=None
+    )
     [clone] = pod(job(git=[nasty]))["initContainers"]
     assert clone["command"][2] == GIT_CLONE_SCRIPT
     assert "pwned" not in GIT_CLONE_SCRIPT and "rm -rf" not in GIT_CLONE_SCRIPT
@@ -443,3 +448,43 @@ def test_default_git_image():
     assert DEFAULT_GIT_IMAGE == "alpine/git:2.47.2"
     [clone] = pod(job(git=[git_ctx(repository="https://example.com/r.git", path="/r")]))["initContainers"]
     assert clone["image"] == DEFAULT_GIT_IMAGE
+
+
+def test_credentials_without_a_key_give_the_whole_secret():
+    workspace = make_workspace(
+        credentials=[
+            {"secretRef": {"name": "provider-env"}},  # neither env nor mountPath: every key as an env var
+            {"secretRef": {"name": "kube-config"}, "mountPath": "/home/agent/.kube", "fileMode": 0o440},
+        ]
+    )
+    manifest = job(workspace=workspace)
+    assert agent(manifest)["envFrom"] == [{"secretRef": {"name": "provider-env"}}]
+    volumes = {v["name"]: v for v in pod(manifest)["volumes"]}
+    assert "credential-0" not in volumes
+    assert volumes["credential-1"] == {"name": "credential-1", "secret": {"secretName": "kube-config", "defaultMode": 0o440}}
+    assert {"name": "credential-1", "mountPath": "/home/agent/.kube", "readOnly": True} in agent(manifest)["volumeMounts"]
+
+
+def test_an_env_credential_must_be_bound_to_a_key_first():
+    workspace = make_workspace(credentials=[{"secretRef": {"name": "github-token"}, "env": {"name": "GITHUB_TOKEN"}}])
+    with pytest.raises(ValueError, match="bind its key first"):
+        job(workspace=workspace)
+
+
+def test_the_service_account_defaults_to_the_namespaces_default():
+    assert pod(job(workspace=WorkspaceConfigSpec.model_validate({})))["serviceAccountName"] == "default"
+
+
+def test_a_repository_context_is_cloned_like_git_with_the_workspace_clone_secret():
+    workspace = make_workspace(repositories={"baseURL": "https://git.example.com/", "secretRef": {"name": "clone"}})
+    contexts = [Context.model_validate({"type": "Repository", "repository": {"org": "myorg", "repo": "service-a", "branch": "release/2.x"}})]
+    resolution = resolve(contexts, NS, StaticReader(), repositories=workspace.repositories)
+    manifest = job(workspace=workspace, git=resolution.git)
+    [clone] = pod(manifest)["initContainers"]
+    assert clone["command"][2] == GIT_CLONE_SCRIPT
+    env = {e["name"]: e for e in clone["env"]}
+    assert env["GIT_REPOSITORY"]["value"] == "https://git.example.com/myorg/service-a.git"
+    assert env["GIT_REF"]["value"] == "release/2.x"
+    assert env["GIT_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "clone", "key": "password", "optional": True}}
+    assert {"name": "git-0", "mountPath": "/workspace/service-a", "subPath": "checkout"} in agent(manifest)["volumeMounts"]
+    assert "clone" not in json.dumps(agent(manifest))  # the clone Secret reaches the init container only
