@@ -100,7 +100,7 @@ APPLY_TIME = [
     ("ws-env-number", _ws(credentials=[{"secretRef": {"name": "s"}, "env": 3}]),
      ["spec.credentials[0].env", "must validate one and only one schema"]),
     ("ws-key-without-env-or-mount", _ws(credentials=[{"secretRef": {"name": "s", "key": "k"}}]),
-     ["spec.credentials[0]", "a credential with secretRef.key needs env or mountPath"]),
+     ["spec.credentials[0]", "must not validate the schema"]),
     ("ws-base-url-http", _ws(repositories={"baseURL": "http://git.example.com"}),
      ["spec.repositories.baseURL", "baseURL must be an https://host[/path] URL"]),
     ("ws-base-url-token", _ws(repositories={"baseURL": "https://x-access-token:ghp_abc@github.com"}),
