@@ -234,7 +234,7 @@ class RepositoryContext(ApiModel):
     repo: PathSegment = Field(description="Repository name (without .git).")
     branch: GitRef | None = Field(None, description="Branch, tag or commit to check out (default: the remote's HEAD).")
     path: FilePath | None = Field(
-        None, description=f"Absolute directory of the checkout (default {REPOSITORY_MOUNT_ROOT}/<repo>)."
+        None, description=f"Absolute directory of the checkout (default `{REPOSITORY_MOUNT_ROOT}/<repo>`)."
     )
 
     @property
@@ -273,7 +273,7 @@ class Context(ApiModel):
     remote_file: RemoteFileContext | None = Field(None, description="A file fetched over HTTP(S).")
     git: GitContext | None = Field(None, description="A Git checkout made by an init container.")
     repository: RepositoryContext | None = Field(
-        None, description="A checkout of <org>/<repo> from the WorkspaceConfig's Git host, made by an init container."
+        None, description="A checkout of `<org>/<repo>` from the WorkspaceConfig's Git host, made by an init container."
     )
 
     @model_validator(mode="after")

@@ -109,7 +109,7 @@ class RepositorySettings(ApiModel):
     base_url: str | None = Field(
         None,
         alias="baseURL",
-        description=f"https:// or ssh:// URL that <org>/<repo>.git is appended to (default {DEFAULT_REPOSITORY_BASE_URL}).",
+        description=f"https:// or ssh:// URL that `/<org>/<repo>.git` is appended to (default `{DEFAULT_REPOSITORY_BASE_URL}`).",
         max_length=1024,
         json_schema_extra=k8s_extra(
             cel(

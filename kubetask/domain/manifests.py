@@ -7,6 +7,11 @@ Secret-backed context files, Git checkouts, and labels/annotations leading back 
 Dagster run. Nothing here holds a secret value: Secrets are referenced, never copied, except the
 context Secret, whose content is the sensitive context files themselves.
 
+Credentials: a key with ``env`` is a ``secretKeyRef`` (an env-only credential without a key must be
+bound to the Secret's only key first, ``credentials.bind_keys``); a key with ``mountPath`` is one file
+by ``subPath``; a ``mountPath`` without a key mounts the whole Secret as a directory; neither ``env``
+nor ``mountPath`` is ``envFrom``.
+
 Git checkouts: the init container ``git-clone-<i>`` runs a fixed script that reads repository, ref
 and depth from env vars, so no user string is ever parsed by the shell. HTTPS credentials reach git
 through a credential helper reading ``GIT_USERNAME``/``GIT_PASSWORD`` (from the Secret's keys
