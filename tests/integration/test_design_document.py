@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,16 @@ def test_the_documents_task_runs_end_to_end(kubectl, wait_for, namespace, bridge
     logs = kubectl("logs", "-n", namespace, f"job/{obj['status']['jobName']}").stdout
     assert "=== Task Completed ===" in logs
     assert {"JobCreated", "Completed"} <= set(event_reasons(kubectl, namespace, "update-dependencies"))
+
+    # idempotent and GitOps-ready: the live Task does not drift from its YAML, and applying it again
+    # changes nothing and runs nothing
+    task_yaml = TASK_HEADER + TASK_BLOCK
+    assert kubectl("diff", "-n", namespace, "-f", "-", input=task_yaml, check=False).returncode == 0
+    assert "unchanged" in kubectl("apply", "-n", namespace, "-f", "-", input=task_yaml).stdout
+    time.sleep(3)  # two of the bridge's drift intervals
+    again = get(kubectl, namespace, "task", "update-dependencies")
+    assert again["status"]["dagsterRunId"] == obj["status"]["dagsterRunId"] and again["status"]["phase"] == "Completed"
+    assert [j["metadata"]["name"] for j in jobs(kubectl, namespace)] == ["update-dependencies-job-1"]
 
 
 def test_a_batch_of_repositories_runs_one_clone_per_task(kubectl, wait_for, namespace, bridge, ai_agent_node):
