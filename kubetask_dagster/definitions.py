@@ -22,7 +22,7 @@ from kubetask.domain.catalog import BatchEntry
 from kubetask_dagster import catalog
 from kubetask_dagster.assets import batch_assets
 from kubetask_dagster.jobs import batch_job, task_job
-from kubetask_dagster.resources import KubeResource, RunStorageIOManager
+from kubetask_dagster.resources import RunStorageIOManager, kube_resource_from_env
 from kubetask_dagster.schedules import batch_schedules
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def build_definitions(entries: list[BatchEntry]) -> Definitions:
         jobs=[task_job, batch_job],
         assets=assets,
         schedules=batch_schedules(entries),
-        resources={"kube": KubeResource(), "io_manager": RunStorageIOManager()},
+        resources={"kube": kube_resource_from_env(), "io_manager": RunStorageIOManager()},
     )
 
 

@@ -13,6 +13,7 @@ hashes, never context content).
 """
 
 import json
+import os
 from functools import cached_property
 from typing import Any
 
@@ -30,10 +31,20 @@ class KubeResource(ConfigurableResource):
     kubeconfig: str | None = None
     git_image: str = manifests.DEFAULT_GIT_IMAGE
     log_tail_lines: int = 50
+    # The local real node runs pods on the host's network; a real cluster never needs it.
+    agent_host_network: bool = False
 
     @cached_property
     def api(self) -> Kube:
         return Kube(self.kubeconfig)
+
+
+def kube_resource_from_env() -> KubeResource:
+    """The operator's settings of the run workers: KUBETASK_GIT_IMAGE, KUBETASK_AGENT_HOST_NETWORK=true."""
+    return KubeResource(
+        git_image=os.environ.get("KUBETASK_GIT_IMAGE") or manifests.DEFAULT_GIT_IMAGE,
+        agent_host_network=os.environ.get("KUBETASK_AGENT_HOST_NETWORK", "").lower() == "true",
+    )
 
 
 def _key(identifier) -> str:

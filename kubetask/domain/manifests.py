@@ -48,6 +48,8 @@ DEFAULT_GIT_IMAGE = "alpine/git:2.47.2"
 MAX_OBJECT_BYTES = 1_048_576
 DEFAULT_CREDENTIAL_MODE = 0o600
 CREDENTIAL_FILE = "secret-file"
+CREDENTIAL_ENV_VAR = "KUBETASK_CREDENTIAL_ENV"
+CREDENTIAL_PATHS_VAR = "KUBETASK_CREDENTIAL_PATHS"
 
 TOOLS_PATH = "/tools"
 TOOLS_ENV = {
@@ -218,11 +220,13 @@ def build_job(
     dagster_run_id: str,
     timeout_seconds: int | None,
     git_image: str = DEFAULT_GIT_IMAGE,
+    host_network: bool = False,
 ) -> dict[str, Any]:
     """The Job of one attempt of ``task``; raises ``TaskError(MountPathConflict)`` when two mounts share a path.
 
     Job and pod carry the labels ``app``, ``kubetask.io/task``, ``kubetask.io/attempt`` (and the Task's
     ``kubetask.io/batch``/``batch-run`` labels), and the annotations of the Dagster run id and Task uid.
+    ``host_network`` is the operator's choice (a single-node local cluster), never a tenant's.
     """
     _check_mount_paths(workspace, files, git)
     name = _name(task)
@@ -261,6 +265,7 @@ def build_job(
         env += [{"name": key, "value": value} for key, value in TOOLS_ENV.items()]
 
     env_from: list[dict[str, Any]] = []
+    credential_paths: list[str] = []
     for index, credential in enumerate(workspace.credentials or []):
         volume = f"credential-{index}"
         if credential.env is None and credential.mount_path is None:
@@ -268,11 +273,18 @@ def build_job(
         if credential.env is not None:
             env.append({"name": credential.env, "valueFrom": {"secretKeyRef": _credential_key(credential)}})
         if credential.mount_path is not None:
+            credential_paths.append(credential.mount_path)
             volumes.append({"name": volume, "secret": _credential_volume(credential)})
             mount: dict[str, Any] = {"name": volume, "mountPath": credential.mount_path, "readOnly": True}
             if credential.secret_ref.key is not None:
                 mount["subPath"] = CREDENTIAL_FILE
             mounts.append(mount)
+
+    # Where the credentials are, never what: an agent (the echo agent) can check they arrived.
+    credential_env = [c.env for c in workspace.credentials or [] if c.env is not None]
+    for name_var, values in ((CREDENTIAL_ENV_VAR, credential_env), (CREDENTIAL_PATHS_VAR, credential_paths)):
+        if values:
+            env.append({"name": name_var, "value": ",".join(values)})
 
     for volume, source, sensitive in (
         (CONTEXT_VOLUME, {"configMap": {"name": config_map_name(name)}}, False),
@@ -301,6 +313,8 @@ def build_job(
         "serviceAccountName": workspace.service_account_name or DEFAULT_SERVICE_ACCOUNT,
         "restartPolicy": "Never",
     }
+    if host_network:
+        pod_spec["hostNetwork"] = True
     if init_containers:
         pod_spec["initContainers"] = init_containers
     pod_spec["containers"] = [agent]

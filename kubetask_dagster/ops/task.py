@@ -225,6 +225,7 @@ def run_attempt(
             dagster_run_id=context.run_id,
             timeout_seconds=timeout,
             git_image=kube.git_image,
+            host_network=kube.agent_host_network,
         )
     except TaskError as e:  # e.g. a context file and a credential mounted at one path, or an ambiguous key
         reporter.fail(e.reason, e.message)

@@ -279,6 +279,9 @@ def test_credentials_are_references_never_values():
     assert env[2:] == [
         {"name": "GITHUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": "github", "key": "token"}}},
         {"name": "CFG", "valueFrom": {"secretKeyRef": {"name": "cfg", "key": "c"}}},
+        # where they are (for the echo agent's report), never what
+        {"name": "KUBETASK_CREDENTIAL_ENV", "value": "GITHUB_TOKEN,CFG"},
+        {"name": "KUBETASK_CREDENTIAL_PATHS", "value": "/home/agent/.ssh/id,/etc/cfg"},
     ]
     volumes = {v["name"]: v for v in pod(manifest)["volumes"]}
     assert volumes["credential-1"] == {
@@ -488,3 +491,8 @@ def test_a_repository_context_is_cloned_like_git_with_the_workspace_clone_secret
     assert env["GIT_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "clone", "key": "password", "optional": True}}
     assert {"name": "git-0", "mountPath": "/workspace/service-a", "subPath": "checkout"} in agent(manifest)["volumeMounts"]
     assert "clone" not in json.dumps(agent(manifest))  # the clone Secret reaches the init container only
+
+
+def test_host_network_is_the_operators_switch():
+    assert "hostNetwork" not in pod(job())
+    assert pod(job(host_network=True))["hostNetwork"] is True
