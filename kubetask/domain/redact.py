@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,11 +29,16 @@ class Redactor:
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Redactor:
+        """Masks for each value, its long lines, and the base64 of the value (as `base64` prints it)."""
         needles: set[str] = set()
         for value in values:
             if len(value) >= _MIN_LENGTH:
                 needles.add(value)
                 needles.update(line for line in value.splitlines() if len(line.strip()) >= 8)
+                for raw in {value, value.strip()}:
+                    encoded = base64.b64encode(raw.encode()).decode()
+                    needles.add(encoded)
+                    needles.update(encoded[i : i + 76] for i in range(0, len(encoded), 76) if len(encoded) > 76)
         return cls(frozenset(needles))
 
     @classmethod
@@ -42,7 +48,9 @@ class Redactor:
         values: list[str] = list((kube.secret_data(ns, manifests.secret_name(name)) or {}).values())
         for cred in workspace.spec.credentials or []:
             data = kube.secret_data(ns, cred.secret_ref.name) or {}
-            if cred.secret_ref.key in data:
+            if cred.secret_ref.key is None:  # the whole Secret (envFrom, a directory, its only key)
+                values += data.values()
+            elif cred.secret_ref.key in data:
                 values.append(data[cred.secret_ref.key])
         return cls.of(values)
 

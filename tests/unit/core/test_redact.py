@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from kubetask.api import Task, WorkspaceConfig
 from kubetask.domain import manifests
 from kubetask.domain.redact import MASK, Redactor
@@ -99,3 +101,19 @@ def test_for_task_reads_only_the_tasks_namespace():
     redactor = Redactor.for_task(reader, _task(), _workspace(("llm", "api-key")))
     assert redactor.redact("sk-live-123456") == "sk-live-123456"
     assert {ns for _, ns, _ in reader.reads} == {NS}
+
+
+def test_the_base64_of_a_value_is_masked_too():
+    value = "sk-live-0123456789abcdef"
+    redactor = Redactor.of([value + "\n"])
+    text = f"{base64.b64encode(value.encode()).decode()} and {base64.b64encode((value + chr(10)).encode()).decode()}"
+    assert redactor.redact(text) == f"{MASK} and {MASK}"
+
+
+def test_a_credential_without_a_key_masks_every_value_of_its_secret():
+    reader = StaticReader(secrets={(NS, "provider"): {"API_KEY": "sk-provider-1234", "ORG": "org-secret-5678"}})
+    workspace = WorkspaceConfig.model_validate(
+        {"metadata": {"name": "default", "namespace": NS}, "spec": {"credentials": [{"secretRef": {"name": "provider"}}]}}
+    )
+    redactor = Redactor.for_task(reader, _task(), workspace)
+    assert redactor.redact("sk-provider-1234 org-secret-5678") == f"{MASK} {MASK}"
