@@ -315,6 +315,11 @@ def build_job(
     }
     if host_network:
         pod_spec["hostNetwork"] = True
+    # Secret volumes are root's: with the agent's group as fsGroup, a non-root agent can read its
+    # credential files (kubelet makes a 0600 file 0640, group-owned) and write its checkouts.
+    run_as_group = (workspace.security_context or {}).get("runAsGroup")
+    if isinstance(run_as_group, int):
+        pod_spec["securityContext"] = {"fsGroup": run_as_group}
     if init_containers:
         pod_spec["initContainers"] = init_containers
     pod_spec["containers"] = [agent]

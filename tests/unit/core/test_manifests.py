@@ -496,3 +496,9 @@ def test_a_repository_context_is_cloned_like_git_with_the_workspace_clone_secret
 def test_host_network_is_the_operators_switch():
     assert "hostNetwork" not in pod(job())
     assert pod(job(host_network=True))["hostNetwork"] is True
+
+
+def test_the_agents_group_owns_the_pods_volumes():
+    assert "securityContext" not in pod(job())
+    workspace = make_workspace(securityContext={"runAsUser": 10001, "runAsGroup": 10002, "runAsNonRoot": True})
+    assert pod(job(workspace=workspace))["securityContext"] == {"fsGroup": 10002}
