@@ -162,7 +162,8 @@ def test_dagster_values_have_what_the_issue_asks_and_match_deploy():
 
 def test_dockerfiles_build_small_non_root_images():
     main = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", main, re.M)
+    # a public base for real users, the local offline base here (deploy/local/images)
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", main, re.M) and re.search(r"^FROM \$\{BASE\}", main, re.M)
     assert "pip install ." in main and "dagster-postgres==0.29.*" in main
     assert re.search(r"^USER 10001:10001$", main, re.M)
     assert 'CMD ["python", "-m", "crd_bridge"]' in main
@@ -170,7 +171,7 @@ def test_dockerfiles_build_small_non_root_images():
     assert {"pyproject.toml", "README.md", "kubetask", "kubetask_dagster", "crd_bridge", "workspace.yaml"} <= copied
     assert all((REPO / src).exists() for src in copied)
     echo = (REPO / "agents" / "echo" / "Dockerfile").read_text()
-    assert re.search(r"^FROM alpine:", echo, re.M) and re.search(r"^USER 10001:10001$", echo, re.M)
+    assert re.search(r"^ARG BASE=debian:bookworm-slim$", echo, re.M) and re.search(r"^USER 10001:10001$", echo, re.M)
     assert 'ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]' in echo
     assert os.access(ECHO, os.X_OK)
 
@@ -196,6 +197,7 @@ def test_echo_agent_prints_every_file_sorted_between_the_markers(tmp_path):
         f"--- File: {tmp_path}/docs/b.md ---\nno trailing newline\n"
         f"--- File: {tmp_path}/empty.txt ---\n"
         f"--- File: {tmp_path}/task.md ---\n# Task\nUpdate the deps.\n"
+        "=== Credentials ===\n"
         "=== Task Completed ===\n"
     )
 
@@ -208,13 +210,15 @@ def test_echo_agent_reads_a_whole_configmap_mount_once(tmp_path):
     (tmp_path / "..data").symlink_to(stamp.name)
     (tmp_path / "task.md").symlink_to("..data/task.md")
     result = run_echo(tmp_path)
-    assert result.stdout == f"=== Task Content ===\n--- File: {tmp_path}/task.md ---\nfrom a configmap\n=== Task Completed ===\n"
+    assert result.stdout == (
+        f"=== Task Content ===\n--- File: {tmp_path}/task.md ---\nfrom a configmap\n=== Credentials ===\n=== Task Completed ===\n"
+    )
 
 
 def test_echo_agent_without_a_workspace_and_with_a_chosen_exit_code(tmp_path):
     result = run_echo(tmp_path / "absent", ECHO_EXIT_CODE="3")
     assert result.returncode == 3
-    assert result.stdout == "=== Task Content ===\n=== Task Completed ===\n"
+    assert result.stdout == "=== Task Content ===\n=== Credentials ===\n=== Task Completed ===\n"
 
 
 @pytest.mark.skipif(not shutil.which("bash"), reason="bash not installed")
@@ -225,3 +229,29 @@ def test_echo_agent_is_posix_sh(tmp_path):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "--- File:" in result.stdout
     assert ECHO.read_text().startswith("#!/bin/sh\n")
+
+
+def test_echo_agent_reports_credentials_by_name_and_mode_never_by_value(tmp_path):
+    secret_file = tmp_path / "creds" / "token"
+    secret_file.parent.mkdir()
+    secret_file.write_text("file-secret-value")
+    secret_file.chmod(0o600)
+    result = run_echo(tmp_path / "ws", API_TOKEN="env-secret-value", KUBETASK_CREDENTIAL_ENV="API_TOKEN,ABSENT",
+                      KUBETASK_CREDENTIAL_PATHS=f"{secret_file},{tmp_path}/gone")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "env API_TOKEN set" in lines and "env ABSENT unset" in lines
+    assert f"file {secret_file} mode 600 owner {os.getuid()}:{os.getgid()} readable yes" in lines
+    assert f"file {tmp_path}/gone missing" in lines
+    assert "secret-value" not in result.stdout
+
+
+def test_echo_agent_runs_its_script_and_exits_with_the_exit_code_file(tmp_path):
+    (tmp_path / ".run").write_text("echo ran in $(pwd)\nexit 4\n")
+    result = run_echo(tmp_path)
+    assert result.returncode == 4 and f"ran in {tmp_path}" in result.stdout
+    (tmp_path / ".exit-code").write_text("3\n")
+    assert run_echo(tmp_path).returncode == 3  # .exit-code wins over the script's status
+    (tmp_path / ".exit-code").write_text("three")
+    bad = run_echo(tmp_path)
+    assert bad.returncode == 2 and ".exit-code" in bad.stderr
