@@ -228,6 +228,8 @@ class Kube:
                 last_pod = pod.metadata.name
                 outcome = outcomes.pod_outcome(pod)
                 if outcome is not None:
+                    if not outcome.succeeded and outcomes.past_deadline(jobs.get(job_name)):
+                        return outcomes.timed_out(outcome, job_name)  # killed by the deadline: exit 143 or 137
                     return outcome
                 if pod.status.phase == "Running" and seen_running != last_pod:
                     seen_running = last_pod

@@ -53,6 +53,26 @@ def job_outcome(job: Any, job_name: str, last_pod: str | None) -> PodOutcome | N
     return None
 
 
+def past_deadline(job: Any) -> bool:
+    """The Job's activeDeadlineSeconds ran out. Its controller marks that (FailureTarget, then Failed)
+    before it kills the pod, so a pod that ends killed by the deadline is seen after this."""
+    return any(
+        cond.type in ("Failed", "FailureTarget") and cond.status == "True" and cond.reason == "DeadlineExceeded"
+        for cond in (job.status.conditions if job is not None and job.status else None) or []
+    )
+
+
+def timed_out(outcome: PodOutcome, job_name: str) -> PodOutcome:
+    """A failed attempt whose Job ran out of time: Timeout, whatever the killed agent's exit code."""
+    return PodOutcome(
+        False,
+        vocabulary.TIMEOUT,
+        f"Job {job_name} exceeded its deadline ({outcome.message})",
+        outcome.pod_name,
+        outcome.exit_code,
+    )
+
+
 def pod_outcome(pod: Any) -> PodOutcome | None:
     """The attempt's result if the pod has ended or cannot start; None while it may still run."""
     name = pod.metadata.name

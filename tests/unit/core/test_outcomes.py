@@ -20,7 +20,14 @@ from kubernetes.client import (
 )
 
 from kubetask import vocabulary
-from kubetask.domain.outcomes import STUCK_WAITING_REASONS, job_outcome, pod_outcome
+from kubetask.domain.outcomes import (
+    STUCK_WAITING_REASONS,
+    PodOutcome,
+    job_outcome,
+    past_deadline,
+    pod_outcome,
+    timed_out,
+)
 
 POD = "t-job-1-abcde"
 
@@ -216,3 +223,15 @@ def test_complete_job():
 )
 def test_running_job_is_none(job):
     assert job_outcome(job, "t-job-1", None) is None
+
+
+@pytest.mark.parametrize("condition", ["FailureTarget", "Failed"])
+def test_a_pod_killed_by_the_jobs_deadline_is_a_timeout_not_an_agent_failure(condition):
+    assert past_deadline(_job(_cond(condition, reason="DeadlineExceeded")))
+    assert not past_deadline(_job(_cond(condition, reason="BackoffLimitExceeded")))
+    assert not past_deadline(_job(_cond(condition, status="False", reason="DeadlineExceeded")))
+    assert not past_deadline(None)
+    killed = PodOutcome(False, vocabulary.AGENT_FAILED, "the agent exited with 143 (Error)", POD, 143)
+    outcome = timed_out(killed, "t-job-1")
+    assert (outcome.succeeded, outcome.reason, outcome.exit_code, outcome.pod_name) == (False, vocabulary.TIMEOUT, 143, POD)
+    assert outcome.message == "Job t-job-1 exceeded its deadline (the agent exited with 143 (Error))"
