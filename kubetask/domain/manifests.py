@@ -52,6 +52,7 @@ CREDENTIAL_ENV_VAR = "KUBETASK_CREDENTIAL_ENV"
 CREDENTIAL_PATHS_VAR = "KUBETASK_CREDENTIAL_PATHS"
 
 TOOLS_PATH = "/tools"
+COPY_TOOLS = "cp -R /tools/. /shared-tools/"
 TOOLS_ENV = {
     "PATH": "/tools/bin:/usr/local/bin:/usr/bin:/bin",
     "NODE_PATH": "/tools/lib/node_modules",
@@ -254,14 +255,16 @@ def build_job(
     if workspace.tools_image:
         volumes.append({"name": "tools-volume", "emptyDir": {}})
         mounts.append({"name": "tools-volume", "mountPath": TOOLS_PATH})
-        init_containers.append(
-            {
-                "name": "copy-tools",
-                "image": workspace.tools_image,
-                "command": ["sh", "-c", "cp -a /tools/. /shared-tools/"],
-                "volumeMounts": [{"name": "tools-volume", "mountPath": "/shared-tools"}],
-            }
-        )
+        copy_tools: dict[str, Any] = {
+            "name": "copy-tools",
+            "image": workspace.tools_image,
+            # -R, not the original's -a: a non-root copier cannot set the times of the volume's root
+            "command": ["sh", "-c", COPY_TOOLS],
+            "volumeMounts": [{"name": "tools-volume", "mountPath": "/shared-tools"}],
+        }
+        if workspace.security_context:  # as the agent's user, like the clone: the agent owns its tools
+            copy_tools["securityContext"] = workspace.security_context
+        init_containers.append(copy_tools)
         env += [{"name": key, "value": value} for key, value in TOOLS_ENV.items()]
 
     env_from: list[dict[str, Any]] = []

@@ -86,12 +86,16 @@ def test_the_agent_reads_its_files_byte_for_byte(real_node, kubectl, wait_for, n
         {"type": "File", "file": {"filePath": "/workspace/private.md", "source": {"secretKeyRef": {"name": "private", "key": "brief.md"}}}},
     ]))
     obj = finish(kubectl, wait_for, namespace, "files")
-    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
     log = agent_log(kubectl, namespace, obj)
     aggregated = f'<context index="0">\nFix the bug.\n\n</context>\n\n<context index="1">\n{brief}\n</context>'
-    assert f"--- File: /workspace/task.md ---\n{aggregated}\n--- File:" in log, log
-    assert "--- File: /workspace/guide/style.md ---\nUse tabs.\n--- File:" in log, log
-    assert "--- File: /workspace/private.md ---\ntop secret plan\n" in log, log
+    assert log.startswith(
+        "=== Task Content ===\n"
+        "--- File: /workspace/guide/style.md ---\nUse tabs.\n"
+        "--- File: /workspace/private.md ---\ntop secret plan\n"
+        f"--- File: /workspace/task.md ---\n{aggregated}\n"
+        "=== Credentials ===\n"
+    ), log
     pod = json.loads(kubectl("get", "pod", obj["status"]["podName"], "-n", namespace, "-o", "json").stdout)
     assert pod["spec"]["nodeName"] == NODE and pod["spec"]["hostNetwork"] is True
 
@@ -103,7 +107,7 @@ def test_credentials_arrive_as_an_env_var_and_a_file_the_non_root_agent_reads(re
     ]))
     apply(kubectl, namespace, task("creds"))
     obj = finish(kubectl, wait_for, namespace, "creds")
-    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
     log = agent_log(kubectl, namespace, obj)
     assert "env API_TOKEN set" in log, log
     [line] = [x for x in log.splitlines() if x.startswith("file /etc/kubetask/api-token ")]
@@ -181,7 +185,7 @@ def test_a_git_context_clones_a_branch_with_credentials(real_node, kubectl, wait
                                        "secretRef": {"name": "git-creds"}}}
     apply(kubectl, namespace, task("clone", [inline("/workspace/task.md", "Read the app."), checkout]))
     obj = finish(kubectl, wait_for, namespace, "clone")
-    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
     log = agent_log(kubectl, namespace, obj)
     assert "--- File: /workspace/app/README.md ---\nfeature work\n" in log, log
     assert "s3cret" not in json.dumps(jobs(kubectl, namespace))
@@ -198,7 +202,7 @@ def test_the_tools_image_puts_its_tools_on_path(real_node, kubectl, wait_for, na
     apply(kubectl, namespace, real_workspace(toolsImage=TOOLS_IMAGE))
     apply(kubectl, namespace, task("tools", [inline("/workspace/.run", "kubetask-hello\n")]))
     obj = finish(kubectl, wait_for, namespace, "tools")
-    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
     assert "hello from the tools image" in agent_log(kubectl, namespace, obj)
 
 

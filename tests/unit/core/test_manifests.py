@@ -254,9 +254,12 @@ def test_tools_image():
     assert copy == {
         "name": "copy-tools",
         "image": "example.com/tools:v1",
-        "command": ["sh", "-c", "cp -a /tools/. /shared-tools/"],
+        "command": ["sh", "-c", "cp -R /tools/. /shared-tools/"],
         "volumeMounts": [{"name": "tools-volume", "mountPath": "/shared-tools"}],
     }
+    as_agent = {"runAsUser": 10001, "runAsNonRoot": True}
+    [copy] = pod(job(workspace=make_workspace(toolsImage="t:1", securityContext=as_agent)))["initContainers"]
+    assert copy["securityContext"] == as_agent
     assert {"name": "tools-volume", "emptyDir": {}} in pod(manifest)["volumes"]
     assert {"name": "tools-volume", "mountPath": "/tools"} in agent(manifest)["volumeMounts"]
     assert agent(manifest)["env"][2:] == [
