@@ -257,6 +257,21 @@ class Kube:
                 return outcome
             pods.wait_for_change(pod_version, WAKE_SECONDS)  # a Job's change is seen on the next wake-up
 
+    def wait_pods_ended(self, namespace: str, job_name: str, *, label_selector: str, timeout: float) -> bool:
+        """True once no pod of the Job runs or waits to run (each ended or gone); False after ``timeout``.
+
+        A deleted Job's pod keeps its agent running for its grace period (30 s by default)."""
+        pods = self._informer("pods", self.core.list_namespaced_pod, namespace, label_selector, JOB_NAME_LABEL)
+        deadline = time.monotonic() + timeout
+        while True:
+            version = pods.version
+            if all(pod.status.phase in ("Succeeded", "Failed") for pod in pods.by_index(job_name)):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            pods.wait_for_change(version, min(WAKE_SECONDS, remaining))
+
     def _informer(
         self, kind: str, list_fn, namespace: str, label_selector: str, index_label: str | None = None
     ) -> Informer:

@@ -24,8 +24,9 @@
 # anything else than 0-255 exits 2), else the status of .run when it ran, else ECHO_EXIT_CODE
 # (default 0).
 # ECHO_SLEEP (seconds, default 0), or the number in $WORKSPACE_DIR/.sleep: wait that long before
-# printing, for timeout and stop tests. SIGTERM/SIGINT end the agent at once with 143/130, also while
-# it sleeps or .run runs (as PID 1 in a container a signal without a handler would be ignored).
+# printing, for timeout and stop tests. SIGTERM/SIGINT end the agent with 143/130, also while it
+# sleeps or .run runs (as PID 1 in a container a signal without a handler would be ignored): at once,
+# or after the seconds in $WORKSPACE_DIR/.term-delay.
 set -eu
 
 dir="${WORKSPACE_DIR:-/workspace}"
@@ -33,6 +34,9 @@ child=""
 
 on_signal() {
   [ -n "$child" ] && kill "$child" 2>/dev/null
+  # $WORKSPACE_DIR/.term-delay: an agent that takes this many seconds to shut down (for tests of
+  # what runs during a pod's grace period).
+  if [ -f "$dir/.term-delay" ]; then sleep "$(tr -d ' \t\r\n' <"$dir/.term-delay")" || true; fi
   exit "$1"
 }
 trap 'on_signal 143' TERM

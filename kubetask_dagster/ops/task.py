@@ -40,6 +40,7 @@ from kubetask_dagster.kube import Kube, WaitInterrupted
 from kubetask_dagster.resources import KubeResource
 
 WORKSPACE_MAX_AGE_SECONDS = 5.0  # concurrent Tasks of one run worker share a read of their WorkspaceConfig
+SLOT_HOLD_SECONDS = 120.0  # longer than a pod's default grace period (30 s) and the kubelet's reaction to it
 
 
 class TaskRef(Config):
@@ -247,6 +248,13 @@ def run_attempt(
         outcome, duration = _run_job(context, api, reporter, task, job, config, attempt, resuming, timeout)
     finally:
         if slots is not None:
+            # A stopped attempt's agent runs on through its pod's grace period: it keeps its slot until it ends.
+            if not api.wait_pods_ended(
+                config.namespace, job_name, label_selector=manifests.watch_selector(task), timeout=SLOT_HOLD_SECONDS
+            ):
+                context.log.warning(
+                    f"the pod of Job {job_name} still runs after {SLOT_HOLD_SECONDS} s; its slot is freed"
+                )
             slots.release()
     asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
     log_tail = _log_tail(api, kube, task, workspace, outcome)

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,41 @@ def test_the_projects_image_runs_the_bridge_and_loads_the_definitions(real_node,
                             if c["type"] in ("Complete", "Failed")) and j, timeout=180, what="the image's Job")
     log = kubectl("logs", "-n", namespace, "job/image", check=False).stdout
     assert any(c["type"] == "Complete" and c["status"] == "True" for c in done["status"]["conditions"]), log
+
+
+def _running_agents(kubectl, namespace) -> set[str]:
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+    return {p["metadata"]["name"] for p in pods for c in p.get("status", {}).get("containerStatuses") or []
+            if c["name"] == "agent" and "running" in (c.get("state") or {})}
+
+
+def test_max_concurrent_tasks_holds_while_stopped_agents_take_their_grace_period(real_node, kubectl, wait_for, namespace, bridge):
+    """BatchRun a runs the limit's two agents, b waits; stopping a must not start b's agents until
+    a's have really ended (each takes 15 s to shut down)."""
+    slow = [inline("/workspace/.sleep", "600"), inline("/workspace/.term-delay", "15")]
+    apply(kubectl, namespace, real_workspace(maxConcurrentTasks=2))
+
+    def run(name):
+        return {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "metadata": {"name": name},
+                "spec": {"parallelism": 2, "batchSpec": {"commonContext": slow, "variableContexts": [[], []]}}}
+
+    apply(kubectl, namespace, run("a"))
+    wait_for(lambda: len(_running_agents(kubectl, namespace)) == 2, timeout=120, what="a's two agents running")
+    first = _running_agents(kubectl, namespace)
+    apply(kubectl, namespace, run("b"))
+    wait_for(lambda: any((get(kubectl, namespace, "task", f"b-task-{i}") or {}).get("status", {}).get("phase") == "Queued"
+                         for i in range(2)), timeout=60, what="b's Tasks queued behind the limit")
+    kubectl("annotate", "batchrun", "a", "-n", namespace, "kubetask.io/stop=true")
+    most = 0
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        running = _running_agents(kubectl, namespace)
+        most = max(most, len(running))
+        if running and not running & first:  # a's agents have ended and b's run
+            break
+        time.sleep(0.2)
+    assert most <= 2, f"{most} agents ran at once with maxConcurrentTasks 2"
+    assert running and not running & first, f"b's agents never started: {running}"
 
 
 def test_stopping_the_node_leaves_nothing_behind(real_node, cluster, kubectl, wait_for, namespace, bridge):

@@ -255,3 +255,18 @@ def test_echo_agent_runs_its_script_and_exits_with_the_exit_code_file(tmp_path):
     (tmp_path / ".exit-code").write_text("three")
     bad = run_echo(tmp_path)
     assert bad.returncode == 2 and ".exit-code" in bad.stderr
+
+
+def test_echo_agent_ends_on_term_after_its_term_delay(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / ".sleep").write_text("60")
+    (tmp_path / ".term-delay").write_text("1")
+    proc = subprocess.Popen([shutil.which("sh") or "/bin/sh", str(ECHO)], env={"PATH": os.environ["PATH"], "WORKSPACE_DIR": str(tmp_path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 143
+    assert 0.9 < time.monotonic() - started < 5

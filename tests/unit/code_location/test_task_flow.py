@@ -44,6 +44,7 @@ class FakeKube:
         self.patches: list[dict] = []
         self.events: list[tuple[str, str, bool]] = []
         self.waits: list[dict] = []
+        self.pods_ended_waits: list[str] = []  # Jobs whose pods had to end before a slot was freed
         self.outcomes = list(outcomes or [])
         self.log = log
 
@@ -131,6 +132,10 @@ class FakeKube:
         if outcome.reason not in STUCK:  # a pod that cannot start leaves its Job running (until its deadline)
             self.job_conditions[job_name] = "Complete" if outcome.succeeded else "Failed"
         return outcome
+
+    def wait_pods_ended(self, namespace, job_name, *, label_selector, timeout):
+        self.pods_ended_waits.append(job_name)
+        return True
 
     def emit_event(self, obj, reason, message, *, warning=False):
         self.events.append((reason, message, warning))
@@ -391,9 +396,17 @@ def test_max_concurrent_tasks_holds_a_pool_slot_only_while_the_job_runs(run):
         return wait(*args, **kwargs)
 
     kube.wait_for_pod_end = wait_and_look
+    ended = kube.wait_pods_ended
+
+    def pods_ended_while_the_slot_is_held(*args, **kwargs):
+        seen["held while the pod ends"] = [c.step_key for c in instance.event_log_storage.get_concurrency_info(pool).claimed_slots]
+        return ended(*args, **kwargs)
+
+    kube.wait_pods_ended = pods_ended_while_the_slot_is_held
     result, _ = run(kube, instance=instance)
     assert result.success
-    assert seen == {"limit": 1, "claimed": ["run_agent"]}
+    assert seen == {"limit": 1, "claimed": ["run_agent"], "held while the pod ends": ["run_agent"]}
+    assert kube.pods_ended_waits == ["t1-job-1"]
     assert instance.event_log_storage.get_concurrency_info(pool).claimed_slots == []
 
 
