@@ -412,3 +412,49 @@ def test_two_bridges_one_leader_and_a_fast_takeover(stack, kubectl, wait_for, te
         a.start()  # ...and a, back, leads at once
     wait_for(lambda: lease_holder(kubectl) == "bridge-a", timeout=10, what="bridge-a to lead again")
     assert "released the Lease" in b.log()
+
+
+def test_the_bridge_of_deploy_runs_a_task_on_the_real_node(stack, platform, kubectl, wait_for, tenant):
+    """deploy/bridge as a pod of the image built here, on the real node (deploy/local/real-node-bridge:
+    host network, 127.0.0.1 only), with its own ServiceAccount's token, leads and runs a Task whose
+    agent runs there too."""
+    if kubectl("get", "node", "localhost", check=False).returncode != 0:
+        pytest.fail("the session cluster has no real node (see deploy/local/cluster start's log)")
+    server = yaml.safe_load(Path(platform.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+    settings = {"KUBERNETES_SERVICE_PORT": str(server.rsplit(":", 1)[1]), "KUBETASK_BRIDGE_DAGSTER_URL": stack.dagster_url,
+                "KUBETASK_BRIDGE_DAGSTER_UI_URL": stack.dagster_url}
+    objects = [o for o in yaml.safe_load_all(kubectl("kustomize", str(DEPLOY / "local" / "real-node-bridge")).stdout) if o]
+    for obj in objects:
+        if obj["kind"] == "Deployment":
+            [container] = obj["spec"]["template"]["spec"]["containers"]
+            container["args"] = ["--leader-elect", f"--health-bind=127.0.0.1:{kt_stack._free_port()}"]
+            for env in container["env"]:
+                env["value"] = settings.get(env["name"], env.get("value"))
+    stack.bridge.stop()  # bridge-a releases the Lease to the pod
+    try:
+        kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+        pod = wait_for(lambda: (p := json.loads(kubectl("get", "pods", "-n", BRIDGE_NS, "-l", "app.kubernetes.io/component=bridge",
+                                                           "-o", "json").stdout)["items"]) and p[0]["metadata"]["name"],
+                       timeout=60, what="the bridge pod")
+        wait_for(lambda: lease_holder(kubectl) == pod, timeout=90, what="the bridge pod to lead")
+        spec = get(kubectl, BRIDGE_NS, "pod", pod)["spec"]
+        assert spec["nodeName"] == "localhost" and spec["hostNetwork"] is True
+        assert spec["serviceAccountName"] == BRIDGE_SA
+        on_the_real_node = {"nodeSelector": {"kubetask.io/local-node": "real"},
+                            "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}]}
+        apply(kubectl, tenant, workspace("real", agentImage="localhost/kubetask-echo-agent:dev", scheduling=on_the_real_node,
+                                         securityContext={"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}))
+        apply(kubectl, tenant, task("by-the-pod", [inline("/workspace/task.md", "run by the bridge pod")], workspaceConfigRef="real"))
+        obj = wait_phase(kubectl, wait_for, tenant, "by-the-pod", {"Completed", "Failed"}, timeout=180)
+        assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
+        stack.run_ids.append(obj["status"]["dagsterRunId"])
+        log = kubectl("logs", "-n", tenant, obj["status"]["podName"], "-c", "agent").stdout
+        assert "--- File: /workspace/task.md ---\nrun by the bridge pod\n" in log, log
+        assert FORBIDDEN.search(kubectl("logs", "-n", BRIDGE_NS, pod).stdout) is None
+    finally:
+        kubectl("delete", "deployment", "kubetask-bridge", "-n", BRIDGE_NS, "--wait=true", check=False)
+        wait_for(lambda: not json.loads(kubectl("get", "pods", "-n", BRIDGE_NS, "-o", "json").stdout)["items"],
+                 timeout=90, what="the bridge pod gone")
+        kubectl("apply", "-k", str(DEPLOY / "rbac"))  # kubetask-system back to the restricted profile
+        stack.bridge.start()
+    wait_for(lambda: lease_holder(kubectl) == "bridge-a", timeout=40, what="bridge-a to lead again")
