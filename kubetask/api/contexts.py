@@ -17,6 +17,8 @@ _DOT_SEGMENT_PATTERN = r"(^|/)\.\.?(/|$)"
 NORMALISED_PATH_PATTERN = r"^(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))+$"
 # A branch, tag or commit: never an option (``--upload-pack=...``) for the clone script's git.
 GIT_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+# http(s): no user info (a token in the URL would reach the Job spec, logs and Dagster); ssh: a user is how ssh works.
+GIT_URL_PATTERN = r"^(https?://[^/@ ]+(/[^ ]*)?|ssh://[^ ]+|git@[^ ]+)$"
 # One path segment of a repository URL (an organisation or a repository): never "." or "..", never an option.
 PATH_SEGMENT_PATTERN = r"^([A-Za-z0-9_]|\.[A-Za-z0-9_-]|\.\.[A-Za-z0-9._-])[A-Za-z0-9._-]*$"
 REPOSITORY_MOUNT_ROOT = "/workspace"
@@ -198,13 +200,15 @@ class GitContext(ApiModel):
     """A Git repository cloned into the agent's filesystem by an init container."""
 
     repository: str = Field(
-        description="Repository URL (https://, http://, ssh:// or git@host:path).",
+        description="Repository URL (https://, http://, ssh:// or git@host:path); credentials go in secretRef, "
+        "never in the URL.",
         max_length=2048,
         json_schema_extra=k8s_extra(
             cel(
-                "self.matches(r'^(https?://|ssh://|git@)[^ ]+$')",
-                "{field} must be an https://, http://, ssh:// or git@ URL",
-                pattern=r"^(https?://|ssh://|git@)[^ ]+$",
+                f"self.matches(r'{GIT_URL_PATTERN}')",
+                "{field} must be an https://, http://, ssh:// or git@ URL, with no user or token in an http(s) URL "
+                "(use secretRef)",
+                pattern=GIT_URL_PATTERN,
             )
         ),
     )

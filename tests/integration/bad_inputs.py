@@ -77,6 +77,8 @@ APPLY_TIME = [
      ["spec.contexts[0].remoteFile.headers[0]", "exactly one of value, valueFrom"]),
     ("git-bad-url", _task_with({"type": "Git", "git": {"repository": "not a url", "path": "/workspace/repo"}}),
      ["spec.contexts[0].git.repository", "repository must be"]),
+    ("git-url-with-token", _task_with({"type": "Git", "git": {"repository": "https://x-access-token:ghp_abc@github.com/o/r.git", "path": "/workspace/r"}}),
+     ["spec.contexts[0].git.repository", "no user or token"]),
     ("git-ref-option", _task_with({"type": "Git", "git": {"repository": "https://h/r.git", "path": "/workspace/r", "ref": "--upload-pack=touch /tmp/x"}}),
      ["spec.contexts[0].git.ref", "must be a branch, tag or commit name"]),
     ("git-ref-dotdot", _task_with({"type": "Git", "git": {"repository": "https://h/r.git", "path": "/workspace/r", "ref": "main..evil"}}),
