@@ -458,3 +458,12 @@ def test_the_bridge_of_deploy_runs_a_task_on_the_real_node(stack, platform, kube
         kubectl("apply", "-k", str(DEPLOY / "rbac"))  # kubetask-system back to the restricted profile
         stack.bridge.start()
     wait_for(lambda: lease_holder(kubectl) == "bridge-a", timeout=40, what="bridge-a to lead again")
+
+
+@pytest.mark.parametrize("platform_namespace", [BRIDGE_NS, WORKER_NS])
+def test_kubetask_work_is_refused_in_the_platform_namespaces(platform, kubectl, namespace, platform_namespace):
+    body = yaml.safe_dump(task("sneaky"))
+    refused = kubectl("apply", "--dry-run=server", "-n", platform_namespace, "-f", "-", input=body, check=False)
+    assert refused.returncode != 0
+    assert f"Task objects are refused in {platform_namespace}, a kubetask platform namespace" in refused.stderr, refused.stderr
+    assert kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=body).returncode == 0  # a tenant's namespace
