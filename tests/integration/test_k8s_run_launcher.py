@@ -1,0 +1,160 @@
+"""The production engine path: Dagster's K8sRunLauncher starts each run worker as a pod of the
+project's image on the real node, the instance lives in PostgreSQL on 127.0.0.1, and the launcher is
+configured from deploy/dagster/values.yaml (what a platform team installs), changed only where the
+local cluster differs: host networking, 127.0.0.1, locally built images, a kubeconfig for the daemon.
+
+The session's admin bridges are paused while this module runs: its bridge submits to this Dagster.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import kt_stack
+import pytest
+import yaml
+from kt_helpers import condition, get, inline, task, tasks_of, wait_batchrun, wait_phase
+
+from benchmarks.postgres import dagster_storage_yaml, postgres_server
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+VALUES = ROOT / "deploy" / "dagster" / "values.yaml"
+PROJECT_IMAGE = "localhost/kubetask-dagster:dev"
+WORKER_NS, WORKER_SA = "dagster", "kubetask-run-worker"
+ON_THE_REAL_NODE = {
+    "nodeSelector": {"kubetask.io/local-node": "real"},
+    "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}],
+}
+RUN_K8S_KEYS = {"podSpecConfig": "pod_spec_config", "containerConfig": "container_config", "jobSpecConfig": "job_spec_config",
+                "jobMetadata": "job_metadata", "podTemplateSpecMetadata": "pod_template_spec_metadata"}
+
+
+def launcher_config(cluster, api_port: str) -> dict:
+    """values.yaml's k8sRunLauncher as the Helm chart writes it into dagster.yaml, with the local changes."""
+    values = yaml.safe_load(VALUES.read_text())["runLauncher"]["config"]["k8sRunLauncher"]
+    run_k8s = {RUN_K8S_KEYS[k]: v for k, v in (values.get("runK8sConfig") or {}).items()}
+    pod_spec = {**run_k8s.get("pod_spec_config", {}), "hostNetwork": True, **ON_THE_REAL_NODE}
+    run_k8s["pod_spec_config"] = pod_spec
+    config = {
+        "instance_config_map": "dagster-instance",
+        "dagster_home": "/opt/dagster/dagster_home",
+        "postgres_password_secret": None,
+        "job_namespace": WORKER_NS,
+        "service_account_name": WORKER_SA,
+        "image_pull_policy": "Never",  # values: IfNotPresent; here no registry has the image
+        "load_incluster_config": False,  # values: true; the daemon runs on the host here
+        "kubeconfig_file": cluster.kubeconfig,
+        "env_vars": [
+            # in-cluster config for the run worker's own ServiceAccount token, kube-apiserver on loopback
+            "KUBERNETES_SERVICE_HOST=127.0.0.1", f"KUBERNETES_SERVICE_PORT={api_port}",
+            "KUBETASK_AGENT_HOST_NETWORK=true", "KUBETASK_GIT_IMAGE=localhost/kubetask-git:dev",
+        ],
+        "resources": values.get("resources"),
+        "run_k8s_config": run_k8s,
+    }
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def session_bridges(cluster) -> list[kt_stack.Bridge]:
+    return [o for o in gc.get_objects() if isinstance(o, kt_stack.Bridge) and o.proc is not None and o.proc.poll() is None
+            and o.env.get("KUBECONFIG") == cluster.kubeconfig]
+
+
+@pytest.fixture(scope="module")
+def production(cluster, crds, tmp_path_factory):
+    """Postgres, a Dagster with K8sRunLauncher, and a bridge submitting to it."""
+    kubectl = cluster.kubectl
+    if kubectl("get", "node", "localhost", check=False).returncode != 0:
+        pytest.fail("the session cluster has no real node (see deploy/local/cluster start's log)")
+    kubectl("apply", "-k", str(ROOT / "deploy" / "rbac"))
+    root = tmp_path_factory.mktemp("k8s-launcher")
+    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+    paused = session_bridges(cluster)
+    for b in paused:
+        b.stop()
+    with postgres_server(root) as url:
+        instance = {
+            "telemetry": {"enabled": False},
+            "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
+                                "config": {"max_concurrent_runs": 10, "dequeue_interval_seconds": 1}},
+            "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher_config(cluster, server.rsplit(":", 1)[1])},
+            "run_monitoring": {"enabled": True, "poll_interval_seconds": 5},
+            **yaml.safe_load(dagster_storage_yaml(url)),
+        }
+        (root / "instance.yaml").write_text(yaml.safe_dump(instance))
+        kubectl("apply", "-n", WORKER_NS, "-f", "-", input=kubectl(
+            "create", "configmap", "dagster-instance", "-n", WORKER_NS, f"--from-file=dagster.yaml={root / 'instance.yaml'}",
+            "--dry-run=client", "-o", "yaml").stdout)
+        home = root / "dagster"
+        home.mkdir()
+        env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig,
+               "KUBETASK_DAGSTER_INSTANCE": str(root / "instance.yaml"),
+               "DAGSTER_CURRENT_IMAGE": PROJECT_IMAGE}  # the code location's image: the run workers' image
+        bridge = None
+        try:
+            out = subprocess.run([str(kt_stack.DAGSTER_SCRIPT), "start"], env=env, check=True, capture_output=True, text=True,
+                                 timeout=300).stdout
+            values = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.startswith("export "))
+            dagster = kt_stack.Dagster(url=values["DAGSTER_URL"], home=str(home), env=env)
+            bridge = kt_stack.Bridge(env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, log_path=home / "bridge.log",
+                                     args=["--dagster-url", dagster.url, "--health-bind", f"127.0.0.1:{kt_stack._free_port()}",
+                                           "--drift-interval", "2"])
+            bridge.start()
+            yield dagster
+        finally:
+            if bridge is not None:
+                bridge.stop()
+            subprocess.run([str(kt_stack.DAGSTER_SCRIPT), "stop"], env=env, check=False, capture_output=True, timeout=120)
+            kubectl("delete", "jobs", "-n", WORKER_NS, "-l", "app.kubernetes.io/component=run_worker", "--wait=false", check=False)
+            for b in paused:
+                b.start()
+            print(f"K8sRunLauncher stack logs: {home}")
+
+
+def real_workspace() -> dict:
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
+            "spec": {"agentImage": "localhost/kubetask-echo-agent:dev", "scheduling": ON_THE_REAL_NODE,
+                     "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}}}
+
+
+def run_worker_pod(kubectl, run_id: str) -> dict:
+    pods = json.loads(kubectl("get", "pods", "-n", WORKER_NS, "-l", f"dagster/run-id={run_id}", "-o", "json").stdout)["items"]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def test_a_task_runs_in_a_run_worker_pod_on_the_real_node(production, kubectl, wait_for, namespace):
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([
+        real_workspace(), task("prod", [inline("/workspace/task.md", "through K8sRunLauncher")])]))
+    obj = wait_phase(kubectl, wait_for, namespace, "prod", {"Completed", "Failed"}, timeout=240)
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
+    worker = run_worker_pod(kubectl, obj["status"]["dagsterRunId"])
+    assert worker["spec"]["nodeName"] == "localhost" and worker["spec"]["hostNetwork"] is True
+    assert worker["spec"]["serviceAccountName"] == WORKER_SA
+    assert worker["spec"]["containers"][0]["image"] == PROJECT_IMAGE
+    assert worker["status"]["phase"] == "Succeeded"
+    log = kubectl("logs", "-n", namespace, obj["status"]["podName"], "-c", "agent").stdout
+    assert "--- File: /workspace/task.md ---\nthrough K8sRunLauncher\n" in log
+    assert production.run(obj["status"]["dagsterRunId"])["status"] == "SUCCESS"
+
+
+def test_a_batchrun_runs_in_one_run_worker_pod(production, kubectl, wait_for, namespace):
+    batchrun = {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "metadata": {"name": "prod-batch"},
+                "spec": {"batchSpec": {"commonContext": [inline("/workspace/task.md", "batch")],
+                                       "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(2)]}}}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([real_workspace(), batchrun]))
+    run = wait_batchrun(kubectl, wait_for, namespace, "prod-batch", {"Completed", "Failed"}, timeout=300)
+    assert run["status"]["phase"] == "Completed", run["status"]
+    tasks = tasks_of(kubectl, namespace, "prod-batch")
+    assert {t["status"]["dagsterRunId"] for t in tasks.values()} == {run["status"]["dagsterRunId"]}
+    worker = run_worker_pod(kubectl, run["status"]["dagsterRunId"])
+    assert worker["spec"]["nodeName"] == "localhost"
+    wait_for(lambda: condition(get(kubectl, namespace, "batchrun", "prod-batch"), "Succeeded")["status"] == "True",
+             timeout=30, what="the BatchRun finalized")
