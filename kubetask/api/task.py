@@ -7,7 +7,7 @@ from enum import Enum
 
 from pydantic import Field
 
-from kubetask.api.base import ApiModel, Condition, Duration, ObjectMeta
+from kubetask.api.base import ApiModel, Condition, Duration, ObjectMeta, cel, k8s_extra
 from kubetask.api.contexts import ContextList
 
 # The Job of attempt N is `<task>-job-<N>`: 52 + len("-job-") + 6 digits <= 63, the label limit.
@@ -31,6 +31,13 @@ class RetryPolicy(ApiModel):
 
 class TaskSpec(ApiModel):
     """What the agent gets (contexts) and how it runs (WorkspaceConfig, timeout, retries)."""
+
+    # As a Job's template: an edit mid-run would mix two generations in one run, or start a second.
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": k8s_extra(
+            cel("self == oldSelf", "spec is immutable: delete the Task and create it again, or create a new one")
+        )
+    }
 
     contexts: ContextList = Field(description="Inputs of the agent, resolved and mounted as files.")
     workspace_config_ref: str | None = Field(

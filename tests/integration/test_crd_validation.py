@@ -76,3 +76,14 @@ def test_job_owned_by_a_task_is_garbage_collected(kubectl, namespace):
             return
         time.sleep(0.5)
     pytest.fail("the Job outlived its Task")
+
+
+def test_a_tasks_spec_is_immutable(kubectl, namespace):
+    """One run per generation: an edit is refused (as a Job's template is); labels and annotations are not."""
+    body = crd_task(name="fixed")
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body))
+    assert "unchanged" in kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body)).stdout
+    edited = {**body, "spec": {**body["spec"], "timeout": "5m"}}
+    refused = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(edited), check=False)
+    assert refused.returncode != 0 and "spec is immutable: delete the Task and create it again" in refused.stderr
+    kubectl("annotate", "task", "fixed", "-n", namespace, "kubetask.io/stop=true")
