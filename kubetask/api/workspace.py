@@ -174,6 +174,11 @@ class WorkspaceConfigSpec(ApiModel):
         min_length=1,
         max_length=253,
     )
+    automount_service_account_token: bool | None = Field(
+        None,
+        description="Mount the ServiceAccount's API token into the agent pod (default false: the agent, which "
+        "runs code a model chose, gets no Kubernetes credentials unless this says so).",
+    )
     repositories: RepositorySettings | None = Field(
         None,
         description="Git host and clone credentials of Repository contexts (default: https://github.com, anonymous).",

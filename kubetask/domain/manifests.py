@@ -314,6 +314,7 @@ def build_job(
 
     pod_spec: dict[str, Any] = {
         "serviceAccountName": workspace.service_account_name or DEFAULT_SERVICE_ACCOUNT,
+        "automountServiceAccountToken": bool(workspace.automount_service_account_token),
         "restartPolicy": "Never",
     }
     if host_network:

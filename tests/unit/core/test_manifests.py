@@ -505,3 +505,8 @@ def test_the_agents_group_owns_the_pods_volumes():
     assert "securityContext" not in pod(job())
     workspace = make_workspace(securityContext={"runAsUser": 10001, "runAsGroup": 10002, "runAsNonRoot": True})
     assert pod(job(workspace=workspace))["securityContext"] == {"fsGroup": 10002}
+
+
+def test_the_agent_gets_no_api_token_unless_the_workspace_opts_in():
+    assert pod(job())["automountServiceAccountToken"] is False
+    assert pod(job(workspace=make_workspace(automountServiceAccountToken=True)))["automountServiceAccountToken"] is True
