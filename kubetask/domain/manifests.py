@@ -42,6 +42,7 @@ from kubetask.vocabulary import (
     LABEL_BATCH_RUN,
     LABEL_TASK,
     MOUNT_PATH_CONFLICT,
+    MOUNT_PATH_REFUSED,
 )
 
 DEFAULT_GIT_IMAGE = "alpine/git:2.47.2"
@@ -52,6 +53,23 @@ CREDENTIAL_ENV_VAR = "KUBETASK_CREDENTIAL_ENV"
 CREDENTIAL_PATHS_VAR = "KUBETASK_CREDENTIAL_PATHS"
 
 TOOLS_PATH = "/tools"
+# A mount here would replace the agent's programs or libraries, or the kernel's interfaces.
+SYSTEM_DIRECTORIES = (
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/usr",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/run",
+    "/var/run",
+)
 COPY_TOOLS = "cp -R /tools/. /shared-tools/"
 TOOLS_ENV = {
     "PATH": "/tools/bin:/usr/local/bin:/usr/bin:/bin",
@@ -223,7 +241,8 @@ def build_job(
     git_image: str = DEFAULT_GIT_IMAGE,
     host_network: bool = False,
 ) -> dict[str, Any]:
-    """The Job of one attempt of ``task``; raises ``TaskError(MountPathConflict)`` when two mounts share a path.
+    """The Job of one attempt of ``task``; raises ``TaskError(MountPathConflict)`` when two mounts share a
+    path, ``TaskError(MountPathRefused)`` for a mount in a system directory or under /tools.
 
     Job and pod carry the labels ``app``, ``kubetask.io/task``, ``kubetask.io/attempt`` (and the Task's
     ``kubetask.io/batch``/``batch-run`` labels), and the annotations of the Dagster run id and Task uid.
@@ -415,6 +434,16 @@ def _check_mount_paths(workspace: WorkspaceConfigSpec, files: Sequence[ContextFi
     claims: list[tuple[str, str]] = [(f.file_path, "context file") for f in files]
     claims += [(c.mount_path, f'credential "{c.display_name}"') for c in workspace.credentials or [] if c.mount_path]
     claims += [(g.path, f"Git checkout #{i}") for i, g in enumerate(git)]
+    for path, what in claims:
+        refused = next((d for d in SYSTEM_DIRECTORIES if path == d or path.startswith(d + "/")), None)
+        if path.startswith(TOOLS_PATH + "/"):  # /tools itself is toolsImage's: a conflict, below
+            refused = TOOLS_PATH
+        if refused is not None:
+            raise TaskError(
+                MOUNT_PATH_REFUSED,
+                f"{what} at {path} is refused: nothing is mounted in {refused}, where it could replace the "
+                "agent's programs, libraries or tools (use /workspace, /home or /tmp)",
+            )
     if workspace.tools_image:
         claims.append((TOOLS_PATH, "tools (toolsImage)"))
     seen: dict[str, str] = {}

@@ -97,6 +97,8 @@ RUNTIME = [
      None, "CredentialKeyAmbiguous", ['Secret "github-token" holds 2 keys (password, username)'], False),
     ("credential-secret-missing", [workspace(credentials=[{"secretRef": {"name": "absent"}, "env": "GITHUB_TOKEN"}])],
      None, "CredentialNotFound", ['Secret "absent" not found'], False),
+    ("mount-path-in-usr", [], [{"type": "File", "file": {"filePath": "/usr/local/bin/agent", "source": {"inline": "#!/bin/sh"}}}],
+     "MountPathRefused", ["/usr/local/bin/agent", "/usr"], False),
     # its Job is deleted: the pod never started, and must not start the agent once the image appears
     ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], False),
     ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
@@ -123,7 +125,7 @@ def test_every_bad_input_reason_of_the_vocabulary_has_a_runtime_case():
     bad_input = {vocabulary.CONTEXT_REF_NOT_FOUND, vocabulary.REMOTE_FILE_UNAVAILABLE, vocabulary.CONTEXT_TOO_LARGE,
                  vocabulary.CONTEXT_KEY_CONFLICT, vocabulary.MOUNT_PATH_CONFLICT, vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
                  vocabulary.BATCH_NOT_FOUND, vocabulary.TASK_NAME_CONFLICT, vocabulary.IMAGE_PULL_FAILED,
-                 vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS}
+                 vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS, vocabulary.MOUNT_PATH_REFUSED}
     covered = {case[3] for case in RUNTIME} | {r for r in RUN_FAILURES for case in RUNTIME if r in case[4]}
     known = {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str)}
     assert covered <= known, covered - known

@@ -104,14 +104,14 @@ def test_the_agent_reads_its_files_byte_for_byte(real_node, kubectl, wait_for, n
 def test_credentials_arrive_as_an_env_var_and_a_file_the_non_root_agent_reads(real_node, kubectl, wait_for, namespace, bridge):
     value = "cr3d-real-node-value-77"
     apply(kubectl, namespace, secret("api", {"token": value}), real_workspace(credentials=[
-        {"secretRef": {"name": "api", "key": "token"}, "env": "API_TOKEN", "mountPath": "/etc/kubetask/api-token"},
+        {"secretRef": {"name": "api", "key": "token"}, "env": "API_TOKEN", "mountPath": "/home/agent/api-token"},
     ]))
     apply(kubectl, namespace, task("creds"))
     obj = finish(kubectl, wait_for, namespace, "creds")
     assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
     log = agent_log(kubectl, namespace, obj)
     assert "env API_TOKEN set" in log, log
-    [line] = [x for x in log.splitlines() if x.startswith("file /etc/kubetask/api-token ")]
+    [line] = [x for x in log.splitlines() if x.startswith("file /home/agent/api-token ")]
     assert line.endswith("readable yes"), line
     mode = line.split(" mode ")[1].split()[0]
     assert int(mode, 8) & 0o007 == 0, f"the credential file is readable by others: {line}"

@@ -274,7 +274,7 @@ def test_credentials_are_references_never_values():
         credentials=[
             {"name": "gh", "secretRef": {"name": "github", "key": "token"}, "env": "GITHUB_TOKEN"},
             {"name": "ssh", "secretRef": {"name": "ssh", "key": "id"}, "mountPath": "/home/agent/.ssh/id", "fileMode": 0o400},
-            {"name": "both", "secretRef": {"name": "cfg", "key": "c"}, "env": "CFG", "mountPath": "/etc/cfg"},
+            {"name": "both", "secretRef": {"name": "cfg", "key": "c"}, "env": "CFG", "mountPath": "/home/agent/cfg"},
         ]
     )
     manifest = job(workspace=workspace)
@@ -284,7 +284,7 @@ def test_credentials_are_references_never_values():
         {"name": "CFG", "valueFrom": {"secretKeyRef": {"name": "cfg", "key": "c"}}},
         # where they are (for the echo agent's report), never what
         {"name": "KUBETASK_CREDENTIAL_ENV", "value": "GITHUB_TOKEN,CFG"},
-        {"name": "KUBETASK_CREDENTIAL_PATHS", "value": "/home/agent/.ssh/id,/etc/cfg"},
+        {"name": "KUBETASK_CREDENTIAL_PATHS", "value": "/home/agent/.ssh/id,/home/agent/cfg"},
     ]
     volumes = {v["name"]: v for v in pod(manifest)["volumes"]}
     assert volumes["credential-1"] == {
@@ -295,7 +295,7 @@ def test_credentials_are_references_never_values():
     assert "credential-0" not in volumes
     mounts = agent(manifest)["volumeMounts"]
     assert {"name": "credential-1", "mountPath": "/home/agent/.ssh/id", "subPath": "secret-file", "readOnly": True} in mounts
-    assert {"name": "credential-2", "mountPath": "/etc/cfg", "subPath": "secret-file", "readOnly": True} in mounts
+    assert {"name": "credential-2", "mountPath": "/home/agent/cfg", "subPath": "secret-file", "readOnly": True} in mounts
 
 
 def test_context_files_mounted_by_key_sorted_and_split_by_sensitivity():
@@ -510,3 +510,15 @@ def test_the_agents_group_owns_the_pods_volumes():
 def test_the_agent_gets_no_api_token_unless_the_workspace_opts_in():
     assert pod(job())["automountServiceAccountToken"] is False
     assert pod(job(workspace=make_workspace(automountServiceAccountToken=True)))["automountServiceAccountToken"] is True
+
+
+@pytest.mark.parametrize("path", ["/usr/local/bin", "/etc/ld.so.preload", "/tools/bin/node", "/var/run/docker.sock", "/lib64"])
+def test_mounts_in_system_directories_are_refused(path):
+    with pytest.raises(TaskError) as raised:
+        job(files=files_of(file_ctx(path, inline="#!/bin/sh\nevil\n")))
+    assert raised.value.reason == "MountPathRefused" and path in raised.value.message
+    with pytest.raises(TaskError):
+        job(workspace=make_workspace(credentials=[{"secretRef": {"name": "s", "key": "k"}, "mountPath": path}]))
+    with pytest.raises(TaskError):
+        job(git=[git_ctx(repository="https://h/r.git", path=path)])
+    job(files=files_of(file_ctx("/usr-data/x", inline="fine"), file_ctx("/varrun", inline="fine")))  # only the directories
