@@ -20,6 +20,8 @@ from typing import Any
 from dagster import ConfigurableIOManager, ConfigurableResource, Failure, InputContext, OutputContext
 
 from kubetask.domain import manifests
+from kubetask.domain.addresses import AddressPolicy
+from kubetask.kube.http import HttpFetcher
 from kubetask_dagster.kube import Kube
 
 KEY_PREFIX = "kubetask/io/"
@@ -33,18 +35,30 @@ class KubeResource(ConfigurableResource):
     log_tail_lines: int = 50
     # The local real node runs pods on the host's network; a real cluster never needs it.
     agent_host_network: bool = False
+    # RemoteFile fetches reach public addresses only, plus these (CIDRs or ip:port), minus the denied
+    # CIDRs (the cluster's pod and Service networks, when they are public ones).
+    remote_file_allow: list[str] = []
+    remote_file_deny: list[str] = []
 
     @cached_property
     def api(self) -> Kube:
-        return Kube(self.kubeconfig)
+        policy = AddressPolicy.parse(self.remote_file_allow, self.remote_file_deny)
+        return Kube(self.kubeconfig, HttpFetcher(policy))
 
 
 def kube_resource_from_env() -> KubeResource:
-    """The operator's settings of the run workers: KUBETASK_GIT_IMAGE, KUBETASK_AGENT_HOST_NETWORK=true."""
+    """The operator's settings of the run workers: KUBETASK_GIT_IMAGE, KUBETASK_AGENT_HOST_NETWORK=true,
+    KUBETASK_REMOTE_FILE_ALLOW and _DENY (comma-separated CIDRs; ip:port entries allow one server)."""
     return KubeResource(
         git_image=os.environ.get("KUBETASK_GIT_IMAGE") or manifests.DEFAULT_GIT_IMAGE,
         agent_host_network=os.environ.get("KUBETASK_AGENT_HOST_NETWORK", "").lower() == "true",
+        remote_file_allow=_listed("KUBETASK_REMOTE_FILE_ALLOW"),
+        remote_file_deny=_listed("KUBETASK_REMOTE_FILE_DENY"),
     )
+
+
+def _listed(variable: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(variable, "").split(",") if item.strip()]
 
 
 def _key(identifier) -> str:

@@ -3,16 +3,98 @@
 from __future__ import annotations
 
 import re
+import socket
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from kubetask.domain.addresses import AddressPolicy
 from kubetask.domain.contexts import MAX_REDIRECTS, display_url, remote_file_unavailable
+from kubetask.domain.errors import TaskError
+from kubetask.vocabulary import REMOTE_FILE_REFUSED
+
+Resolver = Callable[[str, int], list[str]]
+"""The addresses a host name resolves to (for ``port``)."""
+Connector = Callable[[tuple[str, int], float | None], socket.socket]
+"""A connected TCP socket to one address."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+
+
+def tcp_connector(address: tuple[str, int], timeout: float | None) -> socket.socket:
+    return socket.create_connection(address, timeout)
+
+
+class AddressRefused(Exception):
+    """The policy refused every address of a hop; raised through requests untouched (not an OSError)."""
+
+
+class _Guard:
+    """Resolve, check every address with the policy, connect to a checked one: no second lookup."""
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver, connector: Connector) -> None:
+        self.policy, self.resolver, self.connector = policy, resolver, connector
+
+    def connect(self, host: str, port: int, timeout: float | None) -> socket.socket:
+        refusal = self.policy.name_refusal(host)
+        if refusal:
+            raise AddressRefused(refusal)
+        addresses = self.resolver(host, port)
+        refusals = [r for r in (self.policy.refusal(host, a, port) for a in addresses) if r]
+        if refusals or not addresses:  # one refused address refuses the name: it may answer with it next time
+            raise AddressRefused(refusals[0] if refusals else f"{host} resolves to no address")
+        last: OSError | None = None
+        for address in addresses:
+            try:
+                return self.connector((address, port), timeout)
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+def _guarded_pools(guard: _Guard) -> dict[str, type]:
+    def connection(base: type[HTTPConnection]) -> type[HTTPConnection]:
+        class Guarded(base):  # type: ignore[valid-type, misc]
+            def _new_conn(self) -> socket.socket:
+                timeout = self.timeout if isinstance(self.timeout, int | float) else None
+                return guard.connect(self._dns_host, self.port, timeout)
+
+        return Guarded
+
+    class Http(HTTPConnectionPool):
+        ConnectionCls = connection(HTTPConnection)
+
+    class Https(HTTPSConnectionPool):
+        ConnectionCls = connection(HTTPSConnection)  # type: ignore[assignment]
+
+    return {"http": Http, "https": Https}
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def __init__(self, guard: _Guard) -> None:
+        self._guard = guard
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _guarded_pools(self._guard)
 
 
 class HttpFetcher:
     """``ContextReader.fetch`` over ``requests``: streamed, capped at ``max_bytes``, bounded by ``timeout``.
+
+    Every connection, of the first request and of each redirect hop, goes to an address the
+    ``AddressPolicy`` accepted, found by ``resolver`` and dialled by ``connector`` (both injectable, so
+    tests prove refusals without opening a socket); a refusal is ``TaskError(RemoteFileRefused)``.
 
     ``timeout`` bounds each socket operation and the whole download (checked after every read, so the
     total can overrun by at most one ``timeout``). Needs urllib3 >= 2.3 (``read1``). Redirects are followed
@@ -20,8 +102,18 @@ class HttpFetcher:
     messages name the URL without its query string and never a header value.
     """
 
-    def __init__(self, session: requests.Session | None = None) -> None:
-        self._session = session or requests.Session()
+    def __init__(
+        self,
+        policy: AddressPolicy | None = None,
+        *,
+        resolver: Resolver = system_resolver,
+        connector: Connector = tcp_connector,
+    ) -> None:
+        self._session = requests.Session()
+        self._session.trust_env = False  # no proxy or .netrc from the run worker's environment
+        adapter = _GuardedAdapter(_Guard(policy or AddressPolicy(), resolver, connector))
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     def fetch(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> str:
         shown = display_url(url)
@@ -41,6 +133,10 @@ class HttpFetcher:
                         raise remote_file_unavailable(shown, f"returned HTTP {response.status_code}")
                     return _decode(_read_capped(response, shown, max_bytes, deadline, timeout), response, shown)
             raise remote_file_unavailable(shown, f"redirected more than {MAX_REDIRECTS} times")
+        except AddressRefused as refused:
+            raise TaskError(
+                REMOTE_FILE_REFUSED, f"GET {shown} refused: {refused} (RemoteFile fetches only public addresses)"
+            ) from None
         except requests.Timeout:
             raise remote_file_unavailable(shown, f"timed out after {timeout:g}s") from None
         except requests.RequestException as exc:  # str(exc) may contain the query string: show the type only

@@ -74,7 +74,8 @@ class Dagster:
 def dagster(cluster) -> Any:
     home = _run_root() / f"dagster-{os.getpid()}"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig}
+    # The tests' own HTTP servers listen on 127.0.0.1: the one address RemoteFile may reach here.
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig, "KUBETASK_REMOTE_FILE_ALLOW": "127.0.0.1/32"}
     try:
         out = subprocess.run([str(DAGSTER_SCRIPT), "start"], env=env, check=True, capture_output=True, text=True, timeout=300).stdout
         values = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.startswith("export "))

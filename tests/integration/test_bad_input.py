@@ -115,6 +115,9 @@ RUNTIME = [
 # Reasons of bad input that no runtime case can reach through the API, and why.
 UNREACHABLE = {
     vocabulary.CONTEXT_KEY_CONFLICT: "file_keys disambiguates every path the API accepts",
+    # no test dials a non-loopback address, not even to see it refused, and the test stack allows
+    # its own 127.0.0.1 servers: test_http_fetcher proves it with an injected resolver and connector
+    vocabulary.REMOTE_FILE_REFUSED: "proven by unit tests that open no socket",
 }
 # Reasons that end the run itself: the BatchRun's Ready condition says RunFailed with them in its message.
 RUN_FAILURES = {vocabulary.TASK_NAME_CONFLICT}
@@ -125,7 +128,8 @@ def test_every_bad_input_reason_of_the_vocabulary_has_a_runtime_case():
     bad_input = {vocabulary.CONTEXT_REF_NOT_FOUND, vocabulary.REMOTE_FILE_UNAVAILABLE, vocabulary.CONTEXT_TOO_LARGE,
                  vocabulary.CONTEXT_KEY_CONFLICT, vocabulary.MOUNT_PATH_CONFLICT, vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
                  vocabulary.BATCH_NOT_FOUND, vocabulary.TASK_NAME_CONFLICT, vocabulary.IMAGE_PULL_FAILED,
-                 vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS, vocabulary.MOUNT_PATH_REFUSED}
+                 vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS, vocabulary.MOUNT_PATH_REFUSED,
+                 vocabulary.REMOTE_FILE_REFUSED}
     covered = {case[3] for case in RUNTIME} | {r for r in RUN_FAILURES for case in RUNTIME if r in case[4]}
     known = {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str)}
     assert covered <= known, covered - known

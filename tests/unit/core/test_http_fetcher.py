@@ -7,8 +7,11 @@ import time
 
 import pytest
 
+from kubetask.domain.addresses import AddressPolicy
 from kubetask.domain.errors import TaskError
 from kubetask.kube.http import HttpFetcher
+
+LOOPBACK = AddressPolicy.parse(["127.0.0.1/32", "::1/128"])  # these tests' servers; the default refuses them
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -57,6 +60,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", "/ok")
             self.end_headers()
+        elif path == "/redirect-to-other-port":
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{self.server.server_address[1] + 1}/x")
+            self.end_headers()
         elif path == "/redirect-other":
             port = self.server.server_address[1]
             self.send_response(302)
@@ -99,16 +106,16 @@ def seen():
 
 
 def test_fetch_sends_headers_and_decodes(server, seen):
-    body = HttpFetcher().fetch(f"{server}/ok", {"Authorization": "Bearer s3cret", "X-Extra": "1"}, 5.0, 1000)
+    body = HttpFetcher(LOOPBACK).fetch(f"{server}/ok", {"Authorization": "Bearer s3cret", "X-Extra": "1"}, 5.0, 1000)
     assert body == "héllo"
     assert seen[0][1]["Authorization"] == "Bearer s3cret" and seen[0][1]["X-Extra"] == "1"
-    assert HttpFetcher().fetch(f"{server}/latin1", {}, 5.0, 1000) == "héllo"
-    assert HttpFetcher().fetch(f"{server}/gzip", {}, 5.0, 1000) == "unzipped " * 100
+    assert HttpFetcher(LOOPBACK).fetch(f"{server}/latin1", {}, 5.0, 1000) == "héllo"
+    assert HttpFetcher(LOOPBACK).fetch(f"{server}/gzip", {}, 5.0, 1000) == "unzipped " * 100
 
 
 def test_fetch_caps_the_decompressed_size(server):
     with pytest.raises(TaskError, match="more than 500 bytes"):
-        HttpFetcher().fetch(f"{server}/gzip", {}, 5.0, 500)
+        HttpFetcher(LOOPBACK).fetch(f"{server}/gzip", {}, 5.0, 500)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +132,7 @@ def test_fetch_caps_the_decompressed_size(server):
 )
 def test_fetch_failures_are_remote_file_unavailable(server, seen, path, max_bytes, timeout, expected):
     with pytest.raises(TaskError) as err:
-        HttpFetcher().fetch(f"{server}{path}?token=abc", {"Authorization": "Bearer s3cret"}, timeout, max_bytes)
+        HttpFetcher(LOOPBACK).fetch(f"{server}{path}?token=abc", {"Authorization": "Bearer s3cret"}, timeout, max_bytes)
     assert err.value.reason == "RemoteFileUnavailable"
     assert expected in err.value.message
     assert "s3cret" not in str(err.value) and "abc" not in str(err.value)
@@ -133,14 +140,75 @@ def test_fetch_failures_are_remote_file_unavailable(server, seen, path, max_byte
 
 def test_fetch_connection_error_shows_no_secrets():
     with pytest.raises(TaskError) as err:
-        HttpFetcher().fetch("http://127.0.0.1:1/x?token=abc", {"Authorization": "s3cret"}, 2.0, 10)
+        HttpFetcher(LOOPBACK).fetch("http://127.0.0.1:1/x?token=abc", {"Authorization": "s3cret"}, 2.0, 10)
     assert err.value.reason == "RemoteFileUnavailable"
     assert err.value.message.startswith("GET http://127.0.0.1:1/x failed (")
     assert "abc" not in str(err.value) and "s3cret" not in str(err.value)
 
 
 def test_redirects_keep_headers_only_within_the_origin(server, seen):
-    assert HttpFetcher().fetch(f"{server}/redirect-same", {"X-Token": "s3cret"}, 5.0, 1000) == "héllo"
+    assert HttpFetcher(LOOPBACK).fetch(f"{server}/redirect-same", {"X-Token": "s3cret"}, 5.0, 1000) == "héllo"
     assert seen[-1][0] == "/ok" and seen[-1][1].get("X-Token") == "s3cret"
-    assert HttpFetcher().fetch(f"{server}/redirect-other", {"X-Token": "s3cret"}, 5.0, 1000) == "héllo"
+    assert HttpFetcher(LOOPBACK).fetch(f"{server}/redirect-other", {"X-Token": "s3cret"}, 5.0, 1000) == "héllo"
     assert seen[-1][0] == "/ok" and "X-Token" not in seen[-1][1]
+
+
+class Dials:
+    """An injected resolver and connector: what would have been resolved and dialled; no socket opens."""
+
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers, self.resolved, self.dialled = answers, [], []
+
+    def resolve(self, host, port):
+        self.resolved.append(host)
+        return self.answers[host]
+
+    def connect(self, address, timeout):
+        self.dialled.append(address)
+        raise ConnectionRefusedError("a test connector: nothing is dialled")
+
+
+@pytest.mark.parametrize(
+    "url, answers, refusal",
+    [
+        ("http://169.254.169.254/latest/meta-data/", {"169.254.169.254": ["169.254.169.254"]}, "169.254.169.254, a link-local"),
+        ("http://metadata.google.internal/computeMetadata/v1/", {}, "metadata.google.internal is a cloud metadata service"),
+        ("http://internal.example.com/x", {"internal.example.com": ["10.0.0.8"]}, "10.0.0.8, a private address"),
+        ("https://gitlab.corp/x", {"gitlab.corp": ["192.168.1.20"]}, "192.168.1.20, a private address"),
+        ("http://cgnat.example.com/x", {"cgnat.example.com": ["100.64.3.4"]}, "100.64.3.4, a non-public address"),
+        ("http://kubernetes.default.svc/api", {"kubernetes.default.svc": ["10.96.0.1"]}, "10.96.0.1, a private address"),
+        ("http://[fd00::1]/x", {"fd00::1": ["fd00::1"]}, "fd00::1, a private address"),
+        ("http://[::ffff:127.0.0.1]/x", {"::ffff:127.0.0.1": ["::ffff:127.0.0.1"]}, "127.0.0.1, a loopback address"),
+        ("http://2130706433/x", {"2130706433": ["127.0.0.1"]}, "127.0.0.1, a loopback address"),
+        ("http://0.0.0.0/x", {"0.0.0.0": ["0.0.0.0"]}, "0.0.0.0, an unspecified address"),
+        # one public and one private answer: refused, a second lookup could pick the private one
+        ("http://rebind.example.com/x", {"rebind.example.com": ["93.184.216.34", "127.0.0.1"]}, "127.0.0.1, a loopback"),
+    ],
+)
+def test_non_public_addresses_are_refused_before_anything_is_dialled(url, answers, refusal):
+    dials = Dials(answers)
+    fetcher = HttpFetcher(resolver=dials.resolve, connector=dials.connect)
+    with pytest.raises(TaskError) as raised:
+        fetcher.fetch(url, {"Authorization": "Bearer s3cret"}, 2.0, 1000)
+    assert raised.value.reason == "RemoteFileRefused"
+    assert refusal in raised.value.message and "s3cret" not in raised.value.message
+    assert dials.dialled == []
+
+
+def test_a_public_address_is_dialled_as_resolved_and_nothing_else():
+    dials = Dials({"example.com": ["93.184.216.34"]})
+    fetcher = HttpFetcher(resolver=dials.resolve, connector=dials.connect)
+    with pytest.raises(TaskError) as raised:
+        fetcher.fetch("https://example.com/file.md", {}, 2.0, 1000)
+    assert raised.value.reason == "RemoteFileUnavailable"  # the test connector refuses the connection
+    assert dials.dialled == [("93.184.216.34", 443)]
+
+
+def test_a_redirect_to_a_private_address_is_refused(server):
+    # the first hop is this test's own server (allowed by endpoint); its redirect target is not
+    port = int(server.rsplit(":", 1)[1])
+    policy = AddressPolicy.parse([f"127.0.0.1:{port}"])
+    with pytest.raises(TaskError) as raised:
+        HttpFetcher(policy).fetch(f"{server}/redirect-to-other-port", {}, 5.0, 1000)
+    assert raised.value.reason == "RemoteFileRefused" and "loopback" in raised.value.message
+    assert HttpFetcher(policy).fetch(f"{server}/latin1", {}, 5.0, 1000) == "héllo"  # the allowed server itself
