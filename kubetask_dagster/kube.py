@@ -22,7 +22,8 @@ from kubernetes.client.rest import ApiException
 
 from kubetask import vocabulary
 from kubetask.api import GROUP, VERSION
-from kubetask.domain import outcomes
+from kubetask.domain import manifests, outcomes
+from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
 from kubetask.kube import config
 from kubetask.kube.events import EventRecorder
@@ -147,23 +148,58 @@ class Kube:
     # --- context ConfigMap / Secret and the Job --------------------------------------------------
 
     def apply_config_map(self, body: dict[str, Any]) -> None:
-        """Create, or replace when it exists (a rerun may resolve new content)."""
-        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            self.core.create_namespaced_config_map(ns, body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-            self.core.replace_namespaced_config_map(name, ns, body)
+        """Create, or replace the Task's own (a rerun may resolve new content); see ``_claim``."""
+        self._apply(
+            body,
+            "ConfigMap",
+            self.core.create_namespaced_config_map,
+            self.core.read_namespaced_config_map,
+            self.core.replace_namespaced_config_map,
+            self.core.delete_namespaced_config_map,
+        )
 
     def apply_secret(self, body: dict[str, Any]) -> None:
+        self._apply(
+            body,
+            "Secret",
+            self.core.create_namespaced_secret,
+            self.core.read_namespaced_secret,
+            self.core.replace_namespaced_secret,
+            self.core.delete_namespaced_secret,
+        )
+
+    def _apply(self, body: dict[str, Any], kind: str, create, read, replace, delete) -> None:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.core.create_namespaced_secret(ns, body)
+            create(ns, body)
+            return
         except ApiException as e:
             if e.status != 409:
                 raise
-            self.core.replace_namespaced_secret(name, ns, body)
+        existing = read(name, ns)
+        if self._claim(kind, existing, body) == manifests.OURS:
+            replace(
+                name,
+                ns,
+                {**body, "metadata": {**body["metadata"], "resourceVersion": existing.metadata.resource_version}},
+            )
+        else:  # a deleted predecessor's, which garbage collection has not removed yet
+            delete(name, ns, body=kubernetes.client.V1DeleteOptions(preconditions={"uid": existing.metadata.uid}))
+            create(ns, body)
+
+    def _claim(self, kind: str, existing: Any, body: dict[str, Any]) -> str:
+        """``OURS`` or ``PREDECESSOR``; raises ``TaskError(NameConflict)`` for anyone else's object."""
+        owners = [self.core.api_client.sanitize_for_serialization(o) for o in existing.metadata.owner_references or []]
+        [ours] = body["metadata"]["ownerReferences"]
+        claim = manifests.ownership(owners, ours)
+        if claim == manifests.FOREIGN:
+            owner = next((f"{o['kind']} {o['name']}" for o in owners if o.get("controller")), "no controller")
+            raise TaskError(
+                vocabulary.NAME_CONFLICT,
+                f"{kind} {existing.metadata.name} exists and is not this Task's (owner: {owner}); "
+                "delete it or give the Task another name",
+            )
+        return claim
 
     def get_job(self, namespace: str, name: str):
         return _unless_missing(self.batch.read_namespaced_job, name, namespace)
@@ -176,10 +212,22 @@ class Kube:
             )
         except DagsterK8sUnrecoverableAPIError as e:
             cause = getattr(e, "k8s_api_exception", None) or e.__cause__
-            if isinstance(cause, ApiException) and cause.status == 409:
-                return False
-            raise
-        return True
+            if not (isinstance(cause, ApiException) and cause.status == 409):
+                raise
+        else:
+            return True
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        existing = self.batch.read_namespaced_job(name, ns)
+        if self._claim("Job", existing, body) == manifests.OURS:
+            return False  # this Task's: a restarted op resumes it
+        self.batch.delete_namespaced_job(
+            name,
+            ns,
+            body=kubernetes.client.V1DeleteOptions(
+                propagation_policy="Background", preconditions={"uid": existing.metadata.uid}
+            ),
+        )
+        return self.create_job(body)
 
     def delete_job(self, namespace: str, name: str) -> None:
         _unless_missing(lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetask import vocabulary
@@ -141,6 +141,27 @@ def owner_reference(task: Task) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+OURS, PREDECESSOR, FOREIGN = "ours", "predecessor", "foreign"
+
+
+def ownership(existing_owners: Sequence[Mapping[str, Any]] | None, ours: Mapping[str, Any]) -> str:
+    """Whose an object is that a create found under our fixed name (409), from its ownerReferences:
+
+    ``OURS`` (controlled by this Task: adopt or replace it), ``PREDECESSOR`` (controlled by a deleted
+    Task of the same name, which garbage collection has not removed yet: replace it) or ``FOREIGN``
+    (anything else: never touched, the Task fails with NameConflict)."""
+    controller = next((o for o in existing_owners or [] if o.get("controller")), None)
+    if (
+        controller is None
+        or controller.get("kind") != ours["kind"]
+        or controller.get("apiVersion") != ours["apiVersion"]
+    ):
+        return FOREIGN
+    if controller.get("uid") == ours["uid"]:
+        return OURS
+    return PREDECESSOR if controller.get("name") == ours["name"] else FOREIGN
 
 
 def watch_selector(task: Task) -> str:

@@ -322,7 +322,11 @@ def _run_job(
         | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
     )
     if not resuming:
-        created = api.create_job(job)
+        try:
+            created = api.create_job(job)
+        except TaskError as e:  # the Job's name is taken by someone else's Job
+            reporter.fail(e.reason, e.message)
+            raise Failure(description=str(e), allow_retries=False) from None
         reporter.event(
             vocabulary.JOB_CREATED, f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)")
         )

@@ -97,6 +97,9 @@ RUNTIME = [
      None, "CredentialKeyAmbiguous", ['Secret "github-token" holds 2 keys (password, username)'], False),
     ("credential-secret-missing", [workspace(credentials=[{"secretRef": {"name": "absent"}, "env": "GITHUB_TOKEN"}])],
      None, "CredentialNotFound", ['Secret "absent" not found'], False),
+    # someone else's ConfigMap under the Task's fixed name: never replaced
+    ("configmap-name-taken", [_config_map("bad-context", {"k": "not the Task's"})], None, "NameConflict",
+     ["ConfigMap bad-context exists and is not this Task's (owner: no controller)"], False),
     ("mount-path-in-usr", [], [{"type": "File", "file": {"filePath": "/usr/local/bin/agent", "source": {"inline": "#!/bin/sh"}}}],
      "MountPathRefused", ["/usr/local/bin/agent", "/usr"], False),
     # its Job is deleted: the pod never started, and must not start the agent once the image appears
@@ -129,7 +132,7 @@ def test_every_bad_input_reason_of_the_vocabulary_has_a_runtime_case():
                  vocabulary.CONTEXT_KEY_CONFLICT, vocabulary.MOUNT_PATH_CONFLICT, vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
                  vocabulary.BATCH_NOT_FOUND, vocabulary.TASK_NAME_CONFLICT, vocabulary.IMAGE_PULL_FAILED,
                  vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS, vocabulary.MOUNT_PATH_REFUSED,
-                 vocabulary.REMOTE_FILE_REFUSED}
+                 vocabulary.REMOTE_FILE_REFUSED, vocabulary.NAME_CONFLICT}
     covered = {case[3] for case in RUNTIME} | {r for r in RUN_FAILURES for case in RUNTIME if r in case[4]}
     known = {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str)}
     assert covered <= known, covered - known
@@ -178,6 +181,8 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
         for t in tasks_of(kubectl, namespace, name).values():
             assert phase(t) == "Failed" and condition(t, "Ready")["reason"] == "ContextRefNotFound"
     assert bool(jobs(kubectl, namespace)) == job_expected
+    if reason == "NameConflict":  # and the other object is untouched
+        assert get(kubectl, namespace, "configmap", "bad-context")["data"] == {"k": "not the Task's"}
     assert bridge.proc.poll() is None
     time.sleep(1)
     assert get(kubectl, namespace, kind, name)["status"] == obj["status"]  # final: nothing rewrites it

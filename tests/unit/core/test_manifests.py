@@ -522,3 +522,15 @@ def test_mounts_in_system_directories_are_refused(path):
     with pytest.raises(TaskError):
         job(git=[git_ctx(repository="https://h/r.git", path=path)])
     job(files=files_of(file_ctx("/usr-data/x", inline="fine"), file_ctx("/varrun", inline="fine")))  # only the directories
+
+
+def test_an_object_under_our_name_is_ours_a_predecessors_or_foreign():
+    from kubetask.domain.manifests import FOREIGN, OURS, PREDECESSOR, ownership
+
+    ours = owner_reference(make_task())
+    assert ownership([ours], ours) == OURS
+    assert ownership([{**ours, "uid": "uid-of-a-deleted-task"}], ours) == PREDECESSOR
+    assert ownership([{**ours, "uid": "other", "name": "another-task"}], ours) == FOREIGN
+    assert ownership([{**ours, "controller": False}], ours) == FOREIGN  # a mere reference controls nothing
+    assert ownership([{**ours, "kind": "BatchRun"}], ours) == FOREIGN
+    assert ownership(None, ours) == ownership([], ours) == FOREIGN
