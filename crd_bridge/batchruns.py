@@ -715,6 +715,10 @@ class BatchRunReconciler(ReconcileLoop):
         if children:
             new_id = children[0].run_id
             metrics.BATCHRUN_ADOPTED.labels("rerun-found").inc()
+        elif not self._owns_run(obj, run_id):  # a status naming another object's run
+            self._clear_annotations(obj, [vocabulary.RERUN])
+            metrics.BATCHRUN_RERUNS.labels("refused").inc()
+            return None
         else:
             # The stop request is over: a re-executed expand_batch must not find it (safe before the
             # launch: the rerun annotation, still there, carries the request if the bridge dies now).

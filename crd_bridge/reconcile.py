@@ -20,7 +20,7 @@ from kubetask.objects import Key, Obj
 
 from . import metrics
 from .cache import ObjectStore
-from .dagster.client import ACTIVE_STATUSES, DagsterError, DagsterUnavailable, RunInfo
+from .dagster.client import ACTIVE_STATUSES, DagsterError, DagsterUnavailable, RunInfo, RunNotFound
 from .kube import Conflict, Gone, KubeApi
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,10 @@ class ReconcileLoop:
             last = self._terminated.get(run_id)
         if last is not None and now - last < self.terminate_every:
             return False
+        if not self._owns_run(obj, run_id):
+            with self._lock:
+                self._terminated[run_id] = now
+            return False
         outcome = self.dagster.terminate_run(run_id)
         with self._lock:
             self._terminated[run_id] = now
@@ -223,6 +227,19 @@ class ReconcileLoop:
             outcome,
         )
         return True
+
+    def _owns_run(self, obj: Mapping[str, Any], run_id: str) -> bool:
+        """Whether ``run_id`` is this object's run (its tags say so); says why not, on the object, when not."""
+        try:
+            run = self.dagster.get_run(run_id)
+        except RunNotFound:
+            return False
+        if contract.is_run_of(run.tags, obj):
+            return True
+        message = f"refused to act on Dagster run {run_id}: its tags name another object, not this {self.kind}"
+        log.warning("%s %s: %s", self.kind, objects.name_of(obj), message)
+        self._event(obj, vocabulary.RUN_NOT_OWNED, message, warning=True)
+        return False
 
     def _request_stop(self, obj: Obj, run_id: str) -> None:
         """Terminate the run on ``kubetask.io/stop`` (rate-limited); record StopRequested once per run."""

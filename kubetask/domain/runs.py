@@ -40,6 +40,19 @@ def identity_tags(obj: Mapping[str, Any], kind: str) -> dict[str, str]:
     return tags
 
 
+def is_run_of(tags: Mapping[str, str], obj: Mapping[str, Any]) -> bool:
+    """Whether a run's tags name this very object: its namespace, name and uid.
+
+    A status's ``dagsterRunId`` is only a claim (a tenant who may write ``*/status`` can point it at
+    another team's run): terminating, adopting or re-executing a run is done only when this holds."""
+    ns, name = objects.key_of(obj)
+    return (tags.get(vocabulary.TAG_NAMESPACE), tags.get(vocabulary.TAG_NAME), tags.get(vocabulary.TAG_UID)) == (
+        ns,
+        name,
+        objects.uid_of(obj),
+    )
+
+
 def task_run_config(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Run config of ``task_job`` for one Task."""
     ns, name = objects.key_of(obj)

@@ -425,6 +425,18 @@ def test_stop_without_a_recorded_run_terminates_a_run_found_by_tags():
     assert w.status("a")["phase"] == "Stopped"
 
 
+def test_stop_never_terminates_a_run_that_belongs_to_another_object():
+    """A status pointing at another team's run (anyone who may write tasks/status can write it) and
+    the stop annotation: the other run is not terminated, and the Task says why."""
+    w = World()
+    victim = w.task("victim")  # another team's Task (its run id is visible in the Dagster UI)
+    theirs = w.dagster.add_run("STARTED", run_tags(victim))
+    w.task("a", annotations={"kubetask.io/stop": "true"}, status=running_status(theirs))
+    w.reconcile("a")
+    assert w.dagster.terminated == []
+    assert "RunNotOwned" in w.kube.reasons("a")
+
+
 def test_stop_with_a_run_terminates_it_once_then_records_the_cancel():
     w = World(grace=5)
     t = w.task("a", annotations={"kubetask.io/stop": "true"}, status=running_status("placeholder"))
