@@ -19,7 +19,7 @@ from typing import Any
 
 from dagster import ConfigurableIOManager, ConfigurableResource, Failure, InputContext, OutputContext
 
-from kubetask.domain import manifests
+from kubetask.domain import batches, manifests
 from kubetask.domain.addresses import AddressPolicy
 from kubetask.kube.http import HttpFetcher
 from kubetask_dagster.kube import Kube
@@ -39,6 +39,9 @@ class KubeResource(ConfigurableResource):
     # CIDRs (the cluster's pod and Service networks, when they are public ones).
     remote_file_allow: list[str] = []
     remote_file_deny: list[str] = []
+    # The most Tasks, and bytes of Tasks, one BatchRun may create.
+    batch_max_tasks: int = batches.DEFAULT_MAX_TASKS
+    batch_max_bytes: int = batches.DEFAULT_MAX_BYTES
 
     @cached_property
     def api(self) -> Kube:
@@ -54,6 +57,8 @@ def kube_resource_from_env() -> KubeResource:
         agent_host_network=os.environ.get("KUBETASK_AGENT_HOST_NETWORK", "").lower() == "true",
         remote_file_allow=_listed("KUBETASK_REMOTE_FILE_ALLOW"),
         remote_file_deny=_listed("KUBETASK_REMOTE_FILE_DENY"),
+        batch_max_tasks=int(os.environ.get("KUBETASK_BATCH_MAX_TASKS") or batches.DEFAULT_MAX_TASKS),
+        batch_max_bytes=int(os.environ.get("KUBETASK_BATCH_MAX_BYTES") or batches.DEFAULT_MAX_BYTES),
     )
 
 

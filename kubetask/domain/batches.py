@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,6 +10,8 @@ from kubetask import vocabulary
 from kubetask.api import BatchRun, BatchTemplate
 from kubetask.api.base import API_VERSION
 from kubetask.api.batch import DEFAULT_PARALLELISM
+from kubetask.domain.errors import TaskError
+from kubetask.vocabulary import BATCH_TOO_LARGE
 
 EXECUTED_BY_BATCHRUN = "batchrun"
 
@@ -46,6 +49,35 @@ def template_of(batchrun: BatchRun, batch_spec: BatchTemplate | None) -> BatchTe
     if batch_spec is None:
         raise ValueError("a BatchRun with batchRef needs the Batch's spec")
     return batch_spec
+
+
+# Defaults that keep etcd (2 GiB quota by default) and the bridge's cache safe; operators raise them.
+DEFAULT_MAX_TASKS = 10_000
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+
+
+def check_budget(
+    template: BatchTemplate, *, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> None:
+    """Refuse a batch whose Tasks would be too many or too big together, before any is created.
+
+    The commonContext is copied into every Task: a 1 MiB BatchRun of 10,000 entries would be ~10 GiB
+    of Tasks. Raises ``TaskError(BatchTooLarge)`` naming the count, the size and the budget."""
+    count = len(template.variable_contexts)
+    common = len(json.dumps([c.to_k8s() for c in template.common_context]))
+    total = count * common + sum(len(json.dumps([c.to_k8s() for c in v])) for v in template.variable_contexts)
+    if count > max_tasks:
+        raise TaskError(BATCH_TOO_LARGE, f"{count} Tasks is over the budget of {max_tasks} Tasks per BatchRun")
+    if total > max_bytes:
+        raise TaskError(
+            BATCH_TOO_LARGE,
+            f"{count} Tasks of {_mib(total)} in all (the commonContext, {_mib(common)}, is copied into each) is over "
+            f"the budget of {_mib(max_bytes)}: move shared content to a ConfigMap context or split the batch",
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def expand(batchrun: BatchRun, template: BatchTemplate) -> list[dict[str, Any]]:

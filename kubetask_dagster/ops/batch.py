@@ -30,6 +30,7 @@ from dagster import (
 from kubetask import objects, vocabulary
 from kubetask.api import Batch, BatchRun, TaskPhase
 from kubetask.domain import batches, status
+from kubetask.domain.errors import TaskError
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.kube import Kube
 from kubetask_dagster.ops.task import TaskRef, prepare, run_attempt
@@ -135,6 +136,10 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
             )
         batch_spec = Batch.model_validate(batch_obj).spec
     template = batches.template_of(batchrun, batch_spec)
+    try:
+        batches.check_budget(template, max_tasks=kube.batch_max_tasks, max_bytes=kube.batch_max_bytes)
+    except TaskError as e:
+        _fail_batchrun(context, api, obj, e.reason, e.message)
     tasks = _create_tasks(api, batches.expand(batchrun, template), config.name)
     current = obj.get("status") or {}
     now = status.rfc3339(status.now())

@@ -105,6 +105,11 @@ RUNTIME = [
     # its Job is deleted: the pod never started, and must not start the agent once the image appears
     ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], False),
     ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
+    # ~200 KB of commonContext x 600 entries: 120 MB of Tasks, over the 100 MiB default budget
+    ("batchrun-too-large", [],
+     {**batchrun("amplified", n=1), "spec": {"batchSpec": {"commonContext": [{"type": "File", "file": {
+         "filePath": "/workspace/task.md", "source": {"inline": "x" * 200_000}}}], "variableContexts": [[] for _ in range(600)]}}},
+     "BatchTooLarge", ["600 Tasks of", "over the budget of 100.0 MiB"], False),
     # a Task that is not the BatchRun's holds the name of its first Task (stopped, so it runs no Job)
     ("batchrun-task-name-taken",
      [{**task("taken-task-0"), "metadata": {"name": "taken-task-0", "annotations": {"kubetask.io/stop": "true"}}}],
@@ -132,7 +137,7 @@ def test_every_bad_input_reason_of_the_vocabulary_has_a_runtime_case():
                  vocabulary.CONTEXT_KEY_CONFLICT, vocabulary.MOUNT_PATH_CONFLICT, vocabulary.WORKSPACE_CONFIG_NOT_FOUND,
                  vocabulary.BATCH_NOT_FOUND, vocabulary.TASK_NAME_CONFLICT, vocabulary.IMAGE_PULL_FAILED,
                  vocabulary.CREDENTIAL_NOT_FOUND, vocabulary.CREDENTIAL_KEY_AMBIGUOUS, vocabulary.MOUNT_PATH_REFUSED,
-                 vocabulary.REMOTE_FILE_REFUSED, vocabulary.NAME_CONFLICT}
+                 vocabulary.REMOTE_FILE_REFUSED, vocabulary.NAME_CONFLICT, vocabulary.BATCH_TOO_LARGE}
     covered = {case[3] for case in RUNTIME} | {r for r in RUN_FAILURES for case in RUNTIME if r in case[4]}
     known = {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str)}
     assert covered <= known, covered - known
@@ -177,6 +182,8 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
     # the Event is recorded right after the status write: give it a moment on a busy machine
     wait_for(lambda: reason in event_reasons(kubectl, namespace, name, kind="BatchRun" if kind == "batchrun" else "Task"),
              timeout=30, interval=0.5, what=f"a {reason} Event on {kind} {name}")
+    if kind == "batchrun" and reason == "BatchTooLarge":
+        assert tasks_of(kubectl, namespace, name) == {}  # refused before any Task was created
     if kind == "batchrun" and reason == "TasksFailed":
         for t in tasks_of(kubectl, namespace, name).values():
             assert phase(t) == "Failed" and condition(t, "Ready")["reason"] == "ContextRefNotFound"

@@ -151,3 +151,20 @@ def test_index_of_refuses_other_names(name):
 
 def test_executed_by():
     assert batches.executed_by("nightly-1") == f"{vocabulary.EXECUTED_BY_BATCHRUN}/nightly-1"
+
+
+def test_a_batch_over_the_budget_is_refused_before_any_task():
+    from kubetask.api import BatchTemplate
+    from kubetask.domain.batches import check_budget
+    from kubetask.domain.errors import TaskError
+
+    big = {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "x" * 100_000}}}
+    amplified = BatchTemplate.model_validate({"commonContext": [big], "variableContexts": [[] for _ in range(20)]})
+    with pytest.raises(TaskError) as raised:
+        check_budget(amplified, max_bytes=1_000_000)
+    assert raised.value.reason == "BatchTooLarge"
+    assert "20 Tasks of 1.9 MiB in all (the commonContext, 0.1 MiB, is copied into each)" in raised.value.message
+    check_budget(amplified, max_bytes=3_000_000)  # within it
+    many = BatchTemplate.model_validate({"commonContext": [], "variableContexts": [[] for _ in range(11)]})
+    with pytest.raises(TaskError, match="11 Tasks is over the budget of 10 Tasks per BatchRun"):
+        check_budget(many, max_tasks=10)
