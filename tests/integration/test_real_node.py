@@ -336,7 +336,9 @@ def test_stopping_the_node_leaves_nothing_behind(real_node, cluster, kubectl, wa
     created = (run / "node" / "created").read_text().split()
     subprocess.run([str(CLUSTER_SCRIPT), "node-stop"], env=env, check=True, capture_output=True)
     try:
-        procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        # zombies (state Z) have ended: only their exit status waits for PID 1 to reap it
+        listing = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+        procs = "\n".join(line.split(None, 1)[-1] for line in listing if not line.lstrip().startswith("Z"))
         assert str(run / "node") not in procs, procs
         assert "containerd-shim" not in procs and "/pause" not in procs and "entrypoint.sh" not in procs, procs
         mounts = Path("/proc/self/mountinfo").read_text()
