@@ -12,7 +12,9 @@ import gc
 import json
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import kt_stack
@@ -68,13 +70,14 @@ def session_bridges(cluster) -> list[kt_stack.Bridge]:
 
 
 @pytest.fixture(scope="module")
-def production(cluster, crds, tmp_path_factory):
+def production(cluster, crds):
     """Postgres, a Dagster with K8sRunLauncher, and a bridge submitting to it."""
     kubectl = cluster.kubectl
     if kubectl("get", "node", "localhost", check=False).returncode != 0:
         pytest.fail("the session cluster has no real node (see deploy/local/cluster start's log)")
     kubectl("apply", "-k", str(ROOT / "deploy" / "rbac"))
-    root = tmp_path_factory.mktemp("k8s-launcher")
+    # not under pytest's 0700 base: the server runs as its own user and must reach its directory
+    root = Path(tempfile.mkdtemp(prefix="kubetask-k8s-launcher-"))
     server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
     paused = session_bridges(cluster)
     for b in paused:
@@ -116,6 +119,7 @@ def production(cluster, crds, tmp_path_factory):
             for b in paused:
                 b.start()
             print(f"K8sRunLauncher stack logs: {home}")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def real_workspace() -> dict:
@@ -139,7 +143,9 @@ def test_a_task_runs_in_a_run_worker_pod_on_the_real_node(production, kubectl, w
     assert worker["spec"]["nodeName"] == "localhost" and worker["spec"]["hostNetwork"] is True
     assert worker["spec"]["serviceAccountName"] == WORKER_SA
     assert worker["spec"]["containers"][0]["image"] == PROJECT_IMAGE
-    assert worker["status"]["phase"] == "Succeeded"
+    run_id = obj["status"]["dagsterRunId"]
+    wait_for(lambda: run_worker_pod(kubectl, run_id)["status"]["phase"] == "Succeeded", timeout=60,
+             what="the run worker pod to end")  # it ends after the Task's status is written
     log = kubectl("logs", "-n", namespace, obj["status"]["podName"], "-c", "agent").stdout
     assert "--- File: /workspace/task.md ---\nthrough K8sRunLauncher\n" in log
     assert production.run(obj["status"]["dagsterRunId"])["status"] == "SUCCESS"
