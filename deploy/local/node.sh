@@ -41,9 +41,9 @@ real_node_unavailable() {
   fi
   local owner
   owner="$(cat "$REAL_NODE_OWNER" 2>/dev/null)" || true
-  if [[ -n $owner && $owner != "$RUN" && -f "$owner/node/kubelet.pid" ]]; then
+  if [[ -n $owner && $owner != "$RUN" && -f "$owner/kubelet.pid" ]]; then
     local pid
-    pid="$(head -n1 "$owner/node/kubelet.pid")"
+    pid="$(head -n1 "$owner/kubelet.pid")"
     kill -0 "$pid" 2>/dev/null && echo "the real node of $owner runs (one per machine)"
   fi
 }
@@ -154,32 +154,15 @@ node_start() {
   create_cgroups
   write_containerd_config
   write_kubelet_config
-  launch_node_component containerd "$(command -v containerd)" --config "$NODE_DIR/containerd.toml"
+  launch_exe containerd "$(command -v containerd)" --config "$NODE_DIR/containerd.toml"
   wait_ready containerd 30 ctr_ version
   remove_all_containers  # a containerd that died with its containers left them in the persistent root
   import_node_images
-  launch_node_component kubelet "$BIN/kubelet" --config="$NODE_DIR/kubelet.yaml" \
+  launch kubelet --config="$NODE_DIR/kubelet.yaml" \
     --kubeconfig="$KUBECONFIG_FILE" --root-dir="$NODE_DIR/root" --cert-dir="$NODE_DIR/certs" \
     --hostname-override="$REAL_NODE_NAME" --node-labels="$REAL_NODE_LABEL=real" --v=1
   wait_ready kubelet 90 real_node_ready
   log "real node $REAL_NODE_NAME ready (kubelet 127.0.0.1:$KUBELET_PORT, containerd $CONTAINERD_SOCK)"
-}
-
-# The cluster's `launch` runs binaries of BIN; containerd is Debian's, so record its own path.
-launch_node_component() {
-  local name=$1 exe=$2 pid i
-  shift 2
-  CURRENT=$name
-  setsid "$exe" "$@" </dev/null >"$RUN/logs/$name.log" 2>&1 &
-  pid=$!
-  printf '%s\n%s\n' "$pid" "$exe" >"$RUN/$name.pid"
-  cp "$RUN/$name.pid" "$NODE_DIR/$name.pid"
-  echo "$name" >>"$RUN/started"
-  for ((i = 0; i < 200; i++)); do
-    alive "$name" && return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.05
-  done
 }
 
 real_node_ready() {
@@ -269,7 +252,15 @@ create_cgroups() {
 }
 
 remove_cgroups() {
-  local hierarchy
+  local hierarchy pid pids i
+  # A container whose shim was killed (containerd died first) lives on, reparented: end what is left
+  # in the node's cgroups before removing them.
+  for ((i = 0; i < 25; i++)); do
+    pids="$(find /sys/fs/cgroup/*/"$REAL_NODE_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)"
+    [[ -z $pids ]] && break
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    sleep 0.2
+  done
   for hierarchy in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     [[ -d "$hierarchy$REAL_NODE_CGROUP" ]] || continue
     find "$hierarchy$REAL_NODE_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true

@@ -160,3 +160,12 @@ def bridge(cluster, dagster) -> Any:
     finally:
         b.stop()
         print(f"bridge log: {log_path}")
+
+
+def running_bridges(cluster) -> list[Bridge]:
+    """Running admin bridges of this session on ``cluster`` (the `bridge` fixture, whichever module
+    started it): a module that runs a bridge of its own pauses them, or they would race it for Tasks."""
+    import gc
+
+    return [o for o in gc.get_objects() if isinstance(o, Bridge) and o.proc is not None and o.proc.poll() is None
+            and o.env.get("KUBECONFIG") == cluster.kubeconfig]

@@ -17,7 +17,6 @@ are stopped while this module runs and started again after it.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -130,13 +129,6 @@ def lease_holder(kubectl) -> str | None:
     return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
-def session_bridges(cluster) -> list[kt_stack.Bridge]:
-    """Running admin bridges of this session (kt_stack's `bridge` fixture, whichever module started it)."""
-    return [o for o in gc.get_objects()
-            if isinstance(o, kt_stack.Bridge) and o.proc is not None and o.proc.poll() is None
-            and o.env.get("KUBECONFIG") == cluster.kubeconfig]
-
-
 TEST_NAMESPACE = re.compile(r"\bt-[a-z0-9-]+-[0-9a-f]{6}\b")  # tests/integration/conftest.py names them so
 FORBIDDEN = re.compile(r"forbidden", re.IGNORECASE)  # every refusal says so: "(403)\nReason: Forbidden", "403 Forbidden"
 
@@ -194,7 +186,7 @@ def platform(cluster, crds):
 @pytest.fixture(scope="module")
 def stack(platform):
     cluster = platform
-    paused = session_bridges(cluster)
+    paused = kt_stack.running_bridges(cluster)
     for b in paused:
         b.stop()
     home = kt_stack._run_root() / f"dagster-rbac-{os.getpid()}"

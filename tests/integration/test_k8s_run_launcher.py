@@ -8,7 +8,6 @@ The session's admin bridges are paused while this module runs: its bridge submit
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shlex
@@ -64,11 +63,6 @@ def launcher_config(cluster, api_port: str) -> dict:
     return {k: v for k, v in config.items() if v is not None}
 
 
-def session_bridges(cluster) -> list[kt_stack.Bridge]:
-    return [o for o in gc.get_objects() if isinstance(o, kt_stack.Bridge) and o.proc is not None and o.proc.poll() is None
-            and o.env.get("KUBECONFIG") == cluster.kubeconfig]
-
-
 @pytest.fixture(scope="module")
 def production(cluster, crds):
     """Postgres, a Dagster with K8sRunLauncher, and a bridge submitting to it."""
@@ -79,7 +73,7 @@ def production(cluster, crds):
     # not under pytest's 0700 base: the server runs as its own user and must reach its directory
     root = Path(tempfile.mkdtemp(prefix="kubetask-k8s-launcher-"))
     server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
-    paused = session_bridges(cluster)
+    paused = kt_stack.running_bridges(cluster)
     for b in paused:
         b.stop()
     with postgres_server(root) as url:
