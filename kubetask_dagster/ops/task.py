@@ -96,6 +96,11 @@ class TaskReporter:
         self.patch(status.failed(self.current, reason, message, exit_code=exit_code))
         self.event(reason, message, warning=True)
 
+    def failure(self, error: TaskError) -> Failure:
+        """Record ``error`` as the Task's failure; the step's ``Failure`` to raise (no retry: bad input stays bad)."""
+        self.fail(error.reason, error.message)
+        return Failure(description=str(error), allow_retries=False)
+
 
 def _namespace(task: Task) -> str:
     """The namespace of a Task read from the API server (always set there)."""
@@ -152,8 +157,7 @@ def prepare(
         if secret is not None:
             api.apply_secret(secret)
     except TaskError as e:
-        reporter.fail(e.reason, e.message)
-        raise Failure(description=f"{e.reason}: {e.message}", allow_retries=False) from None
+        raise reporter.failure(e) from None
     described = [f.describe() for f in files]
     context.add_output_metadata(
         {
@@ -207,8 +211,7 @@ def run_attempt(
     try:
         workspace = load_workspace(api, task)
     except TaskError as e:
-        reporter.fail(e.reason, e.message)
-        raise Failure(description=str(e), allow_retries=False) from None
+        raise reporter.failure(e) from None
 
     policy = status.effective_retries(task.spec, None)
     timeout = status.effective_timeout_seconds(task.spec, workspace.spec)
@@ -229,8 +232,7 @@ def run_attempt(
             host_network=kube.agent_host_network,
         )
     except TaskError as e:  # e.g. a context file and a credential mounted at one path, or an ambiguous key
-        reporter.fail(e.reason, e.message)
-        raise Failure(description=str(e), allow_retries=False) from None
+        raise reporter.failure(e) from None
     job_name = job["metadata"]["name"]
     slots = _workspace_slots(context, task, workspace)
     if slots is not None:
@@ -325,8 +327,7 @@ def _run_job(
         try:
             created = api.create_job(job)
         except TaskError as e:  # the Job's name is taken by someone else's Job
-            reporter.fail(e.reason, e.message)
-            raise Failure(description=str(e), allow_retries=False) from None
+            raise reporter.failure(e) from None
         reporter.event(
             vocabulary.JOB_CREATED, f"attempt {attempt}: Job {job_name}" + ("" if created else " (already existed)")
         )
