@@ -26,14 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from local_stack import local_stack  # noqa: E402
 
-ON_THE_REAL_NODE = {
-    "agentImage": "localhost/kubetask-echo-agent:dev",
-    "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
-    "scheduling": {
-        "nodeSelector": {"kubetask.io/local-node": "real"},
-        "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}],
-    },
-}
+from tests.integration.kt_helpers import real_workspace  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -99,7 +92,7 @@ def main() -> None:
     with local_stack() as stack:
         if stack.run("get", "nodes", "-o", "name").count("node/localhost") != 1:
             raise SystemExit("no real node in this stack (see deploy/local/cluster's log)")
-        real = measure(stack, "bench-real", ON_THE_REAL_NODE, args.tasks)
+        real = measure(stack, "bench-real", real_workspace()["spec"], args.tasks)
         kwok = measure(stack, "bench-kwok", {"agentImage": "example.invalid/agent:1"}, args.tasks)
     print(f"Job created -> agent container running, {args.tasks} Tasks one after another")
     print(f"{'node':<22}{'p50 s':>8}{'p95 s':>8}{'max s':>8}")

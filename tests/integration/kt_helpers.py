@@ -26,6 +26,22 @@ def workspace(name: str = "default", pod_labels: dict | None = None, **spec) -> 
     }
 
 
+# --- the real node (deploy/local/node.sh) ------------------------------------------------------------
+
+ECHO_AGENT = "localhost/kubetask-echo-agent:dev"
+AGENT_USER = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True, "allowPrivilegeEscalation": False}
+ON_THE_REAL_NODE = {
+    "nodeSelector": {"kubetask.io/local-node": "real"},
+    "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}],
+}
+
+
+def real_workspace(name: str = "default", **spec) -> dict:
+    """A WorkspaceConfig whose agents are the echo agent, non-root, on the real node."""
+    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": name},
+            "spec": {"agentImage": ECHO_AGENT, "securityContext": AGENT_USER, "scheduling": ON_THE_REAL_NODE, **spec}}
+
+
 def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
     return {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
             "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}

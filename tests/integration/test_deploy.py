@@ -31,7 +31,7 @@ import pytest
 import requests
 import yaml
 from conftest import wait_for as wait_until
-from kt_helpers import apply, condition, event_reasons, get, inline, jobs, task, wait_phase, workspace
+from kt_helpers import apply, condition, event_reasons, get, inline, jobs, real_workspace, task, wait_phase, workspace
 
 pytestmark = pytest.mark.integration
 
@@ -432,10 +432,7 @@ def test_the_bridge_of_deploy_runs_a_task_on_the_real_node(stack, platform, kube
         spec = get(kubectl, BRIDGE_NS, "pod", pod)["spec"]
         assert spec["nodeName"] == "localhost" and spec["hostNetwork"] is True
         assert spec["serviceAccountName"] == BRIDGE_SA
-        on_the_real_node = {"nodeSelector": {"kubetask.io/local-node": "real"},
-                            "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}]}
-        apply(kubectl, tenant, workspace("real", agentImage="localhost/kubetask-echo-agent:dev", scheduling=on_the_real_node,
-                                         securityContext={"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}))
+        apply(kubectl, tenant, real_workspace("real"))
         apply(kubectl, tenant, task("by-the-pod", [inline("/workspace/task.md", "run by the bridge pod")], workspaceConfigRef="real"))
         obj = wait_phase(kubectl, wait_for, tenant, "by-the-pod", {"Completed", "Failed"}, timeout=180)
         assert obj["status"]["phase"] == "Completed", obj["status"].get("message")

@@ -19,7 +19,17 @@ from pathlib import Path
 import kt_stack
 import pytest
 import yaml
-from kt_helpers import condition, get, inline, task, tasks_of, wait_batchrun, wait_phase
+from kt_helpers import (
+    ON_THE_REAL_NODE,
+    condition,
+    get,
+    inline,
+    real_workspace,
+    task,
+    tasks_of,
+    wait_batchrun,
+    wait_phase,
+)
 
 from benchmarks.postgres import dagster_storage_yaml, postgres_server
 
@@ -29,10 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "deploy" / "dagster" / "values.yaml"
 PROJECT_IMAGE = "localhost/kubetask-dagster:dev"
 WORKER_NS, WORKER_SA = "dagster", "kubetask-run-worker"
-ON_THE_REAL_NODE = {
-    "nodeSelector": {"kubetask.io/local-node": "real"},
-    "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}],
-}
 RUN_K8S_KEYS = {"podSpecConfig": "pod_spec_config", "containerConfig": "container_config", "jobSpecConfig": "job_spec_config",
                 "jobMetadata": "job_metadata", "podTemplateSpecMetadata": "pod_template_spec_metadata"}
 
@@ -114,12 +120,6 @@ def production(cluster, crds):
                 b.start()
             print(f"K8sRunLauncher stack logs: {home}")
     shutil.rmtree(root, ignore_errors=True)
-
-
-def real_workspace() -> dict:
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
-            "spec": {"agentImage": "localhost/kubetask-echo-agent:dev", "scheduling": ON_THE_REAL_NODE,
-                     "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}}}
 
 
 def run_worker_pod(kubectl, run_id: str) -> dict:

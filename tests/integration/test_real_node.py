@@ -19,21 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kt_helpers import condition, get, inline, jobs, task, wait_phase
+from kt_helpers import ON_THE_REAL_NODE, condition, get, inline, jobs, real_workspace, task, wait_phase
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "deploy" / "local" / "cluster"
 NODE = "localhost"
-ECHO_AGENT = "localhost/kubetask-echo-agent:dev"
 TOOLS_IMAGE = "localhost/kubetask-test-tools:dev"
 PROJECT_IMAGE = "localhost/kubetask-dagster:dev"
-AGENT_USER = {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True, "allowPrivilegeEscalation": False}
-ON_THE_REAL_NODE = {
-    "nodeSelector": {"kubetask.io/local-node": "real"},
-    "tolerations": [{"key": "kubetask.io/local-node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}],
-}
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +41,6 @@ def real_node(cluster):
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}.get("Ready")
     assert ready == "True", node["status"]["conditions"]
     return node
-
-
-def real_workspace(**spec) -> dict:
-    return {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
-            "spec": {"agentImage": ECHO_AGENT, "securityContext": AGENT_USER, "scheduling": ON_THE_REAL_NODE, **spec}}
 
 
 def apply(kubectl, namespace, *objects):
