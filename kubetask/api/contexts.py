@@ -219,7 +219,9 @@ class GitContext(ApiModel):
     )
     secret_ref: LocalSecretRef | None = Field(
         None,
-        description="Secret with credentials: keys `username` and `password` (HTTPS) or `ssh-privatekey` (SSH).",
+        description="Secret with credentials: keys `username` and `password` (HTTPS; a token alone in `password` works), "
+        "`ca.crt` (the certificate authority of a private HTTPS host), or `ssh-privatekey` and optionally "
+        "`known_hosts` (SSH).",
     )
 
 

@@ -122,7 +122,8 @@ class RepositorySettings(ApiModel):
     secret_ref: LocalSecretRef | None = Field(
         None,
         description="Secret with the clone credentials, as a Git context's secretRef: `username` and `password` "
-        "(HTTPS; a token alone in `password` works) or `ssh-privatekey` and optionally `known_hosts` (SSH).",
+        "(HTTPS; a token alone in `password` works; `ca.crt` is the certificate authority of a private host) or "
+        "`ssh-privatekey` and optionally `known_hosts` (SSH).",
     )
 
     @model_validator(mode="after")

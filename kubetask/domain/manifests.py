@@ -15,10 +15,12 @@ nor ``mountPath`` is ``envFrom``.
 Git checkouts: the init container ``git-clone-<i>`` runs a fixed script that reads repository, ref
 and depth from env vars, so no user string is ever parsed by the shell. HTTPS credentials reach git
 through a credential helper reading ``GIT_USERNAME``/``GIT_PASSWORD`` (from the Secret's keys
-``username``/``password``, both optional; a token alone in ``password`` works); SSH uses the Secret's ``ssh-privatekey`` and, when present,
-``known_hosts`` (otherwise the host key is accepted on first use). The checkout is a detached HEAD at
-``ref`` (default: the remote's HEAD) in the volume's ``checkout`` directory, mounted by the agent at
-``git.path``. The clone runs with the agent's securityContext, so the files belong to the agent's user.
+``username``/``password``, both optional; a token alone in ``password`` works); the Secret's
+``ca.crt``, when present, is the certificate authority git trusts for a private host. SSH uses the
+Secret's ``ssh-privatekey`` and, when present, ``known_hosts`` (otherwise the host key is accepted on
+first use). The checkout is a detached HEAD at ``ref`` (default: the remote's HEAD) in the volume's
+``checkout`` directory, mounted by the agent at ``git.path``. The clone runs with the agent's
+securityContext, so the files belong to the agent's user.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ if [ -f {GIT_SECRET_MOUNT}/ssh-privatekey ]; then
   check=yes
   if [ ! -f "$known_hosts" ]; then known_hosts="$HOME/known_hosts"; check=accept-new; fi
   export GIT_SSH_COMMAND="ssh -i $HOME/ssh-key -o IdentitiesOnly=yes -o UserKnownHostsFile=$known_hosts -o StrictHostKeyChecking=$check"
+fi
+if [ -n "${{GIT_CA_CERT:-}}" ]; then
+  printf '%s\n' "$GIT_CA_CERT" > "$HOME/git-ca.crt"
+  export GIT_SSL_CAINFO="$HOME/git-ca.crt"
 fi
 git init -q {GIT_VOLUME_MOUNT}/{GIT_CHECKOUT_DIR}
 cd {GIT_VOLUME_MOUNT}/{GIT_CHECKOUT_DIR}
@@ -436,7 +442,7 @@ def _git_clone_container(
         else:
             env += [
                 {"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-                for var, key in (("GIT_USERNAME", "username"), ("GIT_PASSWORD", "password"))
+                for var, key in (("GIT_USERNAME", "username"), ("GIT_PASSWORD", "password"), ("GIT_CA_CERT", "ca.crt"))
             ]
     container: dict[str, Any] = {
         "name": f"git-clone-{index}",

@@ -12,12 +12,14 @@ import base64
 import http.server
 import json
 import os
+import ssl
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 from kt_helpers import ON_THE_REAL_NODE, condition, get, inline, jobs, real_workspace, task, wait_phase
 
@@ -149,7 +151,10 @@ class _GitHttp(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def git_server(tmp_path):
-    """A repository with branch `feature` (README.md "feature work\\n"), on http://127.0.0.1, user agent / s3cret."""
+    """A repository with branch `feature` (README.md "feature work\\n") on https://127.0.0.1, user agent / s3cret.
+
+    Yields the URL and the PEM of the certificate authority that signed the server's certificate.
+    """
     work, bare = tmp_path / "work", tmp_path / "srv" / "app.git"
     git = lambda *a, cwd=work: subprocess.run(["git", *a], cwd=cwd, check=True, capture_output=True)  # noqa: E731
     work.mkdir()
@@ -164,14 +169,19 @@ def git_server(tmp_path):
     git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
     handler = type("Handler", (_GitHttp,), {"root": bare.parent, "credentials": base64.b64encode(b"agent:s3cret").decode()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    authority = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(tls)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/app.git"
+    yield f"https://127.0.0.1:{server.server_address[1]}/app.git", authority.cert_pem.bytes().decode()
     server.shutdown()
 
 
-def test_a_git_context_clones_a_branch_with_credentials(real_node, kubectl, wait_for, namespace, bridge, git_server):
-    apply(kubectl, namespace, real_workspace(), secret("git-creds", {"username": "agent", "password": "s3cret"}))
-    checkout = {"type": "Git", "git": {"repository": git_server, "ref": "feature", "path": "/workspace/app",
+def test_a_git_context_clones_a_branch_over_https_with_credentials(real_node, kubectl, wait_for, namespace, bridge, git_server):
+    url, ca_pem = git_server
+    apply(kubectl, namespace, real_workspace(), secret("git-creds", {"username": "agent", "password": "s3cret", "ca.crt": ca_pem}))
+    checkout = {"type": "Git", "git": {"repository": url, "ref": "feature", "path": "/workspace/app",
                                        "secretRef": {"name": "git-creds"}}}
     apply(kubectl, namespace, task("clone", [inline("/workspace/task.md", "Read the app."), checkout]))
     obj = finish(kubectl, wait_for, namespace, "clone")
@@ -186,6 +196,14 @@ def test_a_git_context_clones_a_branch_with_credentials(real_node, kubectl, wait
     assert obj["status"]["phase"] == "Failed", obj["status"]
     assert condition(obj, "Succeeded")["reason"] == "InitContainerFailed", obj["status"]
     assert "git-clone-0" in obj["status"]["message"], obj["status"]
+
+    # Without the authority the server's certificate is not trusted: TLS verification is on.
+    apply(kubectl, namespace, secret("no-ca", {"username": "agent", "password": "s3cret"}))
+    untrusted = {**checkout, "git": {**checkout["git"], "secretRef": {"name": "no-ca"}}}
+    apply(kubectl, namespace, task("untrusted", [untrusted]))
+    obj = finish(kubectl, wait_for, namespace, "untrusted")
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert condition(obj, "Succeeded")["reason"] == "InitContainerFailed", obj["status"]
 
 
 def test_the_tools_image_puts_its_tools_on_path(real_node, kubectl, wait_for, namespace, bridge):

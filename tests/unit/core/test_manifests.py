@@ -343,6 +343,7 @@ def test_git_contexts_clone_in_init_containers_before_tools():
     assert env["GIT_REF"]["value"] == "main" and env["GIT_DEPTH"]["value"] == "1"
     assert env["GIT_USERNAME"]["valueFrom"] == {"secretKeyRef": {"name": "git-creds", "key": "username", "optional": True}}
     assert env["GIT_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "git-creds", "key": "password", "optional": True}}
+    assert env["GIT_CA_CERT"]["valueFrom"] == {"secretKeyRef": {"name": "git-creds", "key": "ca.crt", "optional": True}}
     assert https["volumeMounts"] == [{"name": "git-0", "mountPath": "/git"}]
 
     ssh_env = {e["name"]: e for e in ssh["env"]}
