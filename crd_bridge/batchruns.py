@@ -60,6 +60,7 @@ from .cache import ObjectStore
 from .dagster.client import PARENT_RUN_ID_TAG, DagsterError, DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
 from .kube import BATCHES, BATCHRUNS, TASKS, Conflict, Gone, KubeApi
 from .reconcile import FOLLOWED, ReconcileLoop
+from .tenancy import TenantGate
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +170,21 @@ class BatchRunReconciler(ReconcileLoop):
         enqueue: Callable[[Key, float], None] | None = None,
         clock: Callable[[], float] = time.time,
         terminate_every: float = 30.0,
+        tenancy: TenantGate | None = None,
     ):
         """``store`` caches BatchRuns; ``task_store`` is the Task cache (with the ``BY_BATCHRUN`` index),
         whose changes wake the BatchRuns of the Tasks that changed."""
         super().__init__(
-            vocabulary.KIND_BATCHRUN, BATCHRUNS, kube, dagster, store, namespaces, enqueue, clock, terminate_every
+            vocabulary.KIND_BATCHRUN,
+            BATCHRUNS,
+            kube,
+            dagster,
+            store,
+            namespaces,
+            enqueue,
+            clock,
+            terminate_every,
+            tenancy,
         )
         self.task_store = task_store
         self.job = job
@@ -325,6 +336,18 @@ class BatchRunReconciler(ReconcileLoop):
             self._note_unavailable(obj, e)
             raise
 
+    def _fail_unsubmitted(self, obj: Obj, reason: str, message: str) -> None:
+        """End a BatchRun that gets no run: Failed with ``reason``, a warning Event, a log line."""
+        status = {
+            "phase": FAILED,
+            "completionTime": task_status.rfc3339(self._now()),
+            "conditions": self._conditions(obj, "False", reason, message),
+            "observedGeneration": objects.generation_of(obj),
+        }
+        self._write(obj, status, "final")
+        self._event(obj, reason, message, warning=True)
+        log.warning("BatchRun %s: %s", objects.name_of(obj), message)
+
     def _submit_once(self, obj: Obj) -> float | None:
         ns, name = objects.key_of(obj)
         existing = self._existing_run(obj)
@@ -340,25 +363,19 @@ class BatchRunReconciler(ReconcileLoop):
             with self._lock:
                 self._runs[run_id] = existing
         else:
+            refusal = self._not_enabled(obj)
+            if refusal is not None:
+                self._fail_unsubmitted(obj, vocabulary.NAMESPACE_NOT_ENABLED, refusal)
+                return None
             config = self.run_config(ns, name, objects.uid_of(obj), self._parallelism(obj))
             started = time.monotonic()
             try:
                 run_id = self.dagster.submit_run(self.job, config, contract.run_tags(obj, vocabulary.KIND_BATCHRUN))
             except DagsterRejected as e:
                 metrics.BATCHRUN_SUBMISSION_ERRORS.labels("rejected").inc()
-                message = f"Dagster refused to run job {self.job}: {e}"
-                self._write(
-                    obj,
-                    {
-                        "phase": FAILED,
-                        "completionTime": task_status.rfc3339(self._now()),
-                        "conditions": self._conditions(obj, "False", vocabulary.RUN_SUBMISSION_FAILED, message),
-                        "observedGeneration": objects.generation_of(obj),
-                    },
-                    "final",
+                self._fail_unsubmitted(
+                    obj, vocabulary.RUN_SUBMISSION_FAILED, f"Dagster refused to run job {self.job}: {e}"
                 )
-                self._event(obj, vocabulary.RUN_SUBMISSION_FAILED, message, warning=True)
-                log.warning("BatchRun %s: %s", objects.name_of(obj), message)
                 return None
             metrics.SUBMIT_LATENCY.observe(time.monotonic() - started)
             metrics.BATCHRUN_SUBMISSIONS.inc()

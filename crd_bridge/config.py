@@ -55,6 +55,10 @@ class BridgeConfig:
     leader_election_namespace: str | None = None
     """Namespace of the Lease; None: the pod's namespace, else kubetask-system."""
     leader_election_lease: str = "kubetask-bridge"
+    run_worker: str | None = None
+    """The run workers' user (``system:serviceaccount:<ns>:<name>``): a Task or BatchRun in a namespace where
+    it may not create Jobs fails with NamespaceNotEnabled (crd_bridge.tenancy). None: not checked, as when
+    the run worker has an admin's rights (the local stack)."""
 
     @property
     def health_bind(self) -> str:
@@ -220,6 +224,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         default=e("LEADER_ELECTION_LEASE", "kubetask-bridge"),
         help="name of the Lease [LEADER_ELECTION_LEASE] (default %(default)s)",
     )
+    p.add_argument(
+        "--run-worker",
+        default=e("RUN_WORKER"),
+        metavar="USER",
+        help="the run workers' user, e.g. system:serviceaccount:dagster:kubetask-run-worker: Tasks in namespaces where "
+        "it may not create Jobs fail with NamespaceNotEnabled [RUN_WORKER] (default: not checked)",
+    )
     return p
 
 
@@ -253,4 +264,5 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         leader_elect=bool(args.leader_elect),
         leader_election_namespace=args.leader_election_namespace or None,
         leader_election_lease=args.leader_election_lease,
+        run_worker=args.run_worker or None,
     )

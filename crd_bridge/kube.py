@@ -70,6 +70,10 @@ class KubeApi(Protocol):
 
     def job_exists(self, namespace: str, name: str) -> bool: ...
 
+    def may(self, user: str, groups: Sequence[str], verb: str, api_group: str, resource: str, namespace: str) -> bool:
+        """Whether the API server lets ``user`` (in ``groups``) ``verb`` ``resource`` in ``namespace``."""
+        ...
+
     def emit_event(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record an Event about ``obj``; never raises (an Event is a courtesy, the status is the record)."""
         ...
@@ -91,6 +95,7 @@ class KubernetesApi:
         self._custom = custom or kubernetes.client.CustomObjectsApi(api_client)
         self._batch = batch or kubernetes.client.BatchV1Api(api_client)
         self._core = core or kubernetes.client.CoreV1Api(api_client)
+        self._authorization = kubernetes.client.AuthorizationV1Api(api_client)
         self._events = EventRecorder(self._core, component, socket.gethostname(), TIMEOUT)
 
     @staticmethod
@@ -171,6 +176,19 @@ class KubernetesApi:
             if e.status == 404:
                 return False
             raise
+
+    def may(self, user: str, groups: Sequence[str], verb: str, api_group: str, resource: str, namespace: str) -> bool:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "groups": list(groups),
+                "resourceAttributes": {"namespace": namespace, "verb": verb, "group": api_group, "resource": resource},
+            },
+        }
+        answer = self._authorization.create_subject_access_review(review, _request_timeout=TIMEOUT)
+        return bool(answer.status.allowed)
 
     def emit_event(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         self._events.emit(obj, reason, message, warning=warning)

@@ -22,6 +22,7 @@ from . import metrics
 from .cache import ObjectStore
 from .dagster.client import ACTIVE_STATUSES, DagsterError, DagsterUnavailable, RunInfo, RunNotFound
 from .kube import Conflict, Gone, KubeApi
+from .tenancy import TenantGate
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,12 @@ class ReconcileLoop:
         enqueue: Callable[[Key, float], None] | None,
         clock: Callable[[], float],
         terminate_every: float,
+        tenancy: TenantGate | None = None,
     ):
         """A reconciler of ``kind`` (custom objects ``plural``), its cache ``store``, the watched
         ``namespaces`` (all when empty), ``enqueue(key, delay)`` of its work queue, ``clock`` (epoch
-        seconds) and the least seconds between two terminate requests for one run."""
+        seconds), the least seconds between two terminate requests for one run, and the ``tenancy``
+        gate asked before a first submission (None: every namespace is enabled)."""
         self.kind = kind
         self.plural = plural
         self.kube = kube
@@ -69,12 +72,17 @@ class ReconcileLoop:
         self._enqueue = enqueue or _default_enqueue
         self.clock = clock
         self.terminate_every = terminate_every
+        self.tenancy = tenancy
         self._lock = threading.Lock()
         self._failures: dict[Key, tuple[int, float]] = {}  # key -> (failures, when the next retry is due)
         self._deleted: dict[Key, list[Obj]] = {}  # key -> deleted objects whose runs are still to terminate
         self._ended: dict[str, float] = {}  # run id -> when the bridge first saw it finished (no endTime)
         self._terminated: dict[str, float] = {}  # run id -> when the bridge last asked to terminate it
         self._stop_announced: dict[str, float] = {}  # run id -> when StopRequested was recorded
+
+    def _not_enabled(self, obj: Obj) -> str | None:
+        """Why ``obj``'s namespace cannot run it (the run worker has no rights there), or None."""
+        return None if self.tenancy is None else self.tenancy.refusal(objects.key_of(obj)[0], self.kind)
 
     # --- backoff and the loop ------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from .dagster.client import DagsterClient
 from .kube import KubernetesApi
 from .reconcile import ReconcileLoop
 from .tasks import Reconciler
+from .tenancy import TenantGate
 
 log = logging.getLogger("crd_bridge")
 
@@ -58,6 +59,7 @@ class Runtime:
         )
         """The Task cache, shared by both reconcilers."""
         self.limits = WorkspaceLimits(self.kube)
+        tenancy = TenantGate(self.kube, config.run_worker)
         self.queue = WorkQueue()
         self.reconciler = Reconciler(
             self.kube,
@@ -69,6 +71,7 @@ class Runtime:
             grace=config.drift_grace,
             namespaces=config.namespaces,
             enqueue=self.queue.add_after,
+            tenancy=tenancy,
         )
         self.batch_queue = WorkQueue()
         self.batchruns = BatchRunReconciler(
@@ -82,6 +85,7 @@ class Runtime:
             debounce=config.batchrun_debounce,
             namespaces=config.namespaces,
             enqueue=self.batch_queue.add_after,
+            tenancy=tenancy,
         )
         self.batch_sync = BatchSync(self.dagster, self.kube)
         self._threads: list[threading.Thread] = []

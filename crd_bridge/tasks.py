@@ -34,6 +34,7 @@ from .cache import ObjectStore, WorkspaceLimits
 from .dagster.client import DagsterError, DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
 from .kube import TASKS, WORKSPACE_CONFIGS, KubeApi
 from .reconcile import ReconcileLoop
+from .tenancy import TenantGate
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,12 @@ class Reconciler(ReconcileLoop):
         enqueue: Callable[[Key, float], None] | None = None,
         clock: Callable[[], float] = time.time,
         terminate_every: float = 30.0,
+        tenancy: TenantGate | None = None,
     ):
         """``store`` is the Task cache, with the ``BY_WORKSPACE`` index."""
-        super().__init__(vocabulary.KIND_TASK, TASKS, kube, dagster, store, namespaces, enqueue, clock, terminate_every)
+        super().__init__(
+            vocabulary.KIND_TASK, TASKS, kube, dagster, store, namespaces, enqueue, clock, terminate_every, tenancy
+        )
         self.limits = limits
         self.job = job
         self.run_url = run_url
@@ -210,6 +214,10 @@ class Reconciler(ReconcileLoop):
     # --- submission and the queue --------------------------------------------------------------
 
     def _admit(self, task: Obj) -> float | None:
+        refusal = self._not_enabled(task)
+        if refusal is not None:
+            self._fail_unsubmitted(task, vocabulary.NAMESPACE_NOT_ENABLED, refusal)
+            return None
         ns, _ = objects.key_of(task)
         workspace = workspace_of(task)
         limit = self.limits.get(ns, workspace)
@@ -270,12 +278,7 @@ class Reconciler(ReconcileLoop):
             except DagsterRejected as e:
                 metrics.SUBMISSION_ERRORS.labels("rejected").inc()
                 message = f"Dagster refused to run job {self.job}: {e}"
-                reason = vocabulary.RUN_SUBMISSION_FAILED
-                self._patch(
-                    task, task_status.failed(objects.status(task), reason=reason, message=message, now=self._now())
-                )
-                self._event(task, reason, message, warning=True)
-                log.warning("Task %s: %s", objects.name_of(task), message)
+                self._fail_unsubmitted(task, vocabulary.RUN_SUBMISSION_FAILED, message)
                 return None
             metrics.SUBMIT_LATENCY.observe(time.monotonic() - started)
             metrics.SUBMISSIONS.inc()
@@ -299,6 +302,12 @@ class Reconciler(ReconcileLoop):
         self._event(task, vocabulary.RUN_SUBMITTED, f"Dagster run {run_id} {verb}: {url}")
         log.info("Task %s: Dagster run %s %s", objects.name_of(task), run_id, verb)
         return None
+
+    def _fail_unsubmitted(self, task: Obj, reason: str, message: str) -> None:
+        """End a Task that gets no run: Failed with ``reason``, a warning Event, a log line."""
+        self._patch(task, task_status.failed(objects.status(task), reason=reason, message=message, now=self._now()))
+        self._event(task, reason, message, warning=True)
+        log.warning("Task %s: %s", objects.name_of(task), message)
 
     def _note_unavailable(self, task: Obj, error: Exception) -> None:
         """Say on the Task why it has no run yet (once; the message does not change per attempt)."""

@@ -90,6 +90,14 @@ def wait_phase(kubectl, wait_for, namespace: str, name: str, phases: set[str], t
         raise AssertionError(f"{kind} {name} never reached {phases}: {json.dumps(get(kubectl, namespace, kind, name), indent=1)}") from None
 
 
+RUN_WORKER_ROLEBINDING = Path(__file__).resolve().parents[2] / "deploy" / "tenant" / "run-worker-rolebinding.yaml"
+
+
+def opt_in(kubectl, namespace: str) -> None:
+    """What an operator applies per tenant (deploy/tenant's RoleBinding): the run worker's rights in ``namespace``."""
+    kubectl("apply", "-n", namespace, "-f", str(RUN_WORKER_ROLEBINDING))
+
+
 def condition(obj: dict, type_: str) -> dict:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 

@@ -31,7 +31,19 @@ import pytest
 import requests
 import yaml
 from conftest import wait_for as wait_until
-from kt_helpers import apply, condition, event_reasons, get, inline, jobs, real_workspace, task, wait_phase, workspace
+from kt_helpers import (
+    apply,
+    condition,
+    event_reasons,
+    get,
+    inline,
+    jobs,
+    opt_in,
+    real_workspace,
+    task,
+    wait_phase,
+    workspace,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +67,22 @@ EXPECTED_BRIDGE = {
     ("jobs.batch", "", "get"),
     ("events", "", "create"),
     ("customresourcedefinitions.apiextensions.k8s.io", "", "list watch"),
+    ("subjectaccessreviews.authorization.k8s.io", "", "create"),
 }
 # ...and in its own namespace, for leader election, in addition:
 EXPECTED_BRIDGE_LEASE = {
     ("leases.coordination.k8s.io", "", "create"),
     ("leases.coordination.k8s.io", LEASE, "get update"),
 }
-EXPECTED_WORKER = {
+# The run worker, cluster-wide: only the code location's catalog of Batches...
+EXPECTED_WORKER_CLUSTER = {
+    ("batches.kubetask.io", "", "get list"),
+}
+# ...and in a namespace that opted in (deploy/tenant's RoleBinding), everything a run does there.
+EXPECTED_WORKER_TENANT = {
     ("tasks.kubetask.io", "", "get list create"),
     ("workspaceconfigs.kubetask.io", "", "get"),
     ("batchruns.kubetask.io", "", "get list create patch delete"),
-    ("batches.kubetask.io", "", "get list"),
     ("tasks.kubetask.io/status", "", "patch"),
     ("batchruns.kubetask.io/status", "", "patch"),
     ("batches.kubetask.io/status", "", "patch"),
@@ -144,7 +161,8 @@ class Stack:
 
     def bridge_args(self, health_port: int) -> list[str]:
         return ["--dagster-url", self.dagster_url, "--health-bind", f"127.0.0.1:{health_port}", "--drift-interval", "2",
-                "--leader-elect", "--leader-election-namespace", BRIDGE_NS]
+                "--leader-elect", "--leader-election-namespace", BRIDGE_NS,
+                "--run-worker", f"system:serviceaccount:{WORKER_NS}:{WORKER_SA}"]
 
     def logs(self) -> dict[str, str]:
         run = Path(self.dagster.home) / "run"
@@ -287,8 +305,10 @@ def test_service_accounts_get_exactly_the_minimal_rights(platform, kubectl, name
     worker = f"system:serviceaccount:{WORKER_NS}:{WORKER_SA}"
     assert rights(kubectl, bridge, namespace) - baseline == _expand(EXPECTED_BRIDGE)
     assert rights(kubectl, bridge, BRIDGE_NS) - baseline_own == _expand(EXPECTED_BRIDGE | EXPECTED_BRIDGE_LEASE)
-    assert rights(kubectl, worker, namespace) - baseline == _expand(EXPECTED_WORKER)
-    assert rights(kubectl, worker, BRIDGE_NS) - baseline_own == _expand(EXPECTED_WORKER)
+    assert rights(kubectl, worker, namespace) - baseline == _expand(EXPECTED_WORKER_CLUSTER)  # not opted in
+    assert rights(kubectl, worker, BRIDGE_NS) - baseline_own == _expand(EXPECTED_WORKER_CLUSTER)
+    opt_in(kubectl, namespace)
+    assert rights(kubectl, worker, namespace) - baseline == _expand(EXPECTED_WORKER_CLUSTER | EXPECTED_WORKER_TENANT)
     # Nothing else binds them: exactly our bindings name them, and no binding names their groups but the defaults.
     bindings = json.loads(kubectl("get", "clusterrolebindings,rolebindings", "-A", "-o", "json").stdout)["items"]
     bound = {}
@@ -301,7 +321,8 @@ def test_service_accounts_get_exactly_the_minimal_rights(platform, kubectl, name
     assert bound == {
         BRIDGE_SA: {("ClusterRoleBinding", "ClusterRole", "kubetask-bridge"),
                     ("RoleBinding", "Role", "kubetask-bridge-leader-election")},
-        WORKER_SA: {("ClusterRoleBinding", "ClusterRole", "kubetask-run-worker")},
+        WORKER_SA: {("ClusterRoleBinding", "ClusterRole", "kubetask-run-worker"),
+                    ("RoleBinding", "ClusterRole", "kubetask-run-worker-tenant")},
     }
 
 
@@ -404,6 +425,29 @@ def test_two_bridges_one_leader_and_a_fast_takeover(stack, kubectl, wait_for, te
         a.start()  # ...and a, back, leads at once
     wait_for(lambda: lease_holder(kubectl) == "bridge-a", timeout=10, what="bridge-a to lead again")
     assert "released the Lease" in b.log()
+
+
+def test_a_namespace_that_did_not_opt_in_gives_the_run_worker_nothing(stack, kubectl, wait_for, namespace, tenant):
+    """The run worker's token reads no Secret where deploy/tenant was not applied, and a Task there fails at
+    once with NamespaceNotEnabled, naming the fix; where it was applied, the same read works."""
+    for ns in (namespace, tenant):
+        kubectl("create", "secret", "generic", "team-secret", "-n", ns, "--from-literal=token=do-not-read")
+    worker = f"--kubeconfig={stack.worker_kubeconfig}"
+    refused = kubectl(worker, "get", "secret", "team-secret", "-n", namespace, "-o", "json", check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused
+    assert "do-not-read" not in refused.stdout
+    refused = kubectl(worker, "create", "job", "probe", "--image=x", "-n", namespace, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused
+    allowed = kubectl(worker, "get", "secret", "team-secret", "-n", tenant, "-o", "json")
+    assert json.loads(allowed.stdout)["metadata"]["name"] == "team-secret"
+
+    apply(kubectl, namespace, workspace("default"), task("not-here", [inline("/workspace/task.md", "x")]))
+    obj = wait_phase(kubectl, wait_for, namespace, "not-here", {"Completed", "Failed"}, timeout=60)
+    assert obj["status"]["phase"] == "Failed", obj["status"]
+    assert condition(obj, "Ready")["reason"] == "NamespaceNotEnabled", obj["status"]
+    assert f"kubectl apply -k deploy/tenant -n {namespace}" in obj["status"]["message"], obj["status"]
+    assert "dagsterRunId" not in obj["status"] and jobs(kubectl, namespace) == []
+    assert "NamespaceNotEnabled" in event_reasons(kubectl, namespace, "not-here")
 
 
 def test_the_bridge_of_deploy_runs_a_task_on_the_real_node(stack, platform, kubectl, wait_for, tenant):

@@ -24,6 +24,7 @@ from kt_helpers import (
     condition,
     get,
     inline,
+    opt_in,
     real_workspace,
     task,
     tasks_of,
@@ -108,7 +109,7 @@ def production(cluster, crds):
             dagster = kt_stack.Dagster(url=values["DAGSTER_URL"], home=str(home), env=env)
             bridge = kt_stack.Bridge(env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, log_path=home / "bridge.log",
                                      args=["--dagster-url", dagster.url, "--health-bind", f"127.0.0.1:{kt_stack._free_port()}",
-                                           "--drift-interval", "2"])
+                                           "--drift-interval", "2", "--run-worker", f"system:serviceaccount:{WORKER_NS}:{WORKER_SA}"])
             bridge.start()
             yield dagster
         finally:
@@ -128,7 +129,15 @@ def run_worker_pod(kubectl, run_id: str) -> dict:
     return pods[0]
 
 
-def test_a_task_runs_in_a_run_worker_pod_on_the_real_node(production, kubectl, wait_for, namespace):
+@pytest.fixture
+def tenant(kubectl, namespace):
+    """The test's namespace, opted in as an operator does: the run worker pods' ServiceAccount may work there."""
+    opt_in(kubectl, namespace)
+    return namespace
+
+
+def test_a_task_runs_in_a_run_worker_pod_on_the_real_node(production, kubectl, wait_for, tenant):
+    namespace = tenant
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([
         real_workspace(), task("prod", [inline("/workspace/task.md", "through K8sRunLauncher")])]))
     obj = wait_phase(kubectl, wait_for, namespace, "prod", {"Completed", "Failed"}, timeout=240)
@@ -145,7 +154,8 @@ def test_a_task_runs_in_a_run_worker_pod_on_the_real_node(production, kubectl, w
     assert production.run(obj["status"]["dagsterRunId"])["status"] == "SUCCESS"
 
 
-def test_a_batchrun_runs_in_one_run_worker_pod(production, kubectl, wait_for, namespace):
+def test_a_batchrun_runs_in_one_run_worker_pod(production, kubectl, wait_for, tenant):
+    namespace = tenant
     batchrun = {"apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun", "metadata": {"name": "prod-batch"},
                 "spec": {"batchSpec": {"commonContext": [inline("/workspace/task.md", "batch")],
                                        "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(2)]}}}

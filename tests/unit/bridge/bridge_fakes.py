@@ -60,6 +60,10 @@ class FakeKube:
         self.patch_error: Exception | None = None
         """Raised once (then cleared) by the next patch."""
         self.gets = 0
+        self.enabled: set[str] | None = None
+        """Namespaces where the run worker may work (None: all); ``may`` raises ``may_error`` when set."""
+        self.may_error: Exception | None = None
+        self.reviews: list[tuple[str, tuple[str, ...], str, str, str, str]] = []
 
     def _bump(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -145,6 +149,12 @@ class FakeKube:
 
     def job_exists(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self.jobs
+
+    def may(self, user: str, groups: Sequence[str], verb: str, api_group: str, resource: str, namespace: str) -> bool:
+        self.reviews.append((user, tuple(groups), verb, api_group, resource, namespace))
+        if self.may_error is not None:
+            raise self.may_error
+        return self.enabled is None or namespace in self.enabled
 
     def emit_event(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         self.events.append((obj["metadata"]["name"], reason, message, warning))

@@ -12,6 +12,7 @@ from crd_bridge import watch
 from crd_bridge.batchruns import BatchRunReconciler, finalized
 from crd_bridge.cache import ObjectStore
 from crd_bridge.dagster.client import PARENT_RUN_ID_TAG, DagsterRejected, RunInfo
+from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
 from kubetask.domain import runs as contract
 from kubetask.vocabulary import TAG_KIND, TAG_UID
@@ -255,6 +256,20 @@ def test_rejected_submission_fails_the_batchrun(env):
     assert status["phase"] == "Failed" and status["completionTime"]
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "RunSubmissionFailed"
     assert finalized(env.kube.obj("batchruns", "br"))
+
+
+def test_a_batchrun_in_a_namespace_that_did_not_opt_in_fails_without_a_run():
+    env = Env()
+    env.r.tenancy = TenantGate(env.kube, "system:serviceaccount:dagster:kubetask-run-worker", clock=env.clock)
+    env.kube.enabled = {"elsewhere"}
+    env.batchrun()
+    env.reconcile()
+    status = env.status()
+    assert status["phase"] == "Failed" and status["completionTime"]
+    ready = condition_of(status, "Ready")
+    assert ready["reason"] == "NamespaceNotEnabled" and "deploy/tenant" in ready["message"]
+    assert env.dagster.submitted == []
+    assert env.kube.reasons("br") == ["NamespaceNotEnabled"]
 
 
 def test_unavailable_dagster_is_retried_with_backoff_and_noted_once(env):

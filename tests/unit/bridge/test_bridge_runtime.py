@@ -31,8 +31,11 @@ def test_flags_and_environment():
         "KUBETASK_BRIDGE_NAMESPACES": "a, b",
         "KUBETASK_BRIDGE_DAGSTER_URL": "http://dagster:3000/graphql",
         "KUBETASK_BRIDGE_DRIFT_INTERVAL": "7.5",
+        "KUBETASK_BRIDGE_RUN_WORKER": "system:serviceaccount:dagster:kubetask-run-worker",
     }
     cfg = parse_config([], env=env)
+    assert cfg.run_worker == "system:serviceaccount:dagster:kubetask-run-worker"
+    assert parse_config([], env={}).run_worker is None
     assert cfg.kubeconfig == "/tmp/kc"
     assert cfg.namespaces == ("a", "b")
     assert cfg.dagster_url == "http://dagster:3000"  # /graphql is added by the client

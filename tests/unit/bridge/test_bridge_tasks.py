@@ -11,6 +11,7 @@ import pytest
 from crd_bridge.cache import WorkspaceLimits
 from crd_bridge.dagster.client import DagsterRejected
 from crd_bridge.tasks import Reconciler
+from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
 from kubetask.domain import runs as contract
 from kubetask.vocabulary import TAG_GENERATION, TAG_KIND, TAG_NAME, TAG_NAMESPACE, TAG_UID
@@ -24,7 +25,7 @@ def run_tags(task: dict[str, Any]) -> dict[str, str]:
 class World:
     """A reconciler over fakes, plus shortcuts."""
 
-    def __init__(self, grace: float = 5.0) -> None:
+    def __init__(self, grace: float = 5.0, run_worker: str | None = None) -> None:
         self.clock = Clock()
         self.kube = FakeKube()
         self.dagster = FakeDagster(self.clock)
@@ -40,6 +41,7 @@ class World:
             grace=grace,
             enqueue=lambda key, delay: self.enqueued.append((key, delay)),
             clock=self.clock,
+            tenancy=TenantGate(self.kube, run_worker, clock=self.clock),
         )
         self._uid = 0
 
@@ -252,6 +254,34 @@ def test_rejected_submission_fails_the_task():
     assert ready["reason"] == "RunSubmissionFailed"
     assert "Missing required config entry" in ready["message"]
     assert ("a", "RunSubmissionFailed") in [(n, r) for n, r, _, warn in w.kube.events if warn]
+
+
+def test_a_task_in_a_namespace_that_did_not_opt_in_fails_without_a_run():
+    w = World(run_worker="system:serviceaccount:dagster:kubetask-run-worker")
+    w.kube.enabled = set()
+    w.task("a")
+    assert w.reconcile("a") is None
+    assert w.status("a")["phase"] == "Failed"
+    ready = w.condition("a")
+    assert ready["reason"] == "NamespaceNotEnabled"
+    assert f'namespace "{NS}"' in ready["message"] and f"kubectl apply -k deploy/tenant -n {NS}" in ready["message"]
+    assert w.dagster.submitted == []
+    assert ("a", "NamespaceNotEnabled") in [(n, r) for n, r, _, warn in w.kube.events if warn]
+    [review] = w.kube.reviews
+    assert review == (
+        "system:serviceaccount:dagster:kubetask-run-worker",
+        ("system:serviceaccounts", "system:serviceaccounts:dagster", "system:authenticated"),
+        "create",
+        "batch",
+        "jobs",
+        NS,
+    )
+
+    w.kube.enabled = {NS}  # opted in: the next Task runs (once the cached answer expired)
+    w.clock.t += 31
+    w.task("b")
+    w.reconcile("b")
+    assert len(w.dagster.submitted) == 1
 
 
 def test_periodic_pass_respects_backoff_and_retries_everything_when_dagster_returns():
