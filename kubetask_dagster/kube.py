@@ -22,7 +22,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetask import vocabulary
 from kubetask.api import GROUP, VERSION
-from kubetask.domain import manifests, outcomes
+from kubetask.domain import manifests, outcomes, redact
 from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
 from kubetask.kube import config
@@ -232,11 +232,24 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         _unless_missing(lambda: self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background"))
 
-    def pod_log_tail(self, namespace: str, pod: str, lines: int = 50, container: str = "agent") -> str:
+    def pod_log_tail(
+        self,
+        namespace: str,
+        pod: str,
+        lines: int = 50,
+        container: str = "agent",
+        max_bytes: int = redact.LOG_TAIL_MAX_BYTES,
+    ) -> str:
+        """The last ``lines`` lines of the container's log, at most ``max_bytes`` of them: an agent printing one
+        huge line cannot make the run worker read it all. A cut line is dropped, so no half of a secret
+        escapes redaction."""
         try:
-            return self.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=lines)
+            text = self.core.read_namespaced_pod_log(
+                pod, namespace, container=container, tail_lines=lines, limit_bytes=max_bytes
+            )
         except ApiException as e:
             return f"(log unavailable: {e.status} {e.reason})"
+        return redact.complete_lines(text, max_bytes)
 
     # --- waiting ------------------------------------------------------------------------------
 

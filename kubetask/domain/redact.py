@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import quote, quote_plus
 
 from kubetask.api import Task, WorkspaceConfig
 from kubetask.domain import manifests
@@ -18,6 +19,8 @@ class SecretReader(Protocol):
 
 
 MASK = "[redacted]"
+LOG_TAIL_MAX_BYTES = 64 * 1024
+"""The most of an agent's log the run worker reads for its tail (Kubernetes' ``limitBytes``)."""
 _MIN_LENGTH = 4  # shorter values would mask ordinary words
 
 
@@ -29,12 +32,14 @@ class Redactor:
 
     @classmethod
     def of(cls, values: Iterable[str]) -> Redactor:
-        """Masks for each value, its long lines, and the base64 of the value (as `base64` prints it)."""
+        """Masks for each value, its long lines, the base64 of the value (as `base64` prints it) and its
+        URL-encoded forms (as a query string or a form carries it)."""
         needles: set[str] = set()
         for value in values:
             if len(value) >= _MIN_LENGTH:
                 needles.add(value)
                 needles.update(line for line in value.splitlines() if len(line.strip()) >= 8)
+                needles.update({quote(value, safe=""), quote_plus(value)})
                 for raw in {value, value.strip()}:
                     encoded = base64.b64encode(raw.encode()).decode()
                     needles.add(encoded)
@@ -58,3 +63,12 @@ class Redactor:
         for needle in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(needle, MASK)
         return text
+
+
+def complete_lines(text: str, max_bytes: int) -> str:
+    """``text`` without its last line when a read of at most ``max_bytes`` may have cut it, so that no
+    part of a secret value is left for redaction to miss."""
+    if len(text.encode()) < max_bytes:
+        return text
+    kept, newline, _ = text.rpartition("\n")
+    return kept + newline

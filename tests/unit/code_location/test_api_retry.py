@@ -148,3 +148,14 @@ def test_the_custom_object_verbs_answer_none_or_false_for_409_and_404(tmp_path, 
         assert "labelSelector=kubetask.io%2Fbatch-run%3Db" in server.requests[2][1]
     finally:
         server.close()
+
+
+def test_the_log_tail_is_read_with_a_byte_limit(tmp_path):
+    server = ScriptedApiServer([(200, {})])
+    try:
+        kube_for(server.url, tmp_path).pod_log_tail("ns", "p", lines=50)
+    finally:
+        server.close()
+    [(method, path)] = server.requests
+    assert method == "GET" and path.startswith("/api/v1/namespaces/ns/pods/p/log?")
+    assert "tailLines=50" in path and "limitBytes=65536" in path and "container=agent" in path

@@ -6,7 +6,7 @@ import base64
 
 from kubetask.api import Task, WorkspaceConfig
 from kubetask.domain import manifests
-from kubetask.domain.redact import MASK, Redactor
+from kubetask.domain.redact import MASK, Redactor, complete_lines
 from tests.fakes import StaticReader
 
 NS = "team-a"
@@ -117,3 +117,17 @@ def test_a_credential_without_a_key_masks_every_value_of_its_secret():
     )
     redactor = Redactor.for_task(reader, _task(), workspace)
     assert redactor.redact("sk-provider-1234 org-secret-5678") == f"{MASK} {MASK}"
+
+
+def test_the_url_encoded_forms_of_a_value_are_masked_too():
+    value = "p@ss word/with+symbols"
+    redactor = Redactor.of([value])
+    text = "GET /login?pw=p%40ss%20word%2Fwith%2Bsymbols and form pw=p%40ss+word%2Fwith%2Bsymbols"
+    assert redactor.redact(text) == f"GET /login?pw={MASK} and form pw={MASK}"
+
+
+def test_a_log_read_cut_at_its_byte_limit_loses_its_last_partial_line():
+    assert complete_lines("one\ntwo\n", 64) == "one\ntwo\n"  # under the limit: untouched
+    cut = "one\ntwo\nsk-live-01"  # the read stopped inside a secret
+    assert complete_lines(cut, len(cut.encode())) == "one\ntwo\n"
+    assert complete_lines("x" * 10, 10) == ""  # one line longer than the limit: nothing of it
