@@ -79,12 +79,15 @@ def remote_file_unavailable(shown_url: str, what: str) -> TaskError:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Where a part came from, safe to log: kind, reference, sensitivity, hash and size (never content)."""
+    """Where a part came from, safe to log: kind, reference, sensitivity, hash and size (never content).
+
+    A sensitive part has no hash: a plain hash of a short token is as good as the token to anyone who
+    can guess candidates, and Dagster's metadata is readable by every tenant's users."""
 
     kind: SourceKind
     ref: str
     sensitive: bool
-    sha256: str
+    sha256: str | None
     size: int
 
     def describe(self) -> dict[str, Any]:
@@ -201,7 +204,8 @@ def _resolve_remote(
 
 def _part(file_path: str, content: str, kind: SourceKind, ref: str, sensitive: bool) -> Part:
     data = content.encode()
-    return Part(file_path, content, SourceInfo(kind, ref, sensitive, hashlib.sha256(data).hexdigest(), len(data)))
+    digest = None if sensitive else hashlib.sha256(data).hexdigest()
+    return Part(file_path, content, SourceInfo(kind, ref, sensitive, digest, len(data)))
 
 
 class _ObjectCache:
@@ -243,14 +247,15 @@ class ContextFile:
     sources: list[SourceInfo]
 
     def describe(self) -> dict[str, Any]:
-        """What may be logged or attached as metadata: path, key, size, hash, sources (no content)."""
+        """What may be logged or attached as metadata: path, key, size, hash (none when sensitive), sources
+        (no content)."""
         data = self.content.encode()
         return {
             "filePath": self.file_path,
             "key": self.key,
             "sensitive": self.sensitive,
             "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": None if self.sensitive else hashlib.sha256(data).hexdigest(),
             "sources": [source.describe() for source in self.sources],
         }
 

@@ -84,9 +84,11 @@ def test_files_keep_first_appearance_order_and_sensitivity():
 
 
 def test_describe_has_hash_and_size_but_no_content():
+    [plain] = aggregate([part("/workspace/p", "guidelines")])
+    assert plain.describe()["sha256"] == hashlib.sha256(b"guidelines").hexdigest()
     [file] = aggregate([part("/workspace/s", "top-secret", sensitive=True)])
     described = file.describe()
-    assert described["sha256"] == hashlib.sha256(b"top-secret").hexdigest()
+    assert described["sha256"] is None  # a hash of a guessable secret would be the secret
     assert described["size"] == 10 and described["sensitive"] is True
     assert "top-secret" not in repr(described) and "top-secret" not in repr(file)
 
@@ -167,7 +169,8 @@ def test_resolves_every_source_kind_in_order():
         ("secret", "secret/creds/token", True),
         ("remote", "https://example.com/style.md", False),
     ]
-    assert result.parts[2].source.sha256 == hashlib.sha256(b"s3cret").hexdigest()
+    assert result.parts[1].source.sha256 == hashlib.sha256(b"from cm").hexdigest()
+    assert result.parts[2].source.sha256 is None  # from a Secret: no hash
     assert result.parts[2].source.size == 6
     assert [g.path for g in result.git] == ["/w/repo"]
 
@@ -266,5 +269,5 @@ def test_context_file_hides_its_content_and_describes_itself_without_it():
     described = file.describe()
     assert secret not in str(described)
     assert described == {"filePath": "/a", "key": "a", "sensitive": True, "size": len(secret),
-                         "sha256": hashlib.sha256(secret.encode()).hexdigest(), "sources": []}
+                         "sha256": None, "sources": []}
     assert file != ContextFile("/a", "other", True, "a", [])  # compared by value, content included
