@@ -78,6 +78,15 @@ TOOLS_ENV = {
     "NODE_PATH": "/tools/lib/node_modules",
     "LD_LIBRARY_PATH": "/tools/lib",
 }
+# Bounds on what the init containers write and use, so that a huge repository or tools image cannot fill
+# the node's disk or memory: the kubelet evicts a pod whose emptyDir outgrows its sizeLimit.
+GIT_VOLUME_SIZE_LIMIT = "4Gi"
+TOOLS_VOLUME_SIZE_LIMIT = "1Gi"
+INIT_CONTAINER_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "1Gi"},
+}
+"""An init container's resources when the WorkspaceConfig sets none (else it gets the agent's)."""
 CONTEXT_VOLUME = "context-files"
 CONTEXT_SECRET_VOLUME = "context-secret-files"
 GIT_VOLUME_MOUNT = "/git"
@@ -294,12 +303,12 @@ def build_job(
 
     for index, repo in enumerate(git):
         volume = f"git-{index}"
-        volumes.append({"name": volume, "emptyDir": {}})
+        volumes.append({"name": volume, "emptyDir": {"sizeLimit": GIT_VOLUME_SIZE_LIMIT}})
         mounts.append({"name": volume, "mountPath": repo.path, "subPath": GIT_CHECKOUT_DIR})
         init_containers.append(_git_clone_container(index, repo, git_image, workspace, volumes))
 
     if workspace.tools_image:
-        volumes.append({"name": "tools-volume", "emptyDir": {}})
+        volumes.append({"name": "tools-volume", "emptyDir": {"sizeLimit": TOOLS_VOLUME_SIZE_LIMIT}})
         mounts.append({"name": "tools-volume", "mountPath": TOOLS_PATH})
         copy_tools: dict[str, Any] = {
             "name": "copy-tools",
@@ -371,6 +380,8 @@ def build_job(
     if isinstance(run_as_group, int):
         pod_spec["securityContext"] = {"fsGroup": run_as_group}
     if init_containers:
+        for container in init_containers:
+            container["resources"] = workspace.resources or INIT_CONTAINER_RESOURCES
         pod_spec["initContainers"] = init_containers
     pod_spec["containers"] = [agent]
     if volumes:

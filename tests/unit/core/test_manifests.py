@@ -256,11 +256,14 @@ def test_tools_image():
         "image": "example.com/tools:v1",
         "command": ["sh", "-c", "cp -R /tools/. /shared-tools/"],
         "volumeMounts": [{"name": "tools-volume", "mountPath": "/shared-tools"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}},
     }
     as_agent = {"runAsUser": 10001, "runAsNonRoot": True}
-    [copy] = pod(job(workspace=make_workspace(toolsImage="t:1", securityContext=as_agent)))["initContainers"]
+    sized = {"limits": {"cpu": "2", "memory": "4Gi"}}
+    [copy] = pod(job(workspace=make_workspace(toolsImage="t:1", securityContext=as_agent, resources=sized)))["initContainers"]
     assert copy["securityContext"] == as_agent
-    assert {"name": "tools-volume", "emptyDir": {}} in pod(manifest)["volumes"]
+    assert copy["resources"] == sized  # the agent's: the pod asks for no more than the agent does
+    assert {"name": "tools-volume", "emptyDir": {"sizeLimit": "1Gi"}} in pod(manifest)["volumes"]
     assert {"name": "tools-volume", "mountPath": "/tools"} in agent(manifest)["volumeMounts"]
     assert agent(manifest)["env"][2:] == [
         {"name": "PATH", "value": "/tools/bin:/usr/local/bin:/usr/bin:/bin"},
@@ -350,7 +353,8 @@ def test_git_contexts_clone_in_init_containers_before_tools():
     assert ssh_env["GIT_DEPTH"]["value"] == "0" and "GIT_REF" not in ssh_env and "GIT_PASSWORD" not in ssh_env
     assert {"name": "git-1-secret", "mountPath": "/etc/kubetask-git", "readOnly": True} in ssh["volumeMounts"]
     volumes = {v["name"]: v for v in pod(manifest)["volumes"]}
-    assert volumes["git-0"] == {"name": "git-0", "emptyDir": {}}
+    assert volumes["git-0"] == {"name": "git-0", "emptyDir": {"sizeLimit": "4Gi"}}
+    assert all(c["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}} for c in init)
     assert volumes["git-1-secret"]["secret"] == {"secretName": "git-ssh", "defaultMode": 0o444, "optional": True}
 
     mounts = agent(manifest)["volumeMounts"]
