@@ -25,6 +25,8 @@ class StaticReader:
     urls: dict[str, str] = field(default_factory=dict)
     reads: list[tuple[str, str, str]] = field(default_factory=list)
     fetches: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    budgets: list[tuple[float, int]] = field(default_factory=list)
+    """(timeout, max_bytes) of each fetch."""
 
     def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
         self.reads.append(("configMap", namespace, name))
@@ -36,6 +38,7 @@ class StaticReader:
 
     def fetch(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> str:
         self.fetches.append((url, dict(headers)))
+        self.budgets.append((timeout, max_bytes))
         if url not in self.urls:
             raise remote_file_unavailable(display_url(url), "returned HTTP 404")
         body = self.urls[url]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -142,8 +143,12 @@ def resolve(
     repositories: RepositorySettings | None = None,
     remote_timeout: float = 10.0,
     remote_max_bytes: int = 1_048_576,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Resolution:
     """Resolve every File and RemoteFile context; read only ``namespace``, each object at most once.
+
+    ``remote_timeout`` seconds and ``remote_max_bytes`` bytes are the budget of all the Task's RemoteFile
+    fetches together: many small files cannot add up to more than one big one.
 
     Git and Repository contexts (the latter on the Git host ``repositories`` names) become checkouts.
 
@@ -154,6 +159,7 @@ def resolve(
     objects = _ObjectCache(namespace, reader)
     parts: list[Part] = []
     git: list[GitContext] = []
+    started, fetched = clock(), 0
     for index, context in enumerate(contexts):
         where = f"context #{index} ({context.type.value} {context.file_path})"
         if context.type is ContextType.GIT:
@@ -167,7 +173,16 @@ def resolve(
             parts.append(_resolve_file(context.file.file_path, context.file.source, objects, where))
         else:
             assert context.remote_file is not None
-            parts.append(_resolve_remote(context.remote_file, objects, reader, where, remote_timeout, remote_max_bytes))
+            seconds, size = remote_timeout - (clock() - started), remote_max_bytes - fetched
+            if seconds <= 0 or size <= 0:
+                spent = f"{remote_max_bytes} bytes" if size <= 0 else f"{remote_timeout:g} s"
+                raise TaskError(
+                    REMOTE_FILE_UNAVAILABLE,
+                    f"{where}: not fetched, the Task's RemoteFiles already used their budget of {spent}",
+                )
+            part = _resolve_remote(context.remote_file, objects, reader, where, seconds, size)
+            fetched += part.source.size
+            parts.append(part)
     return Resolution(parts=parts, git=git)
 
 

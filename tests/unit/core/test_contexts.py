@@ -242,6 +242,27 @@ def test_remote_headers_from_secrets_make_the_file_sensitive():
     assert not plain.parts[0].source.sensitive
 
 
+def test_remote_files_share_one_budget_of_bytes_and_seconds():
+    reader = StaticReader(urls={f"https://example.com/{i}": "x" * 400 for i in range(3)})
+    now = [100.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # each look at the clock is a second later
+        return now[0]
+
+    contexts = [remote(f"/w/{i}", f"https://example.com/{i}") for i in range(3)]
+    result = resolve(contexts[:2], NS, reader, remote_timeout=30.0, remote_max_bytes=1000, clock=clock)
+    assert [len(p.content) for p in result.parts] == [400, 400]
+    assert reader.budgets == [(29.0, 1000), (28.0, 600)]  # what is left, not a fresh allowance per file
+    with pytest.raises(TaskError) as err:  # the third would go over 1000 bytes in all
+        resolve(contexts, NS, reader, remote_timeout=30.0, remote_max_bytes=1000, clock=clock)
+    assert err.value.reason == "RemoteFileUnavailable" and "more than 200 bytes" in err.value.message
+    with pytest.raises(TaskError) as err:
+        resolve(contexts, NS, reader, remote_timeout=2.5, remote_max_bytes=10_000, clock=clock)
+    assert err.value.message.startswith("context #2 (RemoteFile /w/2): not fetched")
+    assert "budget of 2.5 s" in err.value.message
+
+
 def test_remote_header_secret_missing_is_context_ref_not_found():
     headers = [{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}]
     with pytest.raises(TaskError) as err:
