@@ -62,7 +62,56 @@ def test_every_kustomization_lists_what_exists_and_stays_inside_its_directory():
                 assert k.parent.resolve() in target.parents, f"{k}: {entry} is outside {k.parent}"
                 assert docs(target), f"{target} is empty"
     root = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    assert root["resources"] == ["crds", "rbac", "bridge"]  # tenants are applied per namespace, after the CRDs
+    assert root["resources"] == ["crds", "rbac", "network", "bridge"]  # tenants are applied per namespace, after the CRDs
+
+
+# --- NetworkPolicies: their selectors pick the pods they are about ------------------------------------
+
+
+def _matches(selector: dict, labels: dict[str, str]) -> bool:
+    ok = all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    for expr in selector.get("matchExpressions") or []:
+        present = expr["key"] in labels
+        ok = ok and {"Exists": present, "DoesNotExist": not present,
+                     "In": labels.get(expr["key"]) in expr.get("values", []),
+                     "NotIn": labels.get(expr["key"]) not in expr.get("values", [])}[expr["operator"]]
+    return ok
+
+
+def test_the_agent_policy_selects_every_agent_pod_and_keeps_it_off_the_clusters_networks():
+    from kubetask.api import Task, WorkspaceConfigSpec
+    from kubetask.domain.manifests import build_job
+
+    task = Task.model_validate({"apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
+                                "metadata": {"name": "t", "namespace": "team-a", "uid": "u"}, "spec": {"contexts": []}})
+    # podLabels cannot take the agent out of the policy: kubetask.io/ labels are protected
+    workspace = WorkspaceConfigSpec.model_validate({"podLabels": {"kubetask.io/task": "other", "team": "x"}})
+    labels = build_job(task, workspace, [], [], attempt=1, dagster_run_id="r", timeout_seconds=None)["spec"]["template"]["metadata"]["labels"]
+    policy = find(DEPLOY / "tenant" / "agent-network-policy.yaml", "NetworkPolicy")
+    assert _matches(policy["spec"]["podSelector"], labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and not policy["spec"].get("ingress")
+    blocks = [peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule["to"] if "ipBlock" in peer]
+    refused = {cidr for block in blocks for cidr in block["except"]}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+            "fc00::/7", "fe80::/10"} <= refused
+    assert {b["cidr"] for b in blocks} == {"0.0.0.0/0", "::/0"}
+    listed = yaml.safe_load((DEPLOY / "tenant" / "kustomization.yaml").read_text())["resources"]
+    assert "agent-network-policy.yaml" in listed
+
+
+def test_only_the_bridge_reaches_the_writable_webserver():
+    policy = find(DEPLOY / "network" / "dagster.yaml", "NetworkPolicy", "kubetask-webserver-from-the-bridge")
+    [rule] = policy["spec"]["ingress"]
+    [peer] = rule["from"]
+    bridge = find(DEPLOY / "bridge" / "deployment.yaml", "Deployment")
+    assert _matches(peer["podSelector"], bridge["spec"]["template"]["metadata"]["labels"])
+    assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == bridge["metadata"]["namespace"]
+    # the Dagster chart's component labels: the writable and the read-only webserver
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"component": "dagster-webserver"}
+    read_only = find(DEPLOY / "network" / "dagster.yaml", "NetworkPolicy", "kubetask-read-only-webserver-from-the-ui-path")
+    assert read_only["spec"]["podSelector"]["matchLabels"] == {"component": "dagster-webserver-read-only"}
+    deny = find(DEPLOY / "network" / "dagster.yaml", "NetworkPolicy", "kubetask-deny-ingress")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
 
 
 # --- the bridge --------------------------------------------------------------------------------------
@@ -134,6 +183,11 @@ def test_dagster_values_have_what_the_issue_asks_and_match_deploy():
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["runLauncher"]["config"]["k8sRunLauncher"]["loadInclusterConfig"] is True
     assert values["postgresql"]["enabled"] in (True, False) and values["postgresql"]["postgresqlDatabase"]
+    # no password in the values: generated at install into the Secret both Dagster and Postgres read
+    assert "postgresqlPassword" not in values["postgresql"] and values["generatePostgresqlPasswordSecret"] is False
+    assert values["postgresql"]["existingSecret"] == values["global"]["postgresqlSecretName"]
+    assert "change-me" not in (DEPLOY / "dagster" / "values.yaml").read_text()
+    assert values["dagsterWebserver"]["enableReadOnly"] is True  # the read-only one is for people
     daemon = values["dagsterDaemon"]
     assert daemon["runMonitoring"]["enabled"] is True
     queue = daemon["runCoordinator"]
