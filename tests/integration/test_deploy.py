@@ -267,7 +267,7 @@ def kustomizations() -> list[Path]:
 
 def test_every_manifest_passes_server_side_dry_run(platform, kubectl, namespace):
     dirs = kustomizations()
-    assert {d.relative_to(DEPLOY).as_posix() for d in dirs} == {".", "crds", "rbac", "bridge", "tenant"}
+    assert {d.relative_to(DEPLOY).as_posix() for d in dirs} == {".", "crds", "rbac", "network", "bridge", "tenant"}
     for d in dirs:
         objs = [o for o in yaml.safe_load_all(kubectl("kustomize", str(d)).stdout) if o]
         # tenant objects carry no namespace: they go wherever they are applied
@@ -326,6 +326,35 @@ def test_service_accounts_get_exactly_the_minimal_rights(platform, kubectl, name
     }
 
 
+def test_view_edit_and_admin_carry_the_kubetask_rights_people_need(platform, kubectl, wait_for, namespace):
+    """Kubernetes' user roles, bound in one namespace, gain the kubetask rights of deploy/rbac/user-roles.yaml
+    (aggregated by the controller manager): viewers read, editors write Tasks but not WorkspaceConfigs,
+    admins write WorkspaceConfigs, and nobody writes status."""
+    for role in ("view", "edit", "admin"):
+        kubectl("create", "rolebinding", f"people-{role}", f"--clusterrole={role}", f"--user={role}-user", "-n", namespace)
+
+    def can(user: str, verb: str, resource: str) -> bool:
+        out = kubectl("auth", "can-i", verb, resource, f"--as={user}", "-n", namespace, check=False).stdout.strip()
+        return out == "yes"
+
+    wait_for(lambda: can("admin-user", "create", "workspaceconfigs.kubetask.io"), timeout=30, what="aggregation")
+    expected = {
+        ("view-user", "list", "tasks.kubetask.io"): True,
+        ("view-user", "get", "workspaceconfigs.kubetask.io"): True,
+        ("view-user", "create", "tasks.kubetask.io"): False,
+        ("edit-user", "create", "tasks.kubetask.io"): True,
+        ("edit-user", "patch", "batchruns.kubetask.io"): True,  # stop and rerun are annotations
+        ("edit-user", "delete", "batches.kubetask.io"): True,
+        ("edit-user", "create", "workspaceconfigs.kubetask.io"): False,
+        ("edit-user", "patch", "tasks.kubetask.io/status"): False,
+        ("admin-user", "create", "workspaceconfigs.kubetask.io"): True,
+        ("admin-user", "patch", "tasks.kubetask.io/status"): False,
+    }
+    assert {key: can(*key) for key in expected} == expected
+    elsewhere = kubectl("auth", "can-i", "list", "tasks.kubetask.io", "--as=admin-user", "-n", "default", check=False)
+    assert elsewhere.stdout.strip() == "no"  # bound in one namespace: nothing in another
+
+
 # --- the workload, as the ServiceAccounts ---------------------------------------------------------
 
 
@@ -343,6 +372,33 @@ def test_task_succeeds_with_the_default_workspace_config(stack, kubectl, wait_fo
     reasons = wait_for(lambda: (r := event_reasons(kubectl, tenant, "ok")) and "Completed" in r and r, timeout=15)
     assert {"RunSubmitted", "JobCreated", "Completed"} <= set(reasons)  # Events of the bridge and of the run
     stack.assert_nothing_forbidden(tenant)
+
+
+def test_agent_pods_pass_the_restricted_pod_security_profile(platform, kubectl, namespace):
+    """The pod of the default WorkspaceConfig, as the run worker renders it in production (with a Git clone and a
+    tools copy in init containers), is admitted by a namespace enforcing Pod Security `restricted`, as
+    deploy/README.md says to label tenants. The local stack's host networking (an operator setting of this
+    single-node cluster) would be refused: the control shows the namespace does enforce."""
+    from kubetask.api import Task, WorkspaceConfig
+    from kubetask.domain import contexts, manifests
+
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    default = yaml.safe_load((DEPLOY / "tenant" / "workspaceconfig-default.yaml").read_text())
+    workspace = WorkspaceConfig.model_validate(default).spec.model_copy(update={"tools_image": "example.invalid/tools:1"})
+    task_model = Task.model_validate({**task("restricted"), "metadata": {"name": "restricted", "namespace": namespace, "uid": "u-1"}})
+    clone = contexts.GitContext.model_validate({"repository": "https://example.invalid/org/repo.git", "path": "/workspace/repo"})
+
+    def pod_of(host_network: bool) -> str:
+        job = manifests.build_job(task_model, workspace, [], [clone], attempt=1, dagster_run_id="r", timeout_seconds=60,
+                                  host_network=host_network)
+        template = job["spec"]["template"]
+        return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted", **template["metadata"]},
+                               "spec": template["spec"]})
+
+    admitted = kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=pod_of(False), check=False)
+    assert admitted.returncode == 0, admitted.stderr
+    refused = kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=pod_of(True), check=False)
+    assert refused.returncode != 0 and 'violates PodSecurity "restricted' in refused.stderr, refused.stderr
 
 
 def test_task_failure_and_secret_context(stack, kubectl, wait_for, tenant):
