@@ -274,4 +274,4 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Any:
 
 # The whole stack's session fixtures, registered here once: imported into each test module instead,
 # pytest would make one Dagster and one bridge per module, all watching the same cluster.
-from kt_stack import bridge, dagster  # noqa: E402,F401
+from kt_stack import bridge, dagster, remote_files  # noqa: E402,F401

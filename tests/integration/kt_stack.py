@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from remote_files import RemoteFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGSTER_SCRIPT = ROOT / "deploy" / "local" / "dagster"
@@ -71,11 +72,21 @@ class Dagster:
 
 
 @pytest.fixture(scope="session")
-def dagster(cluster) -> Any:
+def remote_files() -> Any:
+    """The session's one server that RemoteFile contexts may reach (tests/integration/remote_files.py)."""
+    files = RemoteFiles()
+    yield files
+    files.close()
+
+
+@pytest.fixture(scope="session")
+def dagster(cluster, remote_files) -> Any:
     home = _run_root() / f"dagster-{os.getpid()}"
     home.mkdir(parents=True, exist_ok=True)
-    # The tests' own HTTP servers listen on 127.0.0.1: the one address RemoteFile may reach here.
-    env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig, "KUBETASK_REMOTE_FILE_ALLOW": "127.0.0.1/32"}
+    # RemoteFile may reach the session's remote_files server and nothing else: 127.0.0.1 on any other
+    # port (Dagster's own, the control plane's) is refused as a private address would be in production.
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KUBECONFIG": cluster.kubeconfig,
+           "KUBETASK_REMOTE_FILE_ALLOW": remote_files.allow}
     try:
         out = subprocess.run([str(DAGSTER_SCRIPT), "start"], env=env, check=True, capture_output=True, text=True, timeout=300).stdout
         values = dict(shlex.split(line)[1].split("=", 1) for line in out.splitlines() if line.startswith("export "))

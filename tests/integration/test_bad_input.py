@@ -8,11 +8,8 @@ Job where none should run, and the bridge still alive.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 
-import kt_stack
 import pytest
 import yaml
 from bad_inputs import APPLY_TIME
@@ -56,23 +53,6 @@ def _secret(name: str, data: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
 
 
-class _NotFound(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self.send_response(404)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def not_found_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/missing.md"
-    server.shutdown()
-
-
 BIG = "x" * 700_000
 
 # (id, objects to apply first, the Task's contexts or a BatchRun, expected reason, substrings of the message, Jobs expected)
@@ -81,7 +61,7 @@ RUNTIME = [
     ("configmap-key-missing", [_config_map("cm", {"a": "x"})], [_ctx_cm("cm", "b")], "ContextRefNotFound", ["cm", "b"], False),
     ("secret-missing", [], [_ctx_secret("nope", "k")], "ContextRefNotFound", ["nope"], False),
     ("secret-key-missing", [_secret("s", {"a": "x"})], [_ctx_secret("s", "b")], "ContextRefNotFound", ["s", "b"], False),
-    ("remote-unreachable", [], [_remote(f"http://127.0.0.1:{kt_stack._free_port()}/x")], "RemoteFileUnavailable", ["127.0.0.1"], False),
+    ("remote-unreachable", [], "CLOSED_PORT", "RemoteFileUnavailable", ["127.0.0.1"], False),
     ("remote-404", [], "NOT_FOUND", "RemoteFileUnavailable", ["404"], False),
     ("remote-header-secret-missing", [],
      [_remote("http://127.0.0.1:9/x", headers=[{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}])],
@@ -155,7 +135,7 @@ def test_bad_input_is_rejected_naming_the_field(case, kubectl, namespace):
 
 
 @pytest.mark.parametrize("case", RUNTIME, ids=[c[0] for c in RUNTIME])
-def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wait_for, namespace, bridge, not_found_url):
+def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wait_for, namespace, bridge, remote_files):
     _, objects, subject, reason, substrings, job_expected = case
     if not any(o["kind"] == "WorkspaceConfig" for o in objects):
         objects = [workspace(), *objects]
@@ -165,7 +145,8 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
         apply(kubectl, namespace, subject)
         name, kind = subject["metadata"]["name"], "batchrun"
     else:
-        contexts = [_remote(not_found_url)] if subject == "NOT_FOUND" else subject if isinstance(subject, list) else None
+        urls = {"NOT_FOUND": remote_files.url(f"/{namespace}/missing.md"), "CLOSED_PORT": f"http://127.0.0.1:{remote_files.closed_port}/x"}
+        contexts = [_remote(urls[subject])] if subject in urls else subject if isinstance(subject, list) else None
         spec = subject if isinstance(subject, dict) else {}
         apply(kubectl, namespace, task("bad", contexts, **spec))
         name, kind = "bad", "task"

@@ -4,6 +4,7 @@ and the CR bridge as a process. Outcomes of agent pods are chosen with kwok test
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -260,46 +261,28 @@ def test_workspace_concurrency_limit_queues_tasks(kubectl, wait_for, namespace, 
     wait_phase(kubectl, wait_for, namespace, "second", {"Running"}, timeout=60)
 
 
-def test_remote_file_is_fetched_with_a_secret_header(kubectl, wait_for, namespace, bridge, dagster):
-    import http.server
-    import threading
-
-    seen = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            seen.append((self.path, self.headers.get("Authorization")))
-            body = b"remote guidelines" if self.headers.get("Authorization") == "Bearer t0ken-from-secret" else b"denied"
-            self.send_response(200 if body != b"denied" else 403)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/style.md?sig=abc"
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web"}, "stringData": {"auth": "Bearer t0ken-from-secret\n"}}
-        ctx = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/style.md", "url": url,
-               "headers": [{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "web", "key": "auth"}}}]}}
-        apply(kubectl, namespace, secret, workspace(), task("remote", [inline("/workspace/task.md", "x"), ctx]))
-        obj = wait_phase(kubectl, wait_for, namespace, "remote", {"Completed", "Failed"})
-        assert obj["status"]["phase"] == "Completed", obj["status"]
-        assert seen == [("/style.md?sig=abc", "Bearer t0ken-from-secret")]
-        # content fetched with a Secret header is treated as sensitive: it goes to the Task's Secret
-        secret_data = get(kubectl, namespace, "secret", "remote-context-secret")["data"]
-        assert base64.b64decode(secret_data["workspace-style.md"]).decode() == "remote guidelines"
-        assert "t0ken-from-secret" not in dagster.event_log_text(obj["status"]["dagsterRunId"])
-        # an unreachable remote file fails the Task with a reason, and no Job
-        bad = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/gone.md", "url": f"http://127.0.0.1:{server.server_address[1]}/x"}}
-        apply(kubectl, namespace, task("remote-denied", [bad]))
-        obj = wait_phase(kubectl, wait_for, namespace, "remote-denied", {"Completed", "Failed"})
-        assert condition(obj, "Succeeded")["reason"] == "RemoteFileUnavailable"
-        assert "403" in obj["status"]["message"]
-    finally:
-        server.shutdown()
+def test_remote_file_is_fetched_with_a_secret_header(kubectl, wait_for, namespace, bridge, dagster, remote_files):
+    path = f"/{namespace}/style.md"
+    url = remote_files.serve(path, b"remote guidelines", require={"Authorization": "Bearer t0ken-from-secret"}) + "?sig=abc"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web"}, "stringData": {"auth": "Bearer t0ken-from-secret\n"}}
+    ctx = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/style.md", "url": url,
+           "headers": [{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "web", "key": "auth"}}}]}}
+    apply(kubectl, namespace, secret, workspace(), task("remote", [inline("/workspace/task.md", "x"), ctx]))
+    obj = wait_phase(kubectl, wait_for, namespace, "remote", {"Completed", "Failed"})
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert [(p, h.get("Authorization")) for p, h in remote_files.requests_to(path)] == [(f"{path}?sig=abc", "Bearer t0ken-from-secret")]
+    # content fetched with a Secret header is treated as sensitive: it goes to the Task's Secret
+    secret_data = get(kubectl, namespace, "secret", "remote-context-secret")["data"]
+    assert base64.b64decode(secret_data["workspace-style.md"]).decode() == "remote guidelines"
+    events = dagster.event_log_text(obj["status"]["dagsterRunId"])
+    assert "t0ken-from-secret" not in events
+    assert hashlib.sha256(b"remote guidelines").hexdigest() not in events  # sensitive content gets no hash
+    # a refused fetch (403 without the header) fails the Task with a reason, and no Job
+    bad = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/gone.md", "url": remote_files.url(path)}}
+    apply(kubectl, namespace, task("remote-denied", [bad]))
+    obj = wait_phase(kubectl, wait_for, namespace, "remote-denied", {"Completed", "Failed"})
+    assert condition(obj, "Succeeded")["reason"] == "RemoteFileUnavailable"
+    assert "403" in obj["status"]["message"]
 
 
 def test_bridge_serves_health_and_metrics(bridge):
