@@ -21,6 +21,28 @@ from kubetask.objects import Key, Obj
 
 from .kube import WORKSPACE_CONFIGS, KubeApi
 
+DECIDED_SPEC_FIELDS = ("workspaceConfigRef", "batchRef", "parallelism", "timeout")
+"""The spec fields a decision of the bridge reads; a BatchRun's inline ``batchSpec`` keeps only ``parallelism``."""
+UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def decided_fields(obj: Mapping[str, Any]) -> Obj:
+    """``obj`` with only what the bridge decides on: metadata (without managedFields and kubectl's copy of
+    the whole object), status, and the spec fields of ``DECIDED_SPEC_FIELDS``. Contexts, however large,
+    are the run's business: the cache does not grow with them."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in UNREAD_ANNOTATIONS):
+        meta["annotations"] = {k: v for k, v in annotations.items() if k not in UNREAD_ANNOTATIONS}
+    spec = obj.get("spec") or {}
+    kept = {k: spec[k] for k in DECIDED_SPEC_FIELDS if k in spec}
+    batch_spec = spec.get("batchSpec")
+    if isinstance(batch_spec, Mapping):
+        kept["batchSpec"] = {k: v for k, v in batch_spec.items() if k == "parallelism"}
+    rest = {k: v for k, v in obj.items() if k not in ("metadata", "spec")}
+    return {**rest, "metadata": meta, "spec": kept}
+
+
 Indexer = Callable[[Mapping[str, Any]], Iterable[Hashable]]
 """The index values of an object (none: not in that index)."""
 Listener = Callable[[Obj | None, Obj | None], None]
@@ -28,10 +50,17 @@ Listener = Callable[[Obj | None, Obj | None], None]
 
 
 class ObjectStore:
-    """Thread-safe cache of objects by (namespace, name), with named indexes."""
+    """Thread-safe cache of objects by (namespace, name), with named indexes; ``trim`` (e.g.
+    ``decided_fields``) chooses what of each object is kept."""
 
-    def __init__(self, indexers: Mapping[str, Indexer] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        indexers: Mapping[str, Indexer] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        trim: Callable[[Obj], Obj] | None = None,
+    ):
         self._clock = clock
+        self._trim = trim
         self._lock = threading.RLock()
         self._indexers = dict(indexers or {})
         self._objs: dict[Key, Obj] = {}
@@ -80,25 +109,28 @@ class ObjectStore:
                     if not members:
                         del index[value]
 
-    def _put(self, obj: Obj) -> tuple[Obj | None, bool]:
+    def _put(self, obj: Obj) -> tuple[Obj | None, Obj | None]:
+        """(the previous version, what was stored: None when the cache held a newer version)."""
+        if self._trim is not None:
+            obj = self._trim(obj)
         key = objects.key_of(obj)
         with self._lock:
             old = self._objs.get(key)
             if old is not None and objects.uid_of(old) == objects.uid_of(obj):
                 new_rv, old_rv = objects.resource_version_of(obj), objects.resource_version_of(old)
                 if new_rv is not None and old_rv is not None and new_rv < old_rv:
-                    return old, False
+                    return old, None
             self._link(key, old, add=False)
             self._objs[key] = obj
             self._touched[key] = self._clock()
             self._link(key, obj, add=True)
-            return old, True
+            return old, obj
 
     def put(self, obj: Obj) -> Obj | None:
         """Store ``obj`` unless the cache holds a newer version of the same object; the previous version."""
         old, stored = self._put(obj)
-        if stored:
-            self._notify([(old, obj)])
+        if stored is not None:
+            self._notify([(old, stored)])
         return old
 
     def _remove(self, key: Key, uid: str | None) -> Obj | None:

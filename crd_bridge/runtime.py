@@ -25,7 +25,7 @@ import kubernetes
 from . import batchruns, metrics, tasks
 from .batches import BatchSync
 from .batchruns import BatchRunReconciler
-from .cache import ObjectStore, WorkQueue, WorkspaceLimits
+from .cache import ObjectStore, WorkQueue, WorkspaceLimits, decided_fields
 from .config import BridgeConfig
 from .dagster.client import DagsterClient
 from .kube import KubernetesApi
@@ -55,7 +55,8 @@ class Runtime:
             on_availability=lambda up: metrics.DAGSTER_UP.set(1 if up else 0),
         )
         self.store = ObjectStore(
-            {tasks.BY_WORKSPACE: tasks.workspace_index, batchruns.BY_BATCHRUN: batchruns.batchrun_index}
+            {tasks.BY_WORKSPACE: tasks.workspace_index, batchruns.BY_BATCHRUN: batchruns.batchrun_index},
+            trim=decided_fields,
         )
         """The Task cache, shared by both reconcilers."""
         self.limits = WorkspaceLimits(self.kube)
@@ -77,7 +78,7 @@ class Runtime:
         self.batchruns = BatchRunReconciler(
             self.kube,
             self.dagster,
-            ObjectStore(),
+            ObjectStore(trim=decided_fields),
             self.store,
             job=config.batch_job,
             run_url=config.run_url,

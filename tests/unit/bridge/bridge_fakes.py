@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crd_bridge import batchruns, tasks
-from crd_bridge.cache import ObjectStore
+from crd_bridge.cache import ObjectStore, decided_fields
 from crd_bridge.dagster.client import PARENT_RUN_ID_TAG, DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
 from crd_bridge.kube import Conflict, Gone
 
@@ -38,9 +38,11 @@ class Clock:
 
 
 def task_store(clock: Callable[[], float]) -> ObjectStore:
-    """The Task cache as the runtime builds it (both reconcilers' indexes)."""
+    """The Task cache as the runtime builds it (both reconcilers' indexes, only the decided fields)."""
     return ObjectStore(
-        {tasks.BY_WORKSPACE: tasks.workspace_index, batchruns.BY_BATCHRUN: batchruns.batchrun_index}, clock=clock
+        {tasks.BY_WORKSPACE: tasks.workspace_index, batchruns.BY_BATCHRUN: batchruns.batchrun_index},
+        clock=clock,
+        trim=decided_fields,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from crd_bridge import watch
 from crd_bridge.batchruns import BatchRunReconciler, finalized
-from crd_bridge.cache import ObjectStore
+from crd_bridge.cache import ObjectStore, decided_fields
 from crd_bridge.dagster.client import PARENT_RUN_ID_TAG, DagsterRejected, RunInfo
 from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
@@ -45,7 +45,7 @@ class Env:
         self.r = BatchRunReconciler(
             self.kube,
             self.dagster,
-            ObjectStore(clock=self.clock),
+            ObjectStore(clock=self.clock, trim=decided_fields),
             self.tasks,
             run_config=config_of,
             run_url=lambda i: f"http://dagster/runs/{i}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from crd_bridge.cache import ObjectStore, WorkQueue
+from crd_bridge.cache import ObjectStore, WorkQueue, decided_fields
 from tests.unit.bridge.bridge_fakes import NS, Clock
 
 
@@ -140,3 +140,31 @@ def test_work_queue_shutdown_wakes_workers():
     q.shutdown()
     th.join(timeout=5)
     assert got == [None]
+
+
+def test_the_cache_keeps_only_what_the_bridge_decides_on():
+    big = "x" * 100_000
+    task = {
+        "apiVersion": "kubetask.io/v1alpha1", "kind": "Task",
+        "metadata": {"name": "t", "namespace": "ns", "uid": "u", "resourceVersion": "5",
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": big, "kubetask.io/stop": "true"},
+                     "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+        "spec": {"workspaceConfigRef": "ws", "timeout": "5m",
+                 "contexts": [{"type": "File", "file": {"filePath": "/a", "source": {"inline": big}}}]},
+        "status": {"phase": "Running", "dagsterRunId": "r"},
+    }
+    kept = decided_fields(task)
+    assert kept["spec"] == {"workspaceConfigRef": "ws", "timeout": "5m"}
+    assert kept["metadata"]["annotations"] == {"kubetask.io/stop": "true"} and "managedFields" not in kept["metadata"]
+    assert kept["status"] == task["status"] and kept["kind"] == "Task" and kept["apiVersion"] == task["apiVersion"]
+    assert len(repr(kept)) < 1000
+    batchrun = {"kind": "BatchRun", "metadata": {"name": "b", "namespace": "ns"},
+                "spec": {"batchSpec": {"parallelism": 3, "commonContext": [big], "variableContexts": [[big]] * 3}}}
+    assert decided_fields(batchrun)["spec"] == {"batchSpec": {"parallelism": 3}}
+
+    seen = []
+    store = ObjectStore(trim=decided_fields)
+    store.subscribe(lambda old, new: seen.append(new))
+    store.put(task)
+    assert store.get(("ns", "t")) == kept and seen == [kept]
+    assert task["spec"]["contexts"]  # the caller's object is not changed
