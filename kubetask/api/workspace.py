@@ -13,6 +13,8 @@ from kubetask.api.contexts import ContextList, FilePath, LocalSecretRef
 DEFAULT_AGENT_IMAGE = "quay.io/zhaoxue/kubetask-agent-gemini:latest"
 DEFAULT_WORKSPACE_CONFIG = "default"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A lowercase host name, or ``*.`` and one (every host below it, not the name itself)."""
 DEFAULT_SERVICE_ACCOUNT = "default"
 DEFAULT_REPOSITORY_BASE_URL = "https://github.com"
 # https: no user info (a token in a URL ends up in logs and the Job spec); ssh: a user is how ssh works.
@@ -183,6 +185,13 @@ class WorkspaceConfigSpec(ApiModel):
     repositories: RepositorySettings | None = Field(
         None,
         description="Git host and clone credentials of Repository contexts (default: https://github.com, anonymous).",
+    )
+    secret_header_hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] | None = Field(
+        None,
+        description="Hosts a RemoteFile header taken from a Secret may be sent to (`api.example.com`, or "
+        "`*.example.com` for the hosts below it). When set, a RemoteFile whose URL names another host fails with "
+        "RemoteFileRefused before anything is sent; unset, any host.",
+        max_length=64,
     )
     resources: dict[str, Any] | None = Field(
         None,

@@ -34,7 +34,12 @@ from kubetask.api import (
     WorkspaceConfigSpec,
 )
 from kubetask.domain.errors import TaskError
-from kubetask.vocabulary import CONTEXT_KEY_CONFLICT, CONTEXT_REF_NOT_FOUND, REMOTE_FILE_UNAVAILABLE
+from kubetask.vocabulary import (
+    CONTEXT_KEY_CONFLICT,
+    CONTEXT_REF_NOT_FOUND,
+    REMOTE_FILE_REFUSED,
+    REMOTE_FILE_UNAVAILABLE,
+)
 
 SourceKind = Literal["inline", "configMap", "secret", "remote"]
 
@@ -144,11 +149,13 @@ def resolve(
     remote_timeout: float = 10.0,
     remote_max_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.monotonic,
+    secret_header_hosts: Sequence[str] | None = None,
 ) -> Resolution:
     """Resolve every File and RemoteFile context; read only ``namespace``, each object at most once.
 
     ``remote_timeout`` seconds and ``remote_max_bytes`` bytes are the budget of all the Task's RemoteFile
-    fetches together: many small files cannot add up to more than one big one.
+    fetches together: many small files cannot add up to more than one big one. A header taken from a
+    Secret goes only to ``secret_header_hosts`` when it is set (``TaskError(RemoteFileRefused)``).
 
     Git and Repository contexts (the latter on the Git host ``repositories`` names) become checkouts.
 
@@ -180,7 +187,7 @@ def resolve(
                     REMOTE_FILE_UNAVAILABLE,
                     f"{where}: not fetched, the Task's RemoteFiles already used their budget of {spent}",
                 )
-            part = _resolve_remote(context.remote_file, objects, reader, where, seconds, size)
+            part = _resolve_remote(context.remote_file, objects, reader, where, seconds, size, secret_header_hosts)
             fetched += part.source.size
             parts.append(part)
     return Resolution(parts=parts, git=git)
@@ -196,16 +203,35 @@ def _resolve_file(file_path: str, source: FileSource, objects: _ObjectCache, whe
     return _part(file_path, content or "", kind, f"{kind.lower()}/{ref.name}/{ref.key}", kind == "secret")
 
 
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """Whether ``host`` is one of ``patterns`` (a name, or ``*.name`` for every host below it)."""
+    host = host.rstrip(".").lower()
+    return any(host.endswith(p[1:]) if p.startswith("*.") else host == p for p in patterns)
+
+
 def _resolve_remote(
-    remote: RemoteFileContext, objects: _ObjectCache, reader: ContextReader, where: str, timeout: float, max_bytes: int
+    remote: RemoteFileContext,
+    objects: _ObjectCache,
+    reader: ContextReader,
+    where: str,
+    timeout: float,
+    max_bytes: int,
+    secret_header_hosts: Sequence[str] | None,
 ) -> Part:
     headers: dict[str, str] = {}
     sensitive = False
+    host = urlsplit(remote.url).hostname or ""
     for header in remote.headers or []:
         if header.value_from is None:
             headers[header.name] = header.value or ""
             continue
         ref = header.value_from.secret_key_ref
+        if secret_header_hosts is not None and not host_allowed(host, secret_header_hosts):
+            raise TaskError(
+                REMOTE_FILE_REFUSED,
+                f'{where}: header "{header.name}" comes from Secret "{ref.name}" and goes only to the hosts of the '
+                f"WorkspaceConfig's secretHeaderHosts; {host} is not one of them",
+            )
         value = objects.value("secret", ref.name, ref.key, optional=False, where=f'{where}, header "{header.name}"')
         assert value is not None
         headers[header.name] = value.strip()  # a Secret made from a file usually ends with a newline

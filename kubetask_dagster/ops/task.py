@@ -148,7 +148,11 @@ def prepare(
     try:
         workspace = load_workspace(api, task)
         resolution = resolve(
-            all_contexts(task, workspace.spec), config.namespace, api, repositories=workspace.spec.repositories
+            all_contexts(task, workspace.spec),
+            config.namespace,
+            api,
+            repositories=workspace.spec.repositories,
+            secret_header_hosts=workspace.spec.secret_header_hosts,
         )
         files = aggregate(resolution.parts)
         config_map, secret = manifests.build_context_objects(task, files)

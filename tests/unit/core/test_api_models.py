@@ -223,3 +223,14 @@ def test_repository_defaults_to_github_and_a_workspace_checkout():
     assert RepositorySettings().clone_url("myorg", "service-a") == "https://github.com/myorg/service-a.git"
     moved = Context.model_validate({"type": "Repository", "repository": {"org": "o", "repo": ".github", "path": "/src/gh"}})
     assert moved.file_path == "/src/gh"
+
+
+@pytest.mark.parametrize("host", ["Example.com", "*", "*.", "a/b", "https://api.example.com", "api.example.com:443", "a.*.com"])
+def test_secret_header_hosts_are_host_names_or_a_wildcard_below_one(host):
+    with pytest.raises(ValidationError):
+        WorkspaceConfigSpec.model_validate({"secretHeaderHosts": [host]})
+
+
+def test_secret_header_hosts_accept_names_and_wildcards():
+    spec = WorkspaceConfigSpec.model_validate({"secretHeaderHosts": ["api.example.com", "*.internal.example.com", "localhost"]})
+    assert spec.secret_header_hosts == ["api.example.com", "*.internal.example.com", "localhost"]

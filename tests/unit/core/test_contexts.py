@@ -13,6 +13,7 @@ from kubetask.domain.contexts import (
     all_contexts,
     display_url,
     file_keys,
+    host_allowed,
     resolve,
 )
 from kubetask.domain.errors import TaskError
@@ -261,6 +262,29 @@ def test_remote_files_share_one_budget_of_bytes_and_seconds():
         resolve(contexts, NS, reader, remote_timeout=2.5, remote_max_bytes=10_000, clock=clock)
     assert err.value.message.startswith("context #2 (RemoteFile /w/2): not fetched")
     assert "budget of 2.5 s" in err.value.message
+
+
+def test_a_secret_header_goes_only_to_the_hosts_the_workspace_lists():
+    reader = StaticReader(secrets={(NS, "api"): {"token": "Bearer s3cret"}},
+                          urls={"https://api.example.com/a": "ok", "https://evil.example.net/a": "loot"})
+    headers = [{"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}]
+    allowed = resolve([remote("/w/a", "https://api.example.com/a", headers)], NS, reader, secret_header_hosts=["*.example.com"])
+    assert allowed.parts[0].content == "ok"
+    with pytest.raises(TaskError) as err:
+        resolve([remote("/w/a", "https://evil.example.net/a", headers)], NS, reader, secret_header_hosts=["api.example.com"])
+    assert err.value.reason == "RemoteFileRefused"
+    assert 'Secret "api"' in err.value.message and "evil.example.net is not one of them" in err.value.message
+    assert [url for url, _ in reader.fetches] == ["https://api.example.com/a"]  # nothing was sent to the other host
+    plain = resolve([remote("/w/a", "https://evil.example.net/a", [{"name": "Accept", "value": "x"}])], NS, reader,
+                    secret_header_hosts=["api.example.com"])
+    assert plain.parts[0].content == "loot"  # headers without a Secret are not limited
+
+
+def test_host_patterns_match_a_name_or_the_hosts_below_it():
+    assert host_allowed("api.example.com", ["api.example.com"]) and host_allowed("API.Example.com.", ["api.example.com"])
+    assert host_allowed("a.b.example.com", ["*.example.com"])
+    assert not host_allowed("example.com", ["*.example.com"]) and not host_allowed("badexample.com", ["*.example.com"])
+    assert not host_allowed("api.example.com.evil.net", ["api.example.com"])
 
 
 def test_remote_header_secret_missing_is_context_ref_not_found():
