@@ -106,9 +106,6 @@ RUNTIME = [
 # Reasons of bad input that no runtime case can reach through the API, and why.
 UNREACHABLE = {
     vocabulary.CONTEXT_KEY_CONFLICT: "file_keys disambiguates every path the API accepts",
-    # no test dials a non-loopback address, not even to see it refused, and the test stack allows
-    # its own 127.0.0.1 servers: test_http_fetcher proves it with an injected resolver and connector
-    vocabulary.REMOTE_FILE_REFUSED: "proven by unit tests that open no socket",
 }
 # Reasons that end the run itself: the BatchRun's Ready condition says RunFailed with them in its message.
 RUN_FAILURES = {vocabulary.TASK_NAME_CONFLICT}
@@ -149,7 +146,8 @@ def test_bad_input_at_run_time_ends_with_a_reason_and_an_event(case, kubectl, wa
         name, kind = subject["metadata"]["name"], "batchrun"
     else:
         urls = {"NOT_FOUND": remote_files.url(f"/{namespace}/missing.md"), "CLOSED_PORT": f"http://127.0.0.1:{remote_files.closed_port}/x"}
-        contexts = [_remote(urls[subject])] if subject in urls else subject if isinstance(subject, list) else None
+        named = isinstance(subject, str) and subject in urls
+        contexts = [_remote(urls[subject])] if named else subject if isinstance(subject, list) else None
         spec = subject if isinstance(subject, dict) else {}
         apply(kubectl, namespace, task("bad", contexts, **spec))
         name, kind = "bad", "task"

@@ -334,7 +334,9 @@ def test_view_edit_and_admin_carry_the_kubetask_rights_people_need(platform, kub
         kubectl("create", "rolebinding", f"people-{role}", f"--clusterrole={role}", f"--user={role}-user", "-n", namespace)
 
     def can(user: str, verb: str, resource: str) -> bool:
-        out = kubectl("auth", "can-i", verb, resource, f"--as={user}", "-n", namespace, check=False).stdout.strip()
+        resource, _, subresource = resource.partition("/")
+        extra = [f"--subresource={subresource}"] if subresource else []
+        out = kubectl("auth", "can-i", verb, resource, *extra, f"--as={user}", "-n", namespace, check=False).stdout.strip()
         return out == "yes"
 
     wait_for(lambda: can("admin-user", "create", "workspaceconfigs.kubetask.io"), timeout=30, what="aggregation")
@@ -383,6 +385,7 @@ def test_agent_pods_pass_the_restricted_pod_security_profile(platform, kubectl, 
     from kubetask.domain import contexts, manifests
 
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kubectl("apply", "-n", namespace, "-f", str(DEPLOY / "tenant" / "agent-serviceaccount.yaml"))
     default = yaml.safe_load((DEPLOY / "tenant" / "workspaceconfig-default.yaml").read_text())
     workspace = WorkspaceConfig.model_validate(default).spec.model_copy(update={"tools_image": "example.invalid/tools:1"})
     task_model = Task.model_validate({**task("restricted"), "metadata": {"name": "restricted", "namespace": namespace, "uid": "u-1"}})
