@@ -148,7 +148,8 @@ class Kube:
     # --- context ConfigMap / Secret and the Job --------------------------------------------------
 
     def apply_config_map(self, body: dict[str, Any]) -> None:
-        """Create, or replace the Task's own (a rerun may resolve new content); see ``_claim``."""
+        """Create, or replace our own (a rerun may resolve new content): a Task's, or a BatchRun's common
+        ConfigMap; see ``_claim``."""
         self._apply(
             body,
             "ConfigMap",
@@ -196,8 +197,8 @@ class Kube:
             owner = next((f"{o['kind']} {o['name']}" for o in owners if o.get("controller")), "no controller")
             raise TaskError(
                 vocabulary.NAME_CONFLICT,
-                f"{kind} {existing.metadata.name} exists and is not this Task's (owner: {owner}); "
-                "delete it or give the Task another name",
+                f"{kind} {existing.metadata.name} exists and is not this {ours['kind']}'s (owner: {owner}); "
+                f"delete it or give the {ours['kind']} another name",
             )
         return claim
 

@@ -84,7 +84,10 @@ VariableContexts = Annotated[
 class BatchTemplate(ApiModel):
     """The Tasks of a batch: commonContext (the WHAT) plus one variableContexts entry per Task (the WHERE)."""
 
-    common_context: ContextList = Field(description="Contexts every Task gets, before its variable ones.")
+    common_context: ContextList = Field(
+        description="Contexts every Task gets, before its variable ones. Their inline text is stored once, in the "
+        "BatchRun's ConfigMap `<batchrun>-common`, and each Task reads it from there (at most 1,000,000 bytes)."
+    )
     variable_contexts: VariableContexts
     workspace_config_ref: str | None = Field(
         None, description="WorkspaceConfig of the Tasks (default: `default`).", max_length=253

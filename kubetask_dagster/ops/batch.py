@@ -138,9 +138,12 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
     template = batches.template_of(batchrun, batch_spec)
     try:
         batches.check_budget(template, max_tasks=kube.batch_max_tasks, max_bytes=kube.batch_max_bytes)
+        common_config_map, common = batches.share_common(batchrun, template)
+        if common_config_map is not None:  # before the Tasks that read it
+            api.apply_config_map(common_config_map)
     except TaskError as e:
         _fail_batchrun(context, api, obj, e.reason, e.message)
-    tasks = _create_tasks(api, batches.expand(batchrun, template), config.name)
+    tasks = _create_tasks(api, batches.expand(batchrun, template, common), config.name)
     current = obj.get("status") or {}
     now = status.rfc3339(status.now())
     patch = {

@@ -88,11 +88,13 @@ RUNTIME = [
     # its Job is deleted: the pod never started, and must not start the agent once the image appears
     ("image-pull-error", [workspace(pod_labels={"kubetask.io/test-outcome": "image-pull-error"})], None, "ImagePullFailed", ["ErrImagePull"], False),
     ("batchrun-batch-missing", [], batchrun("orphan", batch="nope"), "BatchNotFound", ["nope"], False),
-    # ~200 KB of commonContext x 600 entries: 120 MB of Tasks, over the 100 MiB default budget
+    # a 70 KB BatchRun whose 64 long common references (~38 KB) go into each of 9,000 Tasks: ~330 MB of
+    # Tasks, over the 100 MiB default budget (inline common text is stored once: test_batchruns.py)
     ("batchrun-too-large", [],
-     {**batchrun("amplified", n=1), "spec": {"batchSpec": {"commonContext": [{"type": "File", "file": {
-         "filePath": "/workspace/task.md", "source": {"inline": "x" * 200_000}}}], "variableContexts": [[] for _ in range(600)]}}},
-     "BatchTooLarge", ["600 Tasks of", "over the budget of 100.0 MiB"], False),
+     {**batchrun("amplified", n=1), "spec": {"batchSpec": {
+         "commonContext": [_ctx_cm(f"{'c' * 240}{i:03d}", "k" * 250, path=f"/workspace/ref-{i}.md") for i in range(64)],
+         "variableContexts": [[] for _ in range(9_000)]}}},
+     "BatchTooLarge", ["9000 Tasks of", "over the budget of 100.0 MiB"], False),
     # a Task that is not the BatchRun's holds the name of its first Task (stopped, so it runs no Job)
     ("batchrun-task-name-taken",
      [{**task("taken-task-0"), "metadata": {"name": "taken-task-0", "annotations": {"kubetask.io/stop": "true"}}}],

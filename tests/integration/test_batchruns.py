@@ -280,6 +280,28 @@ def test_deleting_a_batchrun_leaves_nothing_behind(kubectl, wait_for, namespace,
     wait_for(lambda: dagster.run(run_id)["status"] in ("CANCELED", "FAILURE"), timeout=30, what="the run to end")
 
 
+def test_the_common_inline_text_is_stored_once_and_every_agent_gets_it(kubectl, wait_for, namespace, bridge):
+    """200 KB of commonContext and 20 entries: one ConfigMap of the BatchRun holds the text, each Task holds a
+    reference to it (about 0.3 KB), and each agent's context ConfigMap still has the whole text."""
+    guidelines = "Follow the org's guidelines.\n" * 7_000  # ~200 KB
+    spec = {"commonContext": [inline("/workspace/task.md", guidelines)],
+            "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(20)]}
+    apply(kubectl, namespace, workspace(), batchrun("shared", batchSpec=spec))
+    run = wait_batchrun(kubectl, wait_for, namespace, "shared", TERMINAL, timeout=180)
+    assert run["status"]["phase"] == "Completed", run["status"]
+    common = get(kubectl, namespace, "configmap", "shared-common")
+    assert common["data"] == {"common-0": guidelines}
+    [owner] = common["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("BatchRun", "shared", run["metadata"]["uid"])
+    tasks = tasks_of(kubectl, namespace, "shared")
+    assert len(tasks) == 20
+    for t in tasks.values():
+        assert guidelines not in json.dumps(t) and len(json.dumps(t["spec"])) < 1_000
+        assert t["spec"]["contexts"][0]["file"]["source"] == {"configMapKeyRef": {"name": "shared-common", "key": "common-0"}}
+    context = get(kubectl, namespace, "configmap", "shared-task-7-context")["data"]
+    assert guidelines.rstrip("\n") in "".join(context.values()) and "item 7" in "".join(context.values())
+
+
 def test_rerun_failed_runs_only_the_failed_tasks_again(kubectl, wait_for, namespace, bridge, dagster, steer):
     broken = ["again-task-1", "again-task-4"]
     steer(broken, {"kubetask.io/test-outcome": "fail"}, attempts=[1])  # the rerun's attempt 2 finds the cause fixed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kubetask import vocabulary
@@ -159,12 +161,61 @@ def test_a_batch_over_the_budget_is_refused_before_any_task():
     from kubetask.domain.errors import TaskError
 
     big = {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "x" * 100_000}}}
-    amplified = BatchTemplate.model_validate({"commonContext": [big], "variableContexts": [[] for _ in range(20)]})
+    shared = BatchTemplate.model_validate({"commonContext": [big], "variableContexts": [[] for _ in range(20)]})
+    check_budget(shared, max_bytes=1_000_000)  # the common inline text is stored once, not 20 times
+    own = BatchTemplate.model_validate({"commonContext": [], "variableContexts": [[big] for _ in range(20)]})
     with pytest.raises(TaskError) as raised:
-        check_budget(amplified, max_bytes=1_000_000)
+        check_budget(own, max_bytes=1_000_000)
     assert raised.value.reason == "BatchTooLarge"
-    assert "20 Tasks of 1.9 MiB in all (the commonContext, 0.1 MiB, is copied into each)" in raised.value.message
-    check_budget(amplified, max_bytes=3_000_000)  # within it
+    assert "20 Tasks of 1.9 MiB in all" in raised.value.message
     many = BatchTemplate.model_validate({"commonContext": [], "variableContexts": [[] for _ in range(11)]})
     with pytest.raises(TaskError, match="11 Tasks is over the budget of 10 Tasks per BatchRun"):
         check_budget(many, max_tasks=10)
+
+
+def test_the_common_inline_text_is_one_configmap_the_tasks_reference():
+    from kubetask.api import BatchRun
+
+    batchrun = BatchRun.model_validate({
+        "apiVersion": "kubetask.io/v1alpha1", "kind": "BatchRun",
+        "metadata": {"name": "nightly", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"batchSpec": {
+            "commonContext": [
+                {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "Do the thing."}}},
+                {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"configMapKeyRef": {"name": "org", "key": "g"}}}},
+                {"type": "Git", "git": {"repository": "https://example.com/r.git", "path": "/workspace/r"}},
+            ],
+            "variableContexts": [[{"type": "File", "file": {"filePath": "/workspace/t.md", "source": {"inline": f"item {i}"}}}]
+                                 for i in range(3)],
+        }},
+    })
+    template = batches.template_of(batchrun, None)
+    config_map, common = batches.share_common(batchrun, template)
+    assert config_map is not None
+    assert config_map["metadata"]["name"] == "nightly-common" and config_map["metadata"]["namespace"] == "team-a"
+    assert config_map["data"] == {"common-0": "Do the thing."}
+    [owner] = config_map["metadata"]["ownerReferences"]
+    assert owner["kind"] == "BatchRun" and owner["uid"] == "u-1" and owner["controller"] is True
+    assert common[0] == {"type": "File", "file": {"filePath": "/workspace/task.md",
+                                                   "source": {"configMapKeyRef": {"name": "nightly-common", "key": "common-0"}}}}
+    assert common[1:] == [c.to_k8s() for c in template.common_context[1:]]  # references stay as they are
+    tasks = batches.expand(batchrun, template, common)
+    assert [t["spec"]["contexts"][:3] for t in tasks] == [common] * 3
+    assert tasks[2]["spec"]["contexts"][3]["file"]["source"] == {"inline": "item 2"}
+    assert "Do the thing." not in json.dumps(tasks)
+
+    nothing_inline = batchrun.model_copy(deep=True)
+    nothing_inline.spec.batch_spec.common_context = template.common_context[1:]
+    assert batches.share_common(nothing_inline, batches.template_of(nothing_inline, None))[0] is None
+
+
+def test_a_common_text_over_what_a_configmap_holds_is_refused():
+    from kubetask.api import BatchRun
+    from kubetask.domain.errors import TaskError
+
+    huge = {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "x" * 600_000}}}
+    batchrun = BatchRun.model_validate({"metadata": {"name": "b", "namespace": "n", "uid": "u"},
+                                        "spec": {"batchSpec": {"commonContext": [huge, huge], "variableContexts": [[]]}}})
+    with pytest.raises(TaskError) as raised:
+        batches.share_common(batchrun, batches.template_of(batchrun, None))
+    assert raised.value.reason == "ContextTooLarge" and "commonContext" in raised.value.message
