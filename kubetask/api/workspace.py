@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, cel, k8s_extra
-from kubetask.api.contexts import ContextList, FilePath, LocalSecretRef
+from kubetask.api.contexts import NORMALISED_PATH_PATTERN, ContextList, FilePath, LocalSecretRef
 
 DEFAULT_AGENT_IMAGE = "quay.io/zhaoxue/kubetask-agent-gemini:latest"
 DEFAULT_WORKSPACE_CONFIG = "default"
@@ -185,6 +185,12 @@ class WorkspaceConfigSpec(ApiModel):
     repositories: RepositorySettings | None = Field(
         None,
         description="Git host and clone credentials of Repository contexts (default: https://github.com, anonymous).",
+    )
+    allowed_path_prefixes: list[Annotated[str, Field(pattern=NORMALISED_PATH_PATTERN, max_length=1024)]] | None = Field(
+        None,
+        description="Directories the Tasks' context files and Git checkouts must be in (e.g. `/workspace`); a "
+        "path elsewhere fails the Task with MountPathRefused. Unset: anywhere but the system directories.",
+        max_length=16,
     )
     secret_header_hosts: list[Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]] | None = Field(
         None,

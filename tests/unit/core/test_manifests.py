@@ -455,6 +455,36 @@ def test_mount_path_conflicts(workspace, files, git, clash):
     assert clash in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("credential_path", "files", "git"),
+    [
+        ("/workspace/repo/.token", [], ["/workspace/repo"]),  # inside a checkout the agent may commit and push
+        ("/home/agent/creds", ["/home/agent/creds/notes.md"], []),  # a context file inside a credential directory
+    ],
+)
+def test_a_credential_is_never_nested_with_another_mount(credential_path, files, git):
+    workspace = make_workspace(credentials=[{"name": "tok", "secretRef": {"name": "s", "key": "k"}, "mountPath": credential_path}])
+    with pytest.raises(TaskError) as err:
+        job(workspace=workspace, files=files_of(*[file_ctx(p, inline="x") for p in files]),
+            git=[git_ctx(repository="https://example.com/r.git", path=p) for p in git])
+    assert err.value.reason == "MountPathConflict" and "one inside the other" in err.value.message
+    # a context file inside a checkout (an AGENTS.md for the repository) stays a supported layout
+    job(files=files_of(file_ctx("/workspace/repo/AGENTS.md", inline="x")),
+        git=[git_ctx(repository="https://example.com/r.git", path="/workspace/repo")])
+
+
+def test_allowed_path_prefixes_bound_where_a_task_mounts_its_inputs():
+    workspace = make_workspace(allowedPathPrefixes=["/workspace", "/home/agent/inputs"],
+                               credentials=[{"name": "c", "secretRef": {"name": "s", "key": "k"}, "mountPath": "/home/agent/.token"}])
+    job(workspace=workspace, files=files_of(file_ctx("/workspace/task.md", inline="x"), file_ctx("/home/agent/inputs/a", inline="y")),
+        git=[git_ctx(repository="https://example.com/r.git", path="/workspace/repo")])  # the admin's credential may be elsewhere
+    for files, git in ((["/home/agent/.bashrc"], []), ([], ["/srv/repo"]), (["/workspacex/task.md"], [])):
+        with pytest.raises(TaskError) as err:
+            job(workspace=workspace, files=files_of(*[file_ctx(p, inline="x") for p in files]),
+                git=[git_ctx(repository="https://example.com/r.git", path=p) for p in git])
+        assert err.value.reason == "MountPathRefused" and "allowedPathPrefixes are /workspace, /home/agent/inputs" in err.value.message
+
+
 def test_default_git_image():
     assert DEFAULT_GIT_IMAGE == "alpine/git:2.47.2"
     [clone] = pod(job(git=[git_ctx(repository="https://example.com/r.git", path="/r")]))["initContainers"]
