@@ -86,6 +86,10 @@ TASK_RERUNNABLE = frozenset({TaskPhase.FAILED.value, TaskPhase.STOPPED.value})
 # --- condition types --------------------------------------------------------------------------------
 
 READY = "Ready"
+RESULT = "Result"
+"""Condition: whether the agent's result document was recorded (True) or refused (False)."""
+RESULT_RECORDED = "ResultRecorded"
+INVALID_RESULT = "InvalidResult"
 SUCCEEDED = "Succeeded"
 
 # --- condition and Event reasons --------------------------------------------------------------------

@@ -20,6 +20,9 @@
 # printed once, through the key's own link) and the internals of `.git` directories (a checkout's
 # working files are printed).
 #
+# Result: $WORKSPACE_DIR/.result.json, when it exists, is copied to $KUBETASK_RESULT_FILE (the
+# container's termination message: kubetask records it as the Task's status.result).
+#
 # Exit status: the integer in $WORKSPACE_DIR/.exit-code when that file exists (whitespace trimmed;
 # anything else than 0-255 exits 2), else the status of .run when it ran, else ECHO_EXIT_CODE
 # (default 0).
@@ -148,6 +151,10 @@ if [ -f "$dir/.run" ]; then
 fi
 
 echo "=== Task Completed ==="
+# The result document, when the Task gives one: handed to kubetask through $KUBETASK_RESULT_FILE.
+if [ -f "$dir/.result.json" ] && [ -n "${KUBETASK_RESULT_FILE:-}" ]; then
+  cat -- "$dir/.result.json" >"$KUBETASK_RESULT_FILE" || echo "echo-agent: cannot write $KUBETASK_RESULT_FILE" >&2
+fi
 if [ -e "$dir/.exit-code" ]; then
   code="$(tr -d ' \t\r\n' <"$dir/.exit-code")" || fail "cannot read $dir/.exit-code"
   case "$code" in

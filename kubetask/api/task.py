@@ -9,6 +9,7 @@ from pydantic import Field
 
 from kubetask.api.base import ApiModel, Condition, Duration, ObjectMeta, cel, k8s_extra
 from kubetask.api.contexts import ContextList
+from kubetask.api.result import AgentResult
 
 # The Job of attempt N is `<task>-job-<N>`: 52 + len("-job-") + 6 digits <= 63, the label limit.
 MAX_TASK_NAME = 52
@@ -84,6 +85,13 @@ class TaskStatus(ApiModel):
     dagster_run_id: str | None = Field(None, description="Dagster run executing this Task.")
     dagster_run_url: str | None = Field(None, description="Link to the Dagster run.")
     observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    result: AgentResult | None = Field(
+        None,
+        description="What the agent reported: one JSON document of at most 4 KiB written to the file named by "
+        "$KUBETASK_RESULT_FILE (the agent container's termination message), redacted like its log and validated. "
+        "An invalid document sets the Result condition False with reason InvalidResult; either way the Task's "
+        "outcome follows the agent's exit code.",
+    )
 
 
 class Task(ApiModel):

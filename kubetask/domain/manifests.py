@@ -35,6 +35,7 @@ from kubetask.api import API_VERSION, Credential, GitContext, Task, WorkspaceCon
 from kubetask.api.workspace import DEFAULT_AGENT_IMAGE, DEFAULT_SERVICE_ACCOUNT
 from kubetask.domain.contexts import ContextFile
 from kubetask.domain.errors import TaskError
+from kubetask.domain.results import RESULT_FILE, RESULT_FILE_ENV
 from kubetask.vocabulary import (
     APP,
     CONTEXT_TOO_LARGE,
@@ -299,6 +300,7 @@ def build_job(
     env: list[dict[str, Any]] = [
         {"name": "TASK_NAME", "value": name},
         {"name": "TASK_NAMESPACE", "value": _namespace(task)},
+        {"name": RESULT_FILE_ENV, "value": RESULT_FILE},
     ]
 
     for index, repo in enumerate(git):
@@ -361,6 +363,9 @@ def build_job(
         **({"envFrom": env_from} if env_from else {}),
         # Sorted by path: deterministic, and a directory (a checkout) is mounted before files inside it.
         "volumeMounts": sorted(mounts, key=lambda m: m["mountPath"]),
+        # The agent's result (kubetask.domain.results) comes back with the container status.
+        "terminationMessagePath": RESULT_FILE,
+        "terminationMessagePolicy": "File",
     }
     if workspace.resources:
         agent["resources"] = workspace.resources

@@ -36,6 +36,8 @@ class PodOutcome:
     message: str
     pod_name: str | None = None
     exit_code: int | None = None
+    result_text: str | None = None
+    """What the agent wrote to $KUBETASK_RESULT_FILE (its termination message), unparsed."""
 
 
 def job_outcome(job: Any, job_name: str, last_pod: str | None) -> PodOutcome | None:
@@ -103,13 +105,14 @@ def pod_outcome(pod: Any) -> PodOutcome | None:
         term = agent.state.terminated
         if term is not None and status.phase in ("Succeeded", "Failed"):
             if term.exit_code == 0:
-                return PodOutcome(True, vocabulary.COMPLETED, "the agent exited with 0", name, 0)
+                return PodOutcome(True, vocabulary.COMPLETED, "the agent exited with 0", name, 0, term.message)
             return PodOutcome(
                 False,
                 vocabulary.AGENT_FAILED,
                 f"the agent exited with {term.exit_code} ({term.reason or 'Error'})",
                 name,
                 term.exit_code,
+                term.message,
             )
     if status.phase == "Failed":
         return PodOutcome(False, status.reason or vocabulary.POD_FAILED, status.message or "the pod failed", name)

@@ -29,6 +29,7 @@ from typing import Any
 from kubetask import vocabulary
 from kubetask.api import BatchRunPhase, RetryPolicy, TaskPhase, TaskSpec, WorkspaceConfigSpec, parse_duration
 from kubetask.api.batch import MAX_FAILED_TASKS_LISTED
+from kubetask.domain.results import ParsedResult
 
 DEFAULT_INITIAL_DELAY = timedelta(seconds=10)
 DEFAULT_FACTOR = 2.0
@@ -211,6 +212,22 @@ def stopped(current: Status, reason: str, message: str, *, now: datetime | None 
 
 
 # --- retries and timeouts ----------------------------------------------------------------------
+
+
+def result_recorded(current: Status, parsed: ParsedResult, *, now: datetime | None = None) -> dict[str, Any]:
+    """The agent's result in ``status.result`` and the Result condition; ``{}`` when it wrote none."""
+    if parsed.result is None and parsed.problem is None:
+        return {}
+    at = now or datetime.now(UTC)
+    current = current or {}
+    if parsed.result is not None:
+        condition = ("True", vocabulary.RESULT_RECORDED, "the agent's result was recorded")
+        patch: dict[str, Any] = {"result": parsed.result.to_k8s()}
+    else:
+        condition = ("False", vocabulary.INVALID_RESULT, parsed.problem or "")
+        patch = {"result": None}
+    patch["conditions"] = set_condition(current.get("conditions"), vocabulary.RESULT, *condition, at)
+    return patch
 
 
 def retry_delay(policy: RetryPolicy | None, retry_number: int) -> float:

@@ -57,6 +57,7 @@ KINDS = [
                 "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
                 "priority": 1,
             },
+            {"name": "PR", "type": "string", "jsonPath": ".status.result.pullRequests[0].url"},
             _age(),
         ],
         root_rules=[

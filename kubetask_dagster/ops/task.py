@@ -27,8 +27,9 @@ from dagster import (
 
 from kubetask import vocabulary
 from kubetask.api import GitContext, Task, WorkspaceConfig
+from kubetask.api.result import AgentResult
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
-from kubetask.domain import manifests, outcomes, status
+from kubetask.domain import manifests, outcomes, results, status
 from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
 from kubetask.domain.credentials import bind_keys
 from kubetask.domain.errors import TaskError
@@ -263,7 +264,15 @@ def run_attempt(
                 )
             slots.release()
     asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
-    log_tail = _log_tail(api, kube, task, workspace, outcome)
+    redactor = Redactor.for_task(api, task, workspace)
+    log_tail = _log_tail(api, kube, task, outcome, redactor)
+    # The result is the agent's own words: it goes through the same redaction as its log.
+    parsed = results.parse(redactor.redact(outcome.result_text) if outcome.result_text else None)
+    recorded = status.result_recorded(reporter.current, parsed)
+    if recorded:
+        reporter.patch(recorded)
+    if parsed.problem:
+        reporter.event(vocabulary.INVALID_RESULT, f"attempt {attempt}: {parsed.problem}", warning=True)
     if log_tail and not outcome.succeeded:
         context.log.warning(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
     metadata = {
@@ -278,6 +287,7 @@ def run_attempt(
         "context_sources": MetadataValue.json(prepared["files"]),
         "log_tail": MetadataValue.text(log_tail),  # redacted; in the metadata rather than one more log row
         "kubectl": f"kubectl -n {config.namespace} get task {config.name}; kubectl -n {config.namespace} describe job {job_name}",
+        **_result_metadata(parsed.result),
     }
     if outcome.succeeded:
         reporter.patch(status.completed(reporter.current, exit_code=outcome.exit_code or 0, pod_name=outcome.pod_name))
@@ -361,12 +371,33 @@ def _git(data: dict[str, Any]) -> GitContext:
     return GitContext.model_validate(data)
 
 
-def _log_tail(api: Kube, kube: KubeResource, task: Task, workspace: WorkspaceConfig, outcome: PodOutcome) -> str:
+def _log_tail(api: Kube, kube: KubeResource, task: Task, outcome: PodOutcome, redactor: Redactor) -> str:
     """The agent log's last lines with every Secret value the Task can see replaced."""
     if not outcome.pod_name:
         return ""
-    text = api.pod_log_tail(_namespace(task), outcome.pod_name, kube.log_tail_lines)
-    return Redactor.for_task(api, task, workspace).redact(text)
+    return redactor.redact(api.pod_log_tail(_namespace(task), outcome.pod_name, kube.log_tail_lines))
+
+
+def _result_metadata(result: AgentResult | None) -> dict[str, Any]:
+    """The agent's result as Dagster metadata: its first pull request as a link, its usage, its summary."""
+    if result is None:
+        return {}
+    metadata: dict[str, Any] = {}
+    if result.pull_requests:
+        metadata["pull_request"] = MetadataValue.url(result.pull_requests[0].url)
+    usage = result.usage
+    if usage is not None:
+        for key, value in (
+            ("input_tokens", usage.input_tokens),
+            ("output_tokens", usage.output_tokens),
+            ("cost_usd", usage.cost_usd),
+            ("model", usage.model),
+        ):
+            if value is not None:
+                metadata[key] = value
+    if result.summary:
+        metadata["summary"] = MetadataValue.text(result.summary)
+    return metadata
 
 
 # --- the ops of task_job ----------------------------------------------------------------------

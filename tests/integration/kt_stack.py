@@ -63,7 +63,8 @@ class Dagster:
             """query($id: ID!) { logsForRun(runId: $id, limit: 100000) { __typename
                  ... on EventConnection { events { __typename ... on MessageEvent { message level stepKey }
                    ... on MaterializationEvent { assetKey { path } partition metadataEntries { label description
-                       ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } } }
+                       ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } ... on UrlMetadataEntry { url }
+                       ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue } } }
                    ... on ObservationEvent { metadataEntries { label ... on TextMetadataEntry { text } ... on JsonMetadataEntry { jsonString } } }
                    ... on ExecutionStepOutputEvent { metadataEntries { label ... on JsonMetadataEntry { jsonString } } } } } } }""",
             {"id": run_id},

@@ -51,8 +51,9 @@ def test_status_only_changes_through_the_subresource(kubectl, namespace):
     task = json.loads(kubectl("get", "task", "st", "-n", namespace, "-o", "json").stdout)
     assert task["status"] == {"phase": "Running", "jobName": "st-job-1", "attempt": 1}
     header, row = kubectl("get", "task", "st", "-n", namespace).stdout.splitlines()
-    assert header.split()[:5] == ["NAME", "PHASE", "JOB", "ATTEMPT", "AGE"]
+    assert header.split()[:6] == ["NAME", "PHASE", "JOB", "ATTEMPT", "PR", "AGE"]
     assert row.split()[:4] == ["st", "Running", "st-job-1", "1"]
+    assert row[header.index("PR"):header.index("AGE")].strip() == ""  # no result reported yet
     bad = kubectl("patch", "task", "st", "-n", namespace, "--subresource=status", "--type=merge",
                   "-p", '{"status":{"phase":"Exploded"}}', check=False)
     assert bad.returncode != 0 and "status.phase" in bad.stderr

@@ -206,6 +206,30 @@ def test_a_git_context_clones_a_branch_over_https_with_credentials(real_node, ku
     assert condition(obj, "Succeeded")["reason"] == "InitContainerFailed", obj["status"]
 
 
+def test_the_agents_result_reaches_the_task_status_and_dagster(real_node, kubectl, wait_for, namespace, bridge, dagster):
+    """The echo agent writes /workspace/.result.json to $KUBETASK_RESULT_FILE, its termination message: the
+    Task's status.result has it, `kubectl get task` shows the pull request, Dagster's materialization links it."""
+    pr = "https://git.example.com/org/app/pull/42"
+    document = {"summary": "Bumped three dependencies.", "pullRequests": [{"url": pr, "branch": "deps", "commit": "abc1234"}],
+                "usage": {"inputTokens": 1500, "outputTokens": 420, "costUSD": 0.037, "model": "test-model"}}
+    apply(kubectl, namespace, real_workspace())
+    apply(kubectl, namespace, task("reported", [inline("/workspace/.result.json", json.dumps(document))]))
+    obj = finish(kubectl, wait_for, namespace, "reported")
+    assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
+    assert obj["status"]["result"] == document
+    assert condition(obj, "Result")["reason"] == "ResultRecorded"
+    assert pr in kubectl("get", "task", "reported", "-n", namespace).stdout  # the PR column
+    events = dagster.event_log_text(obj["status"]["dagsterRunId"])
+    assert pr in events and "0.037" in events and "test-model" in events
+
+    apply(kubectl, namespace, task("garbled", [inline("/workspace/.result.json", "{not json")]))
+    obj = finish(kubectl, wait_for, namespace, "garbled")
+    assert obj["status"]["phase"] == "Completed", obj["status"]  # the outcome follows the exit code
+    result = condition(obj, "Result")
+    assert (result["status"], result["reason"]) == ("False", "InvalidResult") and "not JSON" in result["message"]
+    assert "result" not in obj["status"]
+
+
 def test_the_tools_image_puts_its_tools_on_path(real_node, kubectl, wait_for, namespace, bridge):
     apply(kubectl, namespace, real_workspace(toolsImage=TOOLS_IMAGE))
     apply(kubectl, namespace, task("tools", [inline("/workspace/.run", "kubetask-hello\n")]))

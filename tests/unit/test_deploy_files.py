@@ -276,6 +276,20 @@ def test_echo_agent_without_a_workspace_and_with_a_chosen_exit_code(tmp_path):
 
 
 @pytest.mark.skipif(not shutil.which("bash"), reason="bash not installed")
+def test_echo_agent_hands_its_result_document_to_kubetask(tmp_path):
+    workspace, result_file = tmp_path / "ws", tmp_path / "termination-log"
+    workspace.mkdir()
+    document = '{"pullRequests": [{"url": "https://example.com/pr/1"}]}'
+    (workspace / ".result.json").write_text(document)
+    result = run_echo(workspace, KUBETASK_RESULT_FILE=str(result_file))
+    assert result.returncode == 0, result.stderr
+    assert result_file.read_text() == document
+    (workspace / ".result.json").unlink()
+    result_file.unlink()
+    assert run_echo(workspace, KUBETASK_RESULT_FILE=str(result_file)).returncode == 0
+    assert not result_file.exists()  # no document: nothing written
+
+
 def test_echo_agent_is_posix_sh(tmp_path):
     # alpine has no bash: the script must not need it (bash --posix catches the common bashisms)
     (tmp_path / "t.md").write_text("x\n")

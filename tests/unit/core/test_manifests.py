@@ -209,7 +209,9 @@ def test_job_spec_basics():
     assert container["name"] == "agent"
     assert container["image"] == "quay.io/zhaoxue/kubetask-agent-gemini:latest"
     assert container["imagePullPolicy"] == "IfNotPresent"
-    assert container["env"] == [{"name": "TASK_NAME", "value": "fix-bug"}, {"name": "TASK_NAMESPACE", "value": NS}]
+    assert container["env"] == [{"name": "TASK_NAME", "value": "fix-bug"}, {"name": "TASK_NAMESPACE", "value": NS},
+                                {"name": "KUBETASK_RESULT_FILE", "value": "/dev/termination-log"}]
+    assert container["terminationMessagePath"] == "/dev/termination-log" and container["terminationMessagePolicy"] == "File"
     assert "command" not in container and "args" not in container
     assert "initContainers" not in pod(manifest) and "volumes" not in pod(manifest)
 
@@ -265,7 +267,7 @@ def test_tools_image():
     assert copy["resources"] == sized  # the agent's: the pod asks for no more than the agent does
     assert {"name": "tools-volume", "emptyDir": {"sizeLimit": "1Gi"}} in pod(manifest)["volumes"]
     assert {"name": "tools-volume", "mountPath": "/tools"} in agent(manifest)["volumeMounts"]
-    assert agent(manifest)["env"][2:] == [
+    assert agent(manifest)["env"][3:] == [
         {"name": "PATH", "value": "/tools/bin:/usr/local/bin:/usr/bin:/bin"},
         {"name": "NODE_PATH", "value": "/tools/lib/node_modules"},
         {"name": "LD_LIBRARY_PATH", "value": "/tools/lib"},
@@ -282,7 +284,7 @@ def test_credentials_are_references_never_values():
     )
     manifest = job(workspace=workspace)
     env = agent(manifest)["env"]
-    assert env[2:] == [
+    assert env[3:] == [
         {"name": "GITHUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": "github", "key": "token"}}},
         {"name": "CFG", "valueFrom": {"secretKeyRef": {"name": "cfg", "key": "c"}}},
         # where they are (for the echo agent's report), never what

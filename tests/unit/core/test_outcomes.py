@@ -235,3 +235,12 @@ def test_a_pod_killed_by_the_jobs_deadline_is_a_timeout_not_an_agent_failure(con
     outcome = timed_out(killed, "t-job-1")
     assert (outcome.succeeded, outcome.reason, outcome.exit_code, outcome.pod_name) == (False, vocabulary.TIMEOUT, 143, POD)
     assert outcome.message == "Job t-job-1 exceeded its deadline (the agent exited with 143 (Error))"
+
+
+def test_the_agents_termination_message_is_its_result_text():
+    for phase, code in (("Succeeded", 0), ("Failed", 3)):
+        status = _status("agent", terminated=(code, "Completed" if code == 0 else "Error"))
+        status.state.terminated.message = '{"summary": "done"}'
+        outcome = pod_outcome(_pod(phase, containers=[status]))
+        assert outcome is not None and outcome.result_text == '{"summary": "done"}'
+    assert pod_outcome(_pod("Succeeded", containers=[_status("agent", terminated=(0, "Completed"))])).result_text is None

@@ -1,0 +1,57 @@
+"""kubetask.domain.results: the agent's result document, validated; a bad one is a reason, never a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubetask.domain import status
+from kubetask.domain.results import parse
+
+GOOD = {
+    "summary": "Bumped the dependencies; tests pass.",
+    "pullRequests": [{"url": "https://github.com/org/repo/pull/7", "branch": "deps", "commit": "abc123"}],
+    "usage": {"inputTokens": 1200, "outputTokens": 340, "costUSD": 0.0421, "model": "claude-sonnet"},
+    "outputs": {"changed": "3"},
+    "rateLimitedUntil": "2026-12-02T10:00:00Z",
+}
+
+
+def test_a_valid_result_is_kept_with_its_wire_names():
+    parsed = parse(json.dumps(GOOD))
+    assert parsed.problem is None and parsed.result is not None
+    assert parsed.result.to_k8s() == GOOD
+    assert parsed.result.usage is not None and parsed.result.usage.cost_usd == 0.0421
+
+
+def test_no_result_is_neither_a_result_nor_a_problem():
+    for text in (None, "", "  \n"):
+        assert parse(text).result is None and parse(text).problem is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("{not json", "the result is not JSON"),
+        ("[1, 2]", "must be a JSON object, not list"),
+        (json.dumps({"pullRequests": [{"url": "ftp://x"}]}), "invalid at pullRequests.0.url"),
+        (json.dumps({"usage": {"inputTokens": -1}}), "invalid at usage.inputTokens"),
+        (json.dumps({"summary": "x" * 5000}), "over the 4096 a result may have"),
+    ],
+)
+def test_a_bad_result_is_refused_with_a_reason(text, problem):
+    parsed = parse(text)
+    assert parsed.result is None and parsed.problem is not None and problem in parsed.problem
+
+
+def test_the_status_carries_the_result_or_says_why_not():
+    recorded = status.result_recorded({}, parse(json.dumps(GOOD)))
+    assert recorded["result"] == GOOD
+    [condition] = recorded["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("Result", "True", "ResultRecorded")
+    refused = status.result_recorded({"result": GOOD}, parse("{oops"))
+    assert refused["result"] is None  # a merge patch's null: the last attempt's result is not left behind
+    [condition] = refused["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "InvalidResult")
+    assert status.result_recorded({}, parse(None)) == {}
