@@ -109,6 +109,14 @@ class OwnerReference(ApiModel):
     controller: bool | None = None
     block_owner_deletion: bool | None = None
 
+    @classmethod
+    def controller_of(cls, kind: str, name: str, uid: str) -> dict[str, Any]:
+        """The controller reference to a kubetask.io object: deleting it deletes what it owns, and the
+        garbage collector waits for the owned objects (``blockOwnerDeletion``)."""
+        return cls(
+            api_version=API_VERSION, kind=kind, name=name, uid=uid, controller=True, block_owner_deletion=True
+        ).to_k8s()
+
 
 class ObjectMeta(ApiModel):
     """The parts of ``metadata`` the controllers read; everything else is kept as-is."""

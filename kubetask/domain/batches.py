@@ -14,7 +14,7 @@ from typing import Any
 
 from kubetask import vocabulary
 from kubetask.api import BatchRun, BatchTemplate
-from kubetask.api.base import API_VERSION
+from kubetask.api.base import API_VERSION, OwnerReference
 from kubetask.api.batch import DEFAULT_PARALLELISM
 from kubetask.domain.errors import TaskError
 from kubetask.vocabulary import BATCH_TOO_LARGE, CONTEXT_TOO_LARGE
@@ -69,14 +69,7 @@ def owner_of(batchrun: BatchRun) -> dict[str, Any]:
     meta = batchrun.metadata
     if not meta.name:
         raise ValueError("the BatchRun needs metadata.name (read it from the API server)")
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "BatchRun",
-        "name": meta.name,
-        "uid": meta.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return OwnerReference.controller_of("BatchRun", meta.name, meta.uid or "")
 
 
 def share_common(batchrun: BatchRun, template: BatchTemplate) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetask import vocabulary
-from kubetask.api import API_VERSION, Credential, GitContext, Task, WorkspaceConfigSpec
+from kubetask.api import Credential, GitContext, OwnerReference, Task, WorkspaceConfigSpec
 from kubetask.api.workspace import DEFAULT_AGENT_IMAGE, DEFAULT_SERVICE_ACCOUNT
 from kubetask.domain.contexts import ContextFile
 from kubetask.domain.errors import TaskError
@@ -149,14 +149,7 @@ def owner_reference(task: Task) -> dict[str, Any]:
     """The controller owner reference to the Task: deleting the Task deletes what it owns."""
     if not task.metadata.name or not task.metadata.uid:
         raise ValueError("the Task needs metadata.name and metadata.uid (read it from the API server)")
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Task",
-        "name": task.metadata.name,
-        "uid": task.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return OwnerReference.controller_of("Task", task.metadata.name, task.metadata.uid)
 
 
 OURS, PREDECESSOR, FOREIGN = "ours", "predecessor", "foreign"

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from kubetask import objects, vocabulary
-from kubetask.api import API_VERSION, BatchRunPhase
+from kubetask.api import API_VERSION, BatchRunPhase, OwnerReference
 from kubetask.api.batch import MAX_BATCHRUN_NAME
 from kubetask.domain import runs
 from kubetask.domain import status as status_fns
@@ -144,14 +144,7 @@ def plan_tick(batch: Obj, runs: Sequence[Obj], scheduled_time: datetime) -> Tick
 
 def batch_owner(batch: Obj) -> dict[str, Any]:
     meta = objects.meta(batch)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Batch",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return OwnerReference.controller_of("Batch", meta["name"], meta["uid"])
 
 
 def batchrun_body(batch: Obj, name: str, *, extra_annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
