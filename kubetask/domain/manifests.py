@@ -494,7 +494,7 @@ def _check_mount_paths(workspace: WorkspaceConfigSpec, files: Sequence[ContextFi
                 f"{what} at {path} and {nested} are mounted one inside the other: a credential gets a path of its own",
             )
     for path, what in claims:
-        refused = next((d for d in SYSTEM_DIRECTORIES if path == d or path.startswith(d + "/")), None)
+        refused = next((d for d in SYSTEM_DIRECTORIES if _under(path, d)), None)
         if path.startswith(TOOLS_PATH + "/"):  # /tools itself is toolsImage's: a conflict, below
             refused = TOOLS_PATH
         if refused is not None:

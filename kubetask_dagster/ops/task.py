@@ -385,16 +385,8 @@ def _result_metadata(result: AgentResult | None) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     if result.pull_requests:
         metadata["pull_request"] = MetadataValue.url(result.pull_requests[0].url)
-    usage = result.usage
-    if usage is not None:
-        for key, value in (
-            ("input_tokens", usage.input_tokens),
-            ("output_tokens", usage.output_tokens),
-            ("cost_usd", usage.cost_usd),
-            ("model", usage.model),
-        ):
-            if value is not None:
-                metadata[key] = value
+    if result.usage is not None:  # input_tokens, output_tokens, cost_usd, model: those it reported
+        metadata.update(result.usage.model_dump(exclude_none=True))
     if result.summary:
         metadata["summary"] = MetadataValue.text(result.summary)
     return metadata
