@@ -67,8 +67,10 @@ def main() -> None:
     parser.add_argument("--applied", action="store_true", help="with kubectl apply's last-applied annotation")
     args = parser.parse_args()
     data_mb = args.tasks * args.context_bytes * (2 if args.applied else 1) / 1e6
-    print(f"{args.tasks} Tasks, {args.context_bytes} bytes of contexts each ({data_mb:.0f} MB of contexts"
-          f"{', twice: kubectl apply' if args.applied else ''})")
+    print(
+        f"{args.tasks} Tasks, {args.context_bytes} bytes of contexts each ({data_mb:.0f} MB of contexts"
+        f"{', twice: kubectl apply' if args.applied else ''})"
+    )
     print(f"{'mode':<9} {'cache growth':>13} {'peak RSS':>10}")
     for mode in ("floor", "whole", "decided"):
         result = measure(mode, args.tasks, args.context_bytes, args.applied)

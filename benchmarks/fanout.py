@@ -4,13 +4,17 @@ per Task by verb. Baseline in the same run: the same Task CRs, ConfigMaps, Jobs 
 made directly with the kubernetes client by P worker threads, with no Dagster and no bridge.
 Dagster's storage is SQLite, or with --storage postgres a PostgreSQL server the benchmark starts.
 
-    python benchmarks/fanout.py [--tasks 200] [--parallelism 50] [--storage sqlite|postgres]
+    python benchmarks/fanout.py [--tasks 200] [--parallelism 50] [--storage sqlite|postgres] [--budget]
+
+--budget gives the BatchRun a budget it never reaches: each Task's step then sums the BatchRun's
+reported usage before it starts (the price of spec.budget).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import sys
 import threading
@@ -132,13 +136,14 @@ class ProcessSampler:
         }
 
 
-def run_system(stack: Stack, api, ns: str, n: int, parallelism: int) -> dict:
+def run_system(stack: Stack, api, ns: str, n: int, parallelism: int, budget: bool = False) -> dict:
     stack.run("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(WORKSPACE))
     batchrun = {
         "apiVersion": "kubetask.io/v1alpha1",
         "kind": "BatchRun",
         "metadata": {"name": "fan"},
         "spec": {
+            **({"budget": {"maxCostUSD": 1e9}} if budget else {}),  # never spent: what checking it costs
             "parallelism": parallelism,
             "batchSpec": {
                 "commonContext": [inline("Benchmark task.")],
@@ -253,11 +258,13 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--parallelism", type=int, default=50)
     parser.add_argument("--storage", choices=STORAGES, default="sqlite", help="Dagster's storage")
+    parser.add_argument("--budget", action="store_true", help="give the BatchRun a budget it never reaches")
     args = parser.parse_args()
     with local_stack(storage=args.storage) as stack:
         api = stack.api()
         results = {"storage": args.storage}
-        for label, fn in (("system", run_system), ("baseline", run_baseline)):
+        system = functools.partial(run_system, budget=args.budget)
+        for label, fn in (("system", system), ("baseline", run_baseline)):
             ns = f"fan-{label}"
             stack.run("create", "namespace", ns)
             sampler = ProcessSampler(stack.pids)
@@ -269,6 +276,7 @@ def main() -> int:
         s, b = results["system"], results["baseline"]
         print(
             f"Fan-out of {args.tasks} Tasks, parallelism {args.parallelism}, kwok pods of 1 s, Dagster storage {args.storage}"
+            + (", with a budget" if args.budget else "")
         )
         print(f"{'measure':<26} {'system':>10} {'baseline':>10} {'ratio':>7}")
         for key in ("all_jobs_created_s", "completed_s"):

@@ -42,7 +42,9 @@ class Stamps:
         self.running: dict[str, float] = {}
         self._stop = threading.Event()
         batch, core = kubernetes.client.BatchV1Api(api), kubernetes.client.CoreV1Api(api)
-        threading.Thread(target=self._watch, args=(batch.list_namespaced_job, namespace, self._job), daemon=True).start()
+        threading.Thread(
+            target=self._watch, args=(batch.list_namespaced_job, namespace, self._job), daemon=True
+        ).start()
         threading.Thread(target=self._watch, args=(core.list_namespaced_pod, namespace, self._pod), daemon=True).start()
 
     def _watch(self, fn, namespace, handle):
@@ -67,13 +69,24 @@ def measure(stack, namespace: str, workspace: dict, tasks: int) -> list[float]:
     stack.run("create", "namespace", namespace)
     api = stack.api()
     stamps = Stamps(api, namespace)
-    ws = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"}, "spec": workspace}
+    ws = {
+        "apiVersion": "kubetask.io/v1alpha1",
+        "kind": "WorkspaceConfig",
+        "metadata": {"name": "default"},
+        "spec": workspace,
+    }
     stack.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ws))
     latencies = []
     for i in range(tasks):
         name = f"t{i}"
-        task = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": name},
-                "spec": {"contexts": [{"type": "File", "file": {"filePath": "/workspace/.sleep", "source": {"inline": "2"}}}]}}
+        task = {
+            "apiVersion": "kubetask.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": name},
+            "spec": {
+                "contexts": [{"type": "File", "file": {"filePath": "/workspace/.sleep", "source": {"inline": "2"}}}]
+            },
+        }
         stack.run("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(task))
         job = f"{name}-job-1"
         deadline = time.monotonic() + 120

@@ -50,7 +50,7 @@ from typing import Any
 from kubetask import objects, vocabulary
 from kubetask.api import BatchRunPhase, TaskPhase
 from kubetask.api.batch import DEFAULT_PARALLELISM
-from kubetask.domain import batches
+from kubetask.domain import batches, results
 from kubetask.domain import runs as contract
 from kubetask.domain import status as task_status
 from kubetask.objects import Key, Obj
@@ -242,11 +242,15 @@ class BatchRunReconciler(ReconcileLoop):
             "conditions": self._conditions(obj, "Unknown", reason, message),
         }
 
-    def rows(self, namespace: str, name: str, owner_uid: str | None = None) -> list[tuple[str, str | None, str | None]]:
-        """``(name, phase, reason)`` of the cached Tasks of a BatchRun (owned by ``owner_uid`` when given)."""
+    def owned_tasks(self, namespace: str, name: str, owner_uid: str | None = None) -> list[Obj]:
+        """The cached Tasks of a BatchRun (owned by ``owner_uid`` when given)."""
         tasks = self.task_store.by_index(BY_BATCHRUN, (namespace, name))
         kind = vocabulary.KIND_BATCHRUN
-        return task_rows(t for t in tasks if owner_uid is None or owner_uid in objects.owner_uids(t, kind))
+        return [t for t in tasks if owner_uid is None or owner_uid in objects.owner_uids(t, kind)]
+
+    def rows(self, namespace: str, name: str, owner_uid: str | None = None) -> list[tuple[str, str | None, str | None]]:
+        """``(name, phase, reason)`` of the cached Tasks of a BatchRun (owned by ``owner_uid`` when given)."""
+        return task_rows(self.owned_tasks(namespace, name, owner_uid))
 
     # --- watch events --------------------------------------------------------------------------
 
@@ -436,8 +440,9 @@ class BatchRunReconciler(ReconcileLoop):
         if total is None:
             return None
         ns, name = objects.key_of(obj)
-        rows = self.rows(ns, name, objects.uid_of(obj))
-        return task_status.batchrun_summary(rows, total, paused=paused(obj), stopped=False)
+        tasks = self.owned_tasks(ns, name, objects.uid_of(obj))
+        summary = task_status.batchrun_summary(task_rows(tasks), total, paused=paused(obj), stopped=False)
+        return summary | results.totals(objects.status(t).get("result") for t in tasks)
 
     def _progress(self, obj: Obj) -> float | None:
         """Write phase (Running/Paused), progress and failedTasks when they changed, debounced."""
@@ -465,6 +470,9 @@ class BatchRunReconciler(ReconcileLoop):
                 patch["progress"] = summary["progress"]
             if summary["failedTasks"] != list(objects.status(obj).get("failedTasks") or []):
                 patch["failedTasks"] = summary["failedTasks"]
+            for field in ("usage", "pullRequests"):
+                if summary[field] != objects.status(obj).get(field):
+                    patch[field] = summary[field]
         if not patch:
             metrics.BATCHRUN_PROGRESS_SKIPPED.labels("unchanged").inc()
             return None
@@ -681,12 +689,16 @@ class BatchRunReconciler(ReconcileLoop):
             ended_tasks=ended_tasks,
         )
         phase, reason, message = outcome["phase"], outcome["reason"], outcome["message"]
+        totals = results.totals(objects.status(t).get("result") for t in tasks)
         if outcome["failure_detail"]:
             message += self._failure_detail(run_id)
+        if reason == vocabulary.BUDGET_EXCEEDED:
+            message += f"; no further Task started once the budget was spent: {results.describe_usage(totals['usage'])}"
         patch: dict[str, Any] = {"phase": phase}
         if outcome["progress"] is not None:
             patch["progress"] = outcome["progress"]
             patch["failedTasks"] = outcome["failedTasks"]
+            patch.update(totals)
         patch["conditions"] = self._conditions(fresh, "True" if phase == COMPLETED else "False", reason, message)
         if not objects.status(fresh).get("completionTime"):
             patch["completionTime"] = task_status.rfc3339(self._now())

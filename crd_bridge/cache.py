@@ -28,8 +28,9 @@ UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
 
 def decided_fields(obj: Mapping[str, Any]) -> Obj:
     """``obj`` with only what the bridge decides on: metadata (without managedFields and kubectl's copy of
-    the whole object), status, and the spec fields of ``DECIDED_SPEC_FIELDS``. Contexts, however large,
-    are the run's business: the cache does not grow with them."""
+    the whole object), status (of an agent's result only its usage and pull requests), and the spec
+    fields of ``DECIDED_SPEC_FIELDS``. Contexts, however large, are the run's business: the cache does
+    not grow with them."""
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     annotations = meta.get("annotations")
     if annotations and any(a in annotations for a in UNREAD_ANNOTATIONS):
@@ -39,7 +40,14 @@ def decided_fields(obj: Mapping[str, Any]) -> Obj:
     batch_spec = spec.get("batchSpec")
     if isinstance(batch_spec, Mapping):
         kept["batchSpec"] = {k: v for k, v in batch_spec.items() if k == "parallelism"}
-    rest = {k: v for k, v in obj.items() if k not in ("metadata", "spec")}
+    rest = {k: v for k, v in obj.items() if k not in ("metadata", "spec", "status")}
+    status = obj.get("status")
+    if isinstance(status, Mapping) and isinstance(status.get("result"), Mapping):
+        # of an agent's result (up to 4 KiB) the bridge sums the usage and counts the pull requests
+        result = {k: v for k, v in status["result"].items() if k in ("usage", "pullRequests")}
+        status = {**status, "result": result}
+    if status is not None:
+        rest["status"] = status
     return {**rest, "metadata": meta, "spec": kept}
 
 

@@ -36,6 +36,24 @@ SUBMISSION_ERRORS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+AGENT_TOKENS = Counter(
+    "kubetask_agent_tokens_total",
+    "Tokens the agents' results reported, by namespace, WorkspaceConfig and direction (input, output).",
+    ["namespace", "workspace_config", "direction"],
+    registry=REGISTRY,
+)
+AGENT_COST = Counter(
+    "kubetask_agent_cost_usd_total",
+    "US dollars the agents' results reported, by namespace and WorkspaceConfig.",
+    ["namespace", "workspace_config"],
+    registry=REGISTRY,
+)
+AGENT_PULL_REQUESTS = Counter(
+    "kubetask_agent_pull_requests_total",
+    "Pull requests the agents' results reported, by namespace and WorkspaceConfig.",
+    ["namespace", "workspace_config"],
+    registry=REGISTRY,
+)
 RECONCILE_ERRORS = Counter(
     "kubetask_bridge_reconcile_errors_total", "Reconciles that raised an unexpected exception.", registry=REGISTRY
 )

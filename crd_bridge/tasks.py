@@ -55,6 +55,24 @@ def workspace_of(obj: Mapping[str, Any]) -> str:
     return objects.spec(obj).get("workspaceConfigRef") or DEFAULT_WORKSPACE_CONFIG
 
 
+def count_reported_usage(old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Add a result the watch shows a Task gain to the usage counters. Results seen in a first listing
+    are not counted: a bridge that restarts would count them again (Prometheus copes with a counter's reset)."""
+    result = objects.status(new).get("result")
+    if not isinstance(result, Mapping) or result == objects.status(old).get("result"):
+        return
+    labels = (objects.meta(new).get("namespace") or "", workspace_of(new))
+    usage = result.get("usage") or {}
+    for direction in ("input", "output"):
+        tokens = usage.get(f"{direction}Tokens")
+        if tokens:
+            metrics.AGENT_TOKENS.labels(*labels, direction).inc(tokens)
+    if usage.get("costUSD"):
+        metrics.AGENT_COST.labels(*labels).inc(usage["costUSD"])
+    if result.get("pullRequests"):
+        metrics.AGENT_PULL_REQUESTS.labels(*labels).inc(len(result["pullRequests"]))
+
+
 def workspace_index(obj: Mapping[str, Any]) -> list[Key]:
     return [(objects.meta(obj).get("namespace") or "", workspace_of(obj))]
 
@@ -163,6 +181,8 @@ class Reconciler(ReconcileLoop):
             return
         old = self.store.put(obj)
         current = self.store.get(key) or obj
+        if old is not None:
+            count_reported_usage(old, current)
         if old is not None and is_active(old) and not is_active(current):
             self.release(key[0], workspace_of(old))  # a slot freed
         if old is not None and workspace_of(old) != workspace_of(current):

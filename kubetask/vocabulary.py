@@ -141,6 +141,17 @@ WAITING_FOR_TURN = "WaitingForTurn"
 """A BatchRun's Task waits for a place within the BatchRun's parallelism."""
 RETRYING = "Retrying"
 COMPLETED = "Completed"
+RATE_LIMITED = "RateLimited"
+"""Queued: the agent stopped on its provider's rate limit (exit 75), or another Task of its WorkspaceConfig did;
+the Task starts again when the limit resets, without using up an attempt."""
+BUDGET_EXHAUSTED = "BudgetExhausted"
+"""Queued: the WorkspaceConfig's budget for the current period is spent; the Task starts in the next period."""
+QUOTA_EXHAUSTED = "QuotaExhausted"
+"""Queued: the WorkspaceConfig's quota of Task starts in its window is used up; the Task starts when a start leaves it."""
+RATE_LIMIT_WAIT_EXCEEDED = "RateLimitWaitExceeded"
+"""The provider's rate limit resets later than the WorkspaceConfig's maxRateLimitWait."""
+BUDGET_EXCEEDED = "BudgetExceeded"
+"""The BatchRun's budget is spent: its Task did not start (and the BatchRun ends Stopped for it)."""
 
 # The run (written by the bridge on Tasks and BatchRuns).
 RUN_SUBMITTED = "RunSubmitted"

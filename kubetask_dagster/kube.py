@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import kubernetes
@@ -39,6 +40,10 @@ DIRECT_READ_SECONDS = 5.0  # ... at most this often per waiting Task
 INFORMER_SYNC_SECONDS = 30.0
 
 
+class Conflict(Exception):
+    """A conditional write found the object changed since it was read."""
+
+
 class WaitInterrupted(Exception):
     """The run is being terminated while a step waited for its pod."""
 
@@ -55,7 +60,7 @@ class Kube:
         self._fetcher = fetcher or HttpFetcher()
         self._informers = InformerRegistry()
         self._events = EventRecorder(self.core, component="kubetask-dagster")
-        self._recent: dict[tuple[str, str, str], tuple[float, dict[str, Any] | None]] = {}
+        self._recent: dict[tuple[str, ...], tuple[float, Any]] = {}
         self._recent_lock = threading.Lock()
 
     # --- custom resources -----------------------------------------------------------------------
@@ -65,28 +70,46 @@ class Kube:
 
         ``max_age`` > 0 accepts a copy read by any thread of this process at most that many seconds
         ago: the steps of a BatchRun share one read of their WorkspaceConfig and pause annotation."""
-        if max_age <= 0:
-            return _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
-        key = (plural, namespace, name)
-        with self._recent_lock:
-            read_at, obj = self._recent.get(key, (float("-inf"), None))
-            if time.monotonic() - read_at <= max_age:
-                return obj
-            obj = _unless_missing(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
-            self._recent[key] = (time.monotonic(), obj)
-            return obj
-
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch the status subresource; None when the object is gone."""
-        return _unless_missing(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": status},
+        read = partial(
+            _unless_missing, self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
         )
+        return self._recently_read(("get", plural, namespace, name), max_age, read)
+
+    def forget(self, plural: str, namespace: str, *, name: str = "", label_selector: str = "") -> None:
+        """Drop the shared copy of that object (or listing): the next read with a ``max_age`` reads it anew."""
+        key = ("get", plural, namespace, name) if name else ("list", plural, namespace, label_selector)
+        with self._recent_lock:
+            self._recent.pop(key, None)
+
+    def _recently_read(self, key: tuple[str, ...], max_age: float, read: Callable[[], Any]) -> Any:
+        if max_age <= 0:
+            return read()
+        with self._recent_lock:
+            read_at, value = self._recent.get(key, (float("-inf"), None))
+            if time.monotonic() - read_at <= max_age:
+                return value
+            value = read()
+            self._recent[key] = (time.monotonic(), value)
+            return value
+
+    def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource; None when the object is gone. With ``resource_version``,
+        only if the object is still at it: else ``Conflict`` (someone wrote in between)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            return _unless_missing(
+                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, body
+            )
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(
+                    f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}"
+                ) from None
+            raise
 
     def create_custom(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Create the object; None when one of that name exists (409: the caller decides whether to adopt it)."""
@@ -100,12 +123,18 @@ class Kube:
             raise
         return created
 
-    def list_custom(self, plural: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        """The objects of ``plural`` in ``namespace`` that match ``label_selector``."""
-        page = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, label_selector=label_selector
-        )
-        return list(page["items"])
+    def list_custom(
+        self, plural: str, namespace: str, label_selector: str, max_age: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """The objects of ``plural`` in ``namespace`` that match ``label_selector`` (``max_age``: as ``get_custom``)."""
+
+        def read() -> list[dict[str, Any]]:
+            page = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, label_selector=label_selector
+            )
+            return list(page["items"])
+
+        return self._recently_read(("list", plural, namespace, label_selector), max_age, read)
 
     def patch_custom(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch the object (not its status); None when it is gone."""
@@ -250,6 +279,17 @@ class Kube:
             )
         except ApiException as e:
             return f"(log unavailable: {e.status} {e.reason})"
+        return redact.complete_lines(text, max_bytes)
+
+    def pod_log(
+        self, namespace: str, pod: str, container: str = "agent", max_bytes: int = redact.KEPT_LOG_MAX_BYTES
+    ) -> str | None:
+        """The container's log from its start, at most ``max_bytes`` (a cut last line dropped, as in
+        ``pod_log_tail``); None when the API server has none to give (no kubelet, pod gone)."""
+        try:
+            text = self.core.read_namespaced_pod_log(pod, namespace, container=container, limit_bytes=max_bytes)
+        except ApiException:
+            return None
         return redact.complete_lines(text, max_bytes)
 
     # --- waiting ------------------------------------------------------------------------------

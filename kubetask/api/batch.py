@@ -12,6 +12,7 @@ from pydantic import AfterValidator, Field, model_validator
 from kubetask.api.base import ApiModel, Condition, Duration, ObjectMeta, cel, k8s_extra
 from kubetask.api.contexts import ContextList, VariableContextSet
 from kubetask.api.cron import CRON_PATTERN, is_valid_cron
+from kubetask.api.result import Budget, UsageTotals
 from kubetask.api.task import MAX_TASK_NAME, RetryPolicy
 
 MAX_VARIABLE_CONTEXTS = 10000
@@ -143,6 +144,12 @@ class BatchRunSpec(ApiModel):
     )
     batch_spec: BatchTemplate | None = Field(None, description="An inline batch.")
     parallelism: int | None = Field(None, description="Overrides the Batch's parallelism.", ge=1, le=10000)
+    budget: Budget | None = Field(
+        None,
+        description="What the agents may spend in this run, summed from the usage their results report. Once the "
+        "total passes it no further Task starts (they end Stopped, reason BudgetExceeded), running Tasks finish, "
+        "and the BatchRun ends Stopped with reason BudgetExceeded.",
+    )
 
     @model_validator(mode="after")
     def _ref_xor_spec(self) -> BatchRunSpec:
@@ -190,6 +197,10 @@ class BatchRunStatus(ApiModel):
         None,
         description=f"The first {MAX_FAILED_TASKS_LISTED} failed Tasks with their reasons.",
         max_length=MAX_FAILED_TASKS_LISTED,
+    )
+    usage: UsageTotals | None = Field(None, description="The usage its Tasks' results reported, summed.")
+    pull_requests: int | None = Field(
+        None, description="Pull requests its Tasks reported (each Task's status.result lists its own).", ge=0
     )
     start_time: datetime | None = Field(None, description="When the run started.")
     completion_time: datetime | None = Field(None, description="When the run finished.")

@@ -3,9 +3,11 @@ container's terminationMessagePath, which the kubelet returns with the container
 
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import datetime
 
-from kubetask.api.base import ApiModel
+from pydantic import Field, model_validator
+
+from kubetask.api.base import ApiModel, Duration, cel, k8s_extra
 
 MAX_RESULT_BYTES = 4096
 """The kubelet keeps at most 4 KiB of a container's termination message."""
@@ -42,3 +44,47 @@ class AgentResult(ApiModel):
         description="RFC 3339 time at which the provider's rate limit resets, when the agent stopped on one.",
         max_length=64,
     )
+
+
+class UsageTotals(ApiModel):
+    """The usage the Tasks of a BatchRun reported, summed."""
+
+    input_tokens: int = Field(0, description="Tokens sent to the models.", ge=0)
+    output_tokens: int = Field(0, description="Tokens the models produced.", ge=0)
+    cost_usd: float = Field(0.0, alias="costUSD", description="Cost in US dollars.", ge=0)
+    tasks: int = Field(0, description="Tasks that reported usage.", ge=0)
+
+
+class Budget(ApiModel):
+    """A cap on what a BatchRun's agents may spend: once their reported total passes it, no further Task starts."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": k8s_extra(
+            cel("has(self.maxCostUSD) || has(self.maxTokens)", "a budget sets maxCostUSD, maxTokens or both")
+        )
+    }
+
+    max_cost_usd: float | None = Field(None, alias="maxCostUSD", description="US dollars.", gt=0)
+    max_tokens: int | None = Field(None, description="Input plus output tokens.", gt=0)
+
+    @model_validator(mode="after")
+    def _some_cap(self) -> Budget:
+        if self.max_cost_usd is None and self.max_tokens is None:
+            raise ValueError("a budget sets maxCostUSD, maxTokens or both")
+        return self
+
+
+class PeriodBudget(Budget):
+    """A cap on what a WorkspaceConfig's agents may spend per ``period``: once their reported total for the
+    current period reaches it, its Tasks wait until the next period."""
+
+    period: Duration = Field(description="The budget's period (e.g. 24h), counted from the Unix epoch in UTC.")
+
+
+class PeriodSpend(ApiModel):
+    """What a WorkspaceConfig's agents reported spending in the current period."""
+
+    period_start: datetime = Field(description="When the current period began.")
+    input_tokens: int = Field(0, description="Tokens sent to the models.", ge=0)
+    output_tokens: int = Field(0, description="Tokens the models produced.", ge=0)
+    cost_usd: float = Field(0.0, alias="costUSD", description="Cost in US dollars.", ge=0)

@@ -85,6 +85,22 @@ class TaskStatus(ApiModel):
     dagster_run_id: str | None = Field(None, description="Dagster run executing this Task.")
     dagster_run_url: str | None = Field(None, description="Link to the Dagster run.")
     observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    agent_log: str | None = Field(
+        None,
+        description="Where the whole agent log of the last attempt (up to 1 MiB, redacted) is kept once its pod is "
+        "gone: the Dagster run and step whose stdout holds it.",
+    )
+    waiting_until: datetime | None = Field(
+        None,
+        description="Until when the Task waits as Queued for a provider's rate limit to reset (reason RateLimited) "
+        "or for its WorkspaceConfig's start quota (reason QuotaExhausted).",
+    )
+    waits: int | None = Field(
+        None,
+        description="Times its current Dagster run waited (for rate limits, start quotas); they do not count "
+        "against its retries.",
+        ge=0,
+    )
     result: AgentResult | None = Field(
         None,
         description="What the agent reported: one JSON document of at most 4 KiB written to the file named by "

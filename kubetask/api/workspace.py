@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, cel, k8s_extra
 from kubetask.api.contexts import NORMALISED_PATH_PATTERN, ContextList, FilePath, LocalSecretRef
+from kubetask.api.result import PeriodBudget, PeriodSpend
 
 DEFAULT_AGENT_IMAGE = "quay.io/zhaoxue/kubetask-agent-gemini:latest"
 DEFAULT_WORKSPACE_CONFIG = "default"
+MAX_QUOTA_STARTS = 1000  # status.recentStarts holds one time per start in the window
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """A lowercase host name, or ``*.`` and one (every host below it, not the name itself)."""
@@ -219,6 +222,51 @@ class WorkspaceConfigSpec(ApiModel):
         ge=1,
         le=100000,
     )
+    quota: StartQuota | None = Field(
+        None,
+        description="A cap on how fast its Tasks start: attempts beyond it wait as Queued (reason QuotaExhausted) "
+        "until an earlier start leaves the window. The starts are recorded in status.recentStarts.",
+    )
+    budget: PeriodBudget | None = Field(
+        None,
+        description="What its agents may spend per period, summed from the usage their results report: once "
+        "spent, its Tasks wait as Queued (reason BudgetExhausted) until the next period (status.spend).",
+    )
+    max_rate_limit_wait: Duration | None = Field(
+        None,
+        description="The longest a Task waits for a provider's rate limit to reset (default 1h). An agent that "
+        "exits with code 75 and a rateLimitedUntil in its result has not used up an attempt: its Task waits as "
+        "Queued (reason RateLimited) and starts again at that time, and no Task of this WorkspaceConfig starts "
+        "before it. A reset further away fails the Task with reason RateLimitWaitExceeded.",
+    )
+
+
+class StartQuota(ApiModel):
+    """At most ``maxTaskStarts`` agent Jobs of this WorkspaceConfig start in any ``window`` (a sliding window)."""
+
+    max_task_starts: int = Field(
+        description="Agent Jobs (attempts) that may start in one window.", ge=1, le=MAX_QUOTA_STARTS
+    )
+    window: Duration = Field(description="The sliding window, e.g. 1m or 1h.")
+
+
+class WorkspaceConfigStatus(ApiModel):
+    """What the run workers observed about the Tasks of a WorkspaceConfig."""
+
+    rate_limited_until: datetime | None = Field(
+        None,
+        description="Until when its credential is rate-limited (the latest reset an agent reported): no Task "
+        "of it starts before.",
+    )
+    spend: PeriodSpend | None = Field(
+        None, description="What its agents reported spending in the budget's current period."
+    )
+    recent_starts: list[datetime] | None = Field(
+        None,
+        description="When its agent Jobs started within the quota's window (claimed by the run workers with "
+        "optimistic concurrency before each start).",
+        max_length=MAX_QUOTA_STARTS,
+    )
 
 
 class WorkspaceConfig(ApiModel):
@@ -228,3 +276,4 @@ class WorkspaceConfig(ApiModel):
     kind: str = "WorkspaceConfig"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: WorkspaceConfigSpec
+    status: WorkspaceConfigStatus | None = None

@@ -121,6 +121,8 @@ class Resolution:
 
     parts: list[Part]
     git: list[GitContext]
+    remote_seconds: float = 0.0
+    """Time the RemoteFile fetches took: the Task's timeout is shortened by it."""
 
 
 def all_contexts(task: Task, workspace: WorkspaceConfigSpec) -> list[Context]:
@@ -166,7 +168,7 @@ def resolve(
     objects = _ObjectCache(namespace, reader)
     parts: list[Part] = []
     git: list[GitContext] = []
-    started, fetched = clock(), 0
+    started, fetched, remote_seconds = clock(), 0, 0.0
     for index, context in enumerate(contexts):
         where = f"context #{index} ({context.type.value} {context.file_path})"
         if context.type is ContextType.GIT:
@@ -190,7 +192,8 @@ def resolve(
             part = _resolve_remote(context.remote_file, objects, reader, where, seconds, size, secret_header_hosts)
             fetched += part.source.size
             parts.append(part)
-    return Resolution(parts=parts, git=git)
+            remote_seconds = clock() - started
+    return Resolution(parts=parts, git=git, remote_seconds=remote_seconds)
 
 
 def _resolve_file(file_path: str, source: FileSource, objects: _ObjectCache, where: str) -> Part:

@@ -20,6 +20,8 @@ class SecretReader(Protocol):
 
 MASK = "[redacted]"
 LOG_TAIL_MAX_BYTES = 64 * 1024
+KEPT_LOG_MAX_BYTES = 1024 * 1024
+"""At most this much of an attempt's agent log is kept in Dagster after its pod is gone."""
 """The most of an agent's log the run worker reads for its tail (Kubernetes' ``limitBytes``)."""
 _MIN_LENGTH = 4  # shorter values would mask ordinary words
 

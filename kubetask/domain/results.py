@@ -4,7 +4,9 @@ reason it was refused out. A bad result never fails the Task: its outcome follow
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -41,3 +43,51 @@ def parse(text: str | None) -> ParsedResult:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "the result"
         return ParsedResult(None, f"the result is invalid at {where}: {first['msg']}")
+
+
+def totals(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``usage`` (summed tokens and cost, and how many results reported usage) and ``pullRequests`` (a
+    count) of Tasks' ``status.result`` documents, as a BatchRun's status carries them."""
+    input_tokens = output_tokens = reporting = pull_requests = 0
+    cost = 0.0
+    for result in results:
+        if not result:
+            continue
+        pull_requests += len(result.get("pullRequests") or [])
+        usage = result.get("usage")
+        if usage:
+            reporting += 1
+            input_tokens += int(usage.get("inputTokens") or 0)
+            output_tokens += int(usage.get("outputTokens") or 0)
+            cost += float(usage.get("costUSD") or 0.0)
+    usage_totals = {
+        "inputTokens": input_tokens,
+        "outputTokens": output_tokens,
+        "costUSD": round(cost, 6),  # sums of cents in binary floats: keep the status stable
+        "tasks": reporting,
+    }
+    return {"usage": usage_totals, "pullRequests": pull_requests}
+
+
+def budget_spent(budget: Mapping[str, Any] | None, usage: Mapping[str, Any]) -> str | None:
+    """Why ``usage`` (as ``totals`` sums it) has used up ``budget`` (a BatchRun's ``spec.budget``), or
+    None while it has not. A cap is used up once the total reaches it."""
+    if not budget:
+        return None
+    spent = []
+    max_cost, max_tokens = budget.get("maxCostUSD"), budget.get("maxTokens")
+    if max_cost is not None and usage.get("costUSD", 0.0) >= max_cost:
+        spent.append(f"cost ${usage.get('costUSD', 0.0):g} of ${max_cost:g}")
+    tokens = int(usage.get("inputTokens", 0)) + int(usage.get("outputTokens", 0))
+    if max_tokens is not None and tokens >= max_tokens:
+        spent.append(f"{tokens} tokens of {max_tokens}")
+    return f"the budget is spent: {', '.join(spent)}" if spent else None
+
+
+def describe_usage(usage: Mapping[str, Any] | None) -> str:
+    """``usage`` totals in a sentence, for a message."""
+    usage = usage or {}
+    return (
+        f"{usage.get('tasks', 0)} Tasks reported {usage.get('inputTokens', 0)} input and "
+        f"{usage.get('outputTokens', 0)} output tokens, ${usage.get('costUSD', 0.0):g}"
+    )

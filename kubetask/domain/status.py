@@ -153,12 +153,28 @@ def running(
     patch = _transition(
         current, TaskPhase.RUNNING, "Running", f"attempt {attempt} running in Job {job_name}", now, generation
     )
-    patch.update(jobName=job_name, attempt=attempt, exitCode=None, completionTime=None)
+    patch.update(jobName=job_name, attempt=attempt, exitCode=None, completionTime=None, waitingUntil=None)
     if pod_name or current.get("attempt") != attempt:
         patch["podName"] = pod_name
     if not current.get("startTime"):
         patch["startTime"] = rfc3339(started or now)
     return patch
+
+
+def waiting(
+    current: Status, *, reason: str, until: datetime, message: str, run_id: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Queued for ``reason`` (RateLimited, QuotaExhausted) until ``until``. Counts one more wait of the
+    run ``run_id`` (``waits``): waits are retries of its step, not attempts."""
+    patch = _transition(current, TaskPhase.QUEUED, reason, message, now)
+    patch.update(waitingUntil=rfc3339(until), waits=waits(current, run_id) + 1, dagsterRunId=run_id)
+    return patch
+
+
+def waits(current: Status, run_id: str) -> int:
+    """How many times the run ``run_id`` has waited (a new run starts from 0)."""
+    current = current or {}
+    return int(current.get("waits") or 0) if current.get("dagsterRunId") == run_id else 0
 
 
 def pod_started(current: Status, *, pod_name: str) -> dict[str, Any]:
@@ -272,8 +288,9 @@ def batchrun_summary(
 
     Tasks not created yet (``total`` minus those given) and Tasks without a phase count as pending.
     ``failedTasks`` lists the first 50 Failed Tasks in the given order. The phase is Stopped when a
-    stop was requested; else, once every Task is terminal, Completed (none failed or stopped) or
-    Failed; else Paused when paused; else Running once any Task left Pending; else Pending.
+    stop was requested; else, once every Task is terminal, Stopped when the budget kept any from
+    starting (reason BudgetExceeded), Completed (none failed or stopped) or Failed; else Paused when
+    paused; else Running once any Task left Pending; else Pending.
     """
     counts = dict.fromkeys(("queued", "running", "completed", "failed", "stopped"), 0)
     failed_tasks: list[dict[str, str]] = []
@@ -287,7 +304,7 @@ def batchrun_summary(
     pending = total - sum(counts.values())
     progress = {"total": total, "pending": pending, **counts}
     finished = pending == counts["queued"] == counts["running"] == 0
-    if stopped:
+    if stopped or (finished and over_budget(tasks)):
         phase = BatchRunPhase.STOPPED
     elif finished:
         phase = BatchRunPhase.COMPLETED if counts["failed"] == counts["stopped"] == 0 else BatchRunPhase.FAILED
@@ -298,6 +315,11 @@ def batchrun_summary(
     else:
         phase = BatchRunPhase.PENDING
     return {"phase": phase.value, "progress": progress, "failedTasks": failed_tasks}
+
+
+def over_budget(tasks: Sequence[tuple[str, str | None, str | None]]) -> bool:
+    """Whether the BatchRun's budget kept any of its Tasks ``(name, phase, reason)`` from starting."""
+    return any(phase == TaskPhase.STOPPED.value and reason == vocabulary.BUDGET_EXCEEDED for _, phase, reason in tasks)
 
 
 def batchrun_outcome(
@@ -319,8 +341,9 @@ def batchrun_outcome(
     ``tasks`` are the ``(name, phase, reason)`` of every Task of the BatchRun after the ones the run
     never finished were ended (``ended_tasks`` of them, Stopped with reason ``RunEnded``). A terminal
     phase an op wrote (``current_phase``) stands; a stop request or a canceled run is Stopped; else
-    Completed when every Task completed, else Failed. Before any Task existed, a failure an op recorded
-    on ``ready`` stands too.
+    Stopped with reason BudgetExceeded when the budget kept Tasks from starting; else Completed when
+    every Task completed, else Failed. Before any Task existed, a failure an op recorded on ``ready``
+    stands too.
     """
     not_an_outcome = {
         vocabulary.RUN_SUBMITTED,
@@ -368,7 +391,10 @@ def batchrun_outcome(
         phase = BatchRunPhase.STOPPED.value
     else:
         phase = completed if summary["phase"] == completed else failed
-    if phase == completed:
+    budget = not stopped and over_budget(tasks)
+    if budget and phase != completed:
+        phase, reason = BatchRunPhase.STOPPED.value, vocabulary.BUDGET_EXCEEDED
+    elif phase == completed:
         reason = vocabulary.ALL_TASKS_COMPLETED
     elif phase == BatchRunPhase.STOPPED.value:
         reason = stop_reason

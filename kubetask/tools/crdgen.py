@@ -71,7 +71,7 @@ KINDS = [
         kind="WorkspaceConfig",
         plural="workspaceconfigs",
         spec=workspace.WorkspaceConfigSpec,
-        status=None,
+        status=workspace.WorkspaceConfigStatus,
         short_names=["wsconfig", "wsc"],
         description="How Tasks run: agent image, tools image, credentials, default contexts and pod settings.",
         printer_columns=[
@@ -114,6 +114,8 @@ KINDS = [
             {"name": "Completed", "type": "integer", "jsonPath": ".status.progress.completed"},
             {"name": "Total", "type": "integer", "jsonPath": ".status.progress.total"},
             {"name": "Failed", "type": "integer", "jsonPath": ".status.progress.failed"},
+            {"name": "PRs", "type": "integer", "jsonPath": ".status.pullRequests"},
+            {"name": "Cost", "type": "number", "jsonPath": ".status.usage.costUSD"},
             _age(),
         ],
         root_rules=[
@@ -154,6 +156,9 @@ def _structural(node: dict[str, Any], name: str, cardinality: int = 1) -> dict[s
         node = inner
     for key in _DROP_KEYS:
         node.pop(key, None)
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if not isinstance(node.get(bound), bool) and bound in node:  # JSON Schema's number; OpenAPI v3's flag
+            node[limit], node[bound] = node[bound], True
     untyped = bool(node.get("x-kubernetes-preserve-unknown-fields")) and "oneOf" in node
     if node.get("x-kubernetes-preserve-unknown-fields") and not untyped:
         node.setdefault("type", "object")

@@ -29,14 +29,16 @@ from dagster import (
 
 from kubetask import objects, vocabulary
 from kubetask.api import Batch, BatchRun, TaskPhase
-from kubetask.domain import batches, status
+from kubetask.domain import batches, results, status
 from kubetask.domain.errors import TaskError
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.kube import Kube
-from kubetask_dagster.ops.task import TaskRef, prepare, run_attempt
+from kubetask_dagster.ops.task import TaskRef, TaskReporter, prepare, run_attempt
 from kubetask_dagster.resources import KubeResource
 
 PAUSE_POLL_SECONDS = 2.0
+BUDGET_MAX_AGE_SECONDS = 2.0  # the steps of a BatchRun with a budget share a listing of its Tasks' usage
+# until one of them ends (its step forgets the listing)
 CREATE_WORKERS = 16
 
 
@@ -178,15 +180,16 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
         )
 
 
-def _wait_while_paused(context: OpExecutionContext, api: Kube, ns: str, batchrun: str) -> None:
-    """Dispatch nothing while the BatchRun carries the pause annotation (running Tasks go on)."""
+def _wait_while_paused(context: OpExecutionContext, api: Kube, ns: str, batchrun: str) -> dict[str, Any] | None:
+    """Dispatch nothing while the BatchRun carries the pause annotation (running Tasks go on); the
+    BatchRun as last read (None: it is gone)."""
     logged = False
     while True:
         if step_interrupted():
             raise DagsterExecutionInterruptedError()
         obj = api.get_custom("batchruns", ns, batchrun, max_age=PAUSE_POLL_SECONDS / 2)
         if obj is None or not vocabulary.pause_requested(objects.annotations_of(obj)):
-            return
+            return obj
         if not logged:
             context.log.info(f"BatchRun {ns}/{batchrun} is paused; waiting before starting this Task")
             logged = True
@@ -201,17 +204,45 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
     store and the summary loads none: two event-log rows and a storage write fewer per Task."""
     api = kube.api
     ns, name = item["namespace"], item["name"]
-    _wait_while_paused(context, api, ns, item["batchrun"])
+    batchrun = _wait_while_paused(context, api, ns, item["batchrun"])
     obj = api.get_custom("tasks", ns, name)
     if obj is None:
         raise Failure(f"Task {ns}/{name} was deleted", allow_retries=False)
     if (obj.get("status") or {}).get("phase") == TaskPhase.COMPLETED.value:
         context.log.info(f"Task {ns}/{name} already completed; not running it again")
         return
+    spent = _budget_spent(api, batchrun, ns, item["batchrun"])
+    if spent:  # running Tasks finish; this one does not start
+        reporter = TaskReporter(context, api, obj)
+        reporter.patch(status.stopped(reporter.current, vocabulary.BUDGET_EXCEEDED, f"not started: {spent}"))
+        reporter.event(vocabulary.BUDGET_EXCEEDED, f"not started: {spent}", warning=True)
+        return
     ref = TaskRef(namespace=ns, name=name, uid=obj["metadata"]["uid"], generation=obj["metadata"].get("generation", 1))
     prepared = prepare(context, kube, ref, task_obj=obj)
     lineage = (batch_asset_key(ns, item["batch"]), f"task-{item['index']}") if item["batch"] else None
-    run_attempt(context, kube, prepared, lineage=lineage, task_obj=obj)
+    try:
+        run_attempt(context, kube, prepared, lineage=lineage, task_obj=obj)
+    finally:  # its result may have spent the budget: the next Task to start reads the spend anew
+        api.forget("tasks", ns, label_selector=_tasks_of(item["batchrun"]))
+
+
+def _budget_spent(api: Kube, batchrun: dict[str, Any] | None, ns: str, name: str) -> str | None:
+    """Why the BatchRun's budget is spent (its Tasks' reported usage, read at most
+    BUDGET_MAX_AGE_SECONDS ago), or None while it is not or it has none."""
+    budget = ((batchrun or {}).get("spec") or {}).get("budget")
+    if not budget:
+        return None
+    tasks = api.list_custom("tasks", ns, _tasks_of(name), max_age=BUDGET_MAX_AGE_SECONDS)
+    return results.budget_spent(budget, results.totals(_result(t) for t in tasks)["usage"])
+
+
+def _tasks_of(batchrun: str) -> str:
+    """The label selector of a BatchRun's Tasks."""
+    return f"{vocabulary.LABEL_BATCH_RUN}={batchrun}"
+
+
+def _result(task: dict[str, Any]) -> dict[str, Any] | None:
+    return (task.get("status") or {}).get("result")
 
 
 def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
@@ -219,19 +250,20 @@ def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
     obj = api.get_custom("batchruns", ns, name)
     if obj is None:
         return {}
-    tasks = api.list_custom("tasks", ns, f"{vocabulary.LABEL_BATCH_RUN}={name}")
+    tasks = api.list_custom("tasks", ns, _tasks_of(name))
     rows = sorted(
         ((t["metadata"]["name"], (t.get("status") or {}).get("phase"), _reason(t)) for t in tasks),
         key=lambda row: batches.index_of(row[0]) or 0,
     )
     total = ((obj.get("status") or {}).get("progress") or {}).get("total", len(rows))
     meta_annotations = obj["metadata"].get("annotations") or {}
-    return status.batchrun_summary(
+    summary = status.batchrun_summary(
         rows,
         total,
         paused=vocabulary.pause_requested(meta_annotations),
         stopped=vocabulary.stop_requested(meta_annotations),
     )
+    return summary | results.totals(_result(t) for t in tasks)
 
 
 def _reason(task: dict[str, Any]) -> str | None:
@@ -260,7 +292,19 @@ def summarize_batch(context: OpExecutionContext, batchrun: dict[str, Any], kube:
                 "batchrun": config.name,
                 "progress": MetadataValue.json(summary.get("progress", {})),
                 "phase": summary.get("phase", ""),
+                **_totals_metadata(summary),
             },
         )
     )
     return summary
+
+
+def _totals_metadata(summary: dict[str, Any]) -> dict[str, Any]:
+    """The BatchRun's summed usage and pull-request count as Dagster metadata."""
+    usage = summary.get("usage") or {}
+    return {
+        "pull_requests": summary.get("pullRequests", 0),
+        "input_tokens": usage.get("inputTokens", 0),
+        "output_tokens": usage.get("outputTokens", 0),
+        "cost_usd": usage.get("costUSD", 0.0),
+    }

@@ -224,15 +224,17 @@ def _namespace_name(test_name: str) -> str:
 
 @pytest.fixture
 def steer(cluster: Cluster, namespace: str) -> Any:
-    """steer(tasks, labels, attempts=None): kwok labels the agent pods of these Tasks of the test's
-    namespace with these steering labels (kt_helpers.steering_stage); the Stages go with the test."""
+    """steer(tasks, labels, attempts=None, annotations=None): kwok labels (and annotates) the agent pods of
+    these Tasks of the test's namespace with these steering labels (kt_helpers.steering_stage); the
+    Stages go with the test."""
     from kt_helpers import steering_stage
 
     names: list[str] = []
 
-    def make(tasks: list[str], labels: dict[str, str], attempts: list[int] | None = None) -> str:
+    def make(tasks: list[str], labels: dict[str, str], attempts: list[int] | None = None,
+             annotations: dict[str, str] | None = None) -> str:
         name = f"steer-{namespace}-{len(names)}"
-        stage = steering_stage(name, namespace, tasks, labels, attempts)
+        stage = steering_stage(name, namespace, tasks, labels, attempts, annotations)
         cluster.kubectl("create", "-f", "-", input=json.dumps(stage))
         names.append(name)
         return name

@@ -48,10 +48,10 @@ def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
 
 
 def steering_stage(name: str, namespace: str, tasks: list[str], labels: dict[str, str],
-                   attempts: list[int] | None = None) -> dict:
+                   attempts: list[int] | None = None, annotations: dict[str, str] | None = None) -> dict:
     """A kwok Stage that gives the agent pods of ``tasks`` (their ``kubetask.io/task`` label; only the
-    ``attempts`` given, else every attempt) in ``namespace`` the steering ``labels`` of
-    deploy/local/kwok-stages.yaml, e.g. ``{"kubetask.io/test-outcome": "fail"}``.
+    ``attempts`` given, else every attempt) in ``namespace`` the steering ``labels`` (and ``annotations``,
+    e.g. ``kubetask.io/test-result``) of deploy/local/kwok-stages.yaml, e.g. ``{"kubetask.io/test-outcome": "fail"}``.
 
     Its weight of 1 beats the default Stages (weight 0), and it matches a pod until the pod carries the
     labels, so kwok labels the pod first, before any default Stage starts it; then the defaults take it
@@ -71,7 +71,8 @@ def steering_stage(name: str, namespace: str, tasks: list[str], labels: dict[str
         "metadata": {"name": name},
         "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Pod"}, "weight": 1,
                  "selector": {"matchExpressions": expressions},
-                 "next": {"patches": [{"type": "merge", "template": json.dumps({"metadata": {"labels": labels}})}]}},
+                 "next": {"patches": [{"type": "merge", "template": json.dumps(
+                     {"metadata": {"labels": labels, "annotations": annotations or {}}})}]}},
     }
 
 

@@ -57,6 +57,30 @@ class Dagster:
         )
         return data["runsOrError"]["results"]
 
+    def materializations(self, run_id: str, step: str | None = None) -> list[dict[str, Any]]:
+        """The run's materializations (of ``step`` only, when given), each with its metadata as ``{label: value}``."""
+        data = self.graphql(
+            """query($id: ID!) { logsForRun(runId: $id, limit: 100000) { __typename
+                 ... on EventConnection { events { __typename ... on MaterializationEvent { stepKey partition
+                   assetKey { path } metadataEntries { label ... on TextMetadataEntry { text } ... on UrlMetadataEntry { url }
+                     ... on FloatMetadataEntry { floatValue } ... on IntMetadataEntry { intValue } } } } } } }""",
+            {"id": run_id},
+        )
+        found = []
+        for event in data["logsForRun"]["events"]:
+            if event["__typename"] != "MaterializationEvent" or (step is not None and event["stepKey"] != step):
+                continue
+            metadata = {e["label"]: next((e[k] for k in ("text", "url", "floatValue", "intValue") if k in e), None)
+                        for e in event["metadataEntries"]}
+            found.append({"step": event["stepKey"], "partition": event["partition"], "asset": event["assetKey"]["path"],
+                          "metadata": metadata})
+        return found
+
+    def compute_logs(self, run_id: str) -> str:
+        """What the run's steps printed, as Dagster keeps it (the local compute log manager's files)."""
+        files = sorted((Path(self.home) / "storage" / run_id).glob("**/*.out"))
+        return "".join(f.read_text(errors="replace") for f in files)
+
     def event_log_text(self, run_id: str) -> str:
         """Every event of the run, serialised: what a leak scan must search."""
         data = self.graphql(

@@ -488,3 +488,41 @@ def test_workspace_limit_holds_across_batchruns_and_frees_slots_on_stop(cluster,
         assert wait_batchrun(kubectl, wait_for, namespace, "second", TERMINAL, timeout=90)["status"]["phase"] == "Stopped"
     finally:
         watch.stop()
+
+
+def test_the_batchrun_sums_its_agents_usage_and_stops_starting_tasks_once_its_budget_is_spent(
+    kubectl, wait_for, namespace, bridge, dagster, steer
+):
+    # Every agent reports $0.30 and a pull request (kwok hands the annotation back as the termination
+    # message, as a kubelet hands back $KUBETASK_RESULT_FILE). One at a time: the first two start
+    # ($0 and $0.30 spent), the third finds $0.60 of the $0.50 spent and does not start, nor does the fourth.
+    names = [f"spend-task-{i}" for i in range(4)]
+    result = {"summary": "done", "usage": {"inputTokens": 1000, "outputTokens": 200, "costUSD": 0.3, "model": "m"},
+              "pullRequests": [{"url": "https://git.example/org/repo/pull/1"}]}
+    steer(names, {"kubetask.io/test-duration-ms": "300"}, annotations={"kubetask.io/test-result": json.dumps(result)})
+    apply(kubectl, namespace, workspace(), batchrun("spend", n=4, parallelism=1, budget={"maxCostUSD": 0.5}))
+
+    wait_batchrun(kubectl, wait_for, namespace, "spend", TERMINAL, timeout=120)
+    # summarize_batch writes the phase; the bridge the outcome's condition once the run has ended
+    obj = wait_for(lambda: (b := get(kubectl, namespace, "batchrun", "spend"))
+                   and condition(b, "Ready")["reason"] not in ("RunSubmitted", "RunAdopted") and b, timeout=60)
+    status = obj["status"]
+    assert status["phase"] == "Stopped", status
+    assert status["usage"] == {"inputTokens": 2000, "outputTokens": 400, "costUSD": 0.6, "tasks": 2}
+    assert status["pullRequests"] == 2
+    assert status["progress"]["completed"] == 2 and status["progress"]["stopped"] == 2
+    ready = condition(obj, "Ready")
+    assert ready["reason"] == "BudgetExceeded" and "$0.6" in ready["message"], ready
+    tasks = tasks_of(kubectl, namespace, "spend")
+    assert [phase(tasks[n]) for n in names] == ["Completed", "Completed", "Stopped", "Stopped"]
+    assert tasks["spend-task-0"]["status"]["result"]["usage"]["costUSD"] == 0.3
+    stopped = condition(tasks["spend-task-2"], "Succeeded")
+    assert stopped["reason"] == "BudgetExceeded" and "cost $0.6 of $0.5" in stopped["message"], stopped
+    assert len(jobs(kubectl, namespace)) == 2  # the Tasks past the budget never had a Job
+    assert "BudgetExceeded" in event_reasons(kubectl, namespace, "spend-task-2")
+
+    # the run's summary carries the totals in Dagster
+    run = dagster.run(status["dagsterRunId"])
+    assert run["status"] == "SUCCESS"
+    summary = dagster.materializations(status["dagsterRunId"], step="summarize_batch")
+    assert summary and summary[0]["metadata"]["cost_usd"] == 0.6 and summary[0]["metadata"]["pull_requests"] == 2

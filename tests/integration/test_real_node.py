@@ -270,6 +270,14 @@ def test_what_the_agent_prints_of_its_secrets_is_redacted_everywhere(real_node, 
             assert secret_text not in text, f"{secret_text!r} reached the {where}"
     assert "key=" in seen["dagster events"], "the log tail should be in Dagster, masked"
 
+    # The whole log outlives the pod: Dagster keeps it with the step's stdout, masked, and the status says where.
+    kubectl("delete", "job", obj["status"]["jobName"], "-n", namespace, "--wait=true")
+    kept = dagster.compute_logs(obj["status"]["dagsterRunId"])
+    assert "===== agent log of Task" in kept and "key=" in kept, kept[-2000:]
+    for secret_text in (value, encoded, brief):
+        assert secret_text not in kept
+    assert obj["status"]["agentLog"].startswith(f"Dagster run {obj['status']['dagsterRunId']}, step run_agent")
+
 
 def test_a_timeout_kills_the_agent_and_stop_deletes_its_container(real_node, kubectl, wait_for, namespace, bridge):
     apply(kubectl, namespace, real_workspace(), task("slow", [inline("/workspace/.sleep", "600")], timeout="5s"))

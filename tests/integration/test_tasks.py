@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import signal
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -300,3 +302,87 @@ def test_image_pull_failure_ends_the_wait_with_a_reason(kubectl, wait_for, names
     assert obj["status"]["phase"] == "Failed"
     assert condition(obj, "Succeeded")["reason"] == "ImagePullFailed"
     assert "pull access denied" in obj["status"]["message"]
+
+
+def test_a_rate_limited_agent_waits_for_the_reset_and_holds_its_workspace_configs_other_tasks(
+    kubectl, wait_for, namespace, bridge, dagster, steer
+):
+    # Attempt 1 exits 75 with a reset 20 s away (kwok hands the annotation back as the termination
+    # message). The Task has no retries, yet starts again at the reset: the wait is not an attempt.
+    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    result = {"summary": "the provider said 429", "rateLimitedUntil": reset.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    steer(["limited"], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "75"}, attempts=[1],
+          annotations={"kubetask.io/test-result": json.dumps(result)})
+    apply(kubectl, namespace, workspace(), task("limited"))
+    waiting = wait_for(lambda: (t := get(kubectl, namespace, "task", "limited")) and t.get("status", {}).get("phase") == "Queued"
+                       and condition(t, "Ready")["reason"] == "RateLimited" and t, timeout=60)
+    assert waiting["status"]["waitingUntil"] == result["rateLimitedUntil"] and waiting["status"]["attempt"] == 1
+    held = get(kubectl, namespace, "workspaceconfig", "default")
+    assert held["status"]["rateLimitedUntil"] == result["rateLimitedUntil"]
+
+    # A Task of the same WorkspaceConfig applied during the wait does not start before the reset either.
+    assert datetime.now(UTC) < reset - timedelta(seconds=5), "the first attempt took too long to see the wait"
+    apply(kubectl, namespace, task("next"))
+    for name in ("limited", "next"):
+        obj = wait_phase(kubectl, wait_for, namespace, name, {"Completed", "Failed"}, timeout=90)
+        assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert get(kubectl, namespace, "task", "limited")["status"]["attempt"] == 2
+    assert "RateLimited" in event_reasons(kubectl, namespace, "next")
+    created = {j["metadata"]["name"]: datetime.fromisoformat(j["metadata"]["creationTimestamp"]) for j in jobs(kubectl, namespace)}
+    assert sorted(created) == ["limited-job-1", "limited-job-2", "next-job-1"]
+    assert created["limited-job-2"] >= reset and created["next-job-1"] >= reset, (created, reset)
+    run = dagster.run(waiting["status"]["dagsterRunId"])
+    assert run["status"] == "SUCCESS"
+    agent = next(s for s in run["stepStats"] if s["stepKey"] == "run_agent")
+    assert len(agent["attempts"]) == 2  # in Dagster the wait is a retry of the step, shown as waiting
+
+
+def test_a_reset_beyond_max_rate_limit_wait_fails_the_task(kubectl, wait_for, namespace, bridge, steer):
+    far = (datetime.now(UTC) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    steer(["far"], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "75"},
+          annotations={"kubetask.io/test-result": json.dumps({"rateLimitedUntil": far})})
+    apply(kubectl, namespace, workspace(maxRateLimitWait="30m"), task("far", retries={"limit": 2}))
+    obj = wait_phase(kubectl, wait_for, namespace, "far", {"Completed", "Failed"}, timeout=60)
+    assert obj["status"]["phase"] == "Failed" and condition(obj, "Succeeded")["reason"] == "RateLimitWaitExceeded"
+    assert "more than maxRateLimitWait (30m)" in obj["status"]["message"]
+    assert [j["metadata"]["name"] for j in jobs(kubectl, namespace)] == ["far-job-1"]
+
+
+def test_a_start_quota_spreads_a_burst_over_its_window(kubectl, wait_for, namespace, bridge):
+    # Three Tasks at once, two starts per 8 s: the third waits as Queued (QuotaExhausted) until the first
+    # start leaves the window, although all three run workers decide at the same moment.
+    apply(kubectl, namespace, workspace(quota={"maxTaskStarts": 2, "window": "8s"}), *(task(f"q{i}") for i in range(3)))
+    for i in range(3):
+        obj = wait_phase(kubectl, wait_for, namespace, f"q{i}", {"Completed", "Failed"}, timeout=90)
+        assert obj["status"]["phase"] == "Completed" and obj["status"]["attempt"] == 1, obj["status"]
+    created = sorted(datetime.fromisoformat(j["metadata"]["creationTimestamp"]) for j in jobs(kubectl, namespace))
+    assert len(created) == 3
+    assert (created[2] - created[0]).total_seconds() >= 7, created  # whole seconds: 8 s less the rounding
+    waited = [i for i in range(3) if "QuotaExhausted" in event_reasons(kubectl, namespace, f"q{i}")]
+    assert len(waited) == 1, waited
+    recent = get(kubectl, namespace, "workspaceconfig", "default")["status"]["recentStarts"]
+    assert 1 <= len(recent) <= 2
+
+
+def test_a_spent_workspace_budget_holds_the_next_task_until_the_period_rolls(kubectl, wait_for, namespace, bridge, steer):
+    # $0.50 per 20 s period; the first Task reports $0.60, which its run worker adds to status.spend.
+    steer(["spender"], {"kubetask.io/test-duration-ms": "200"},
+          annotations={"kubetask.io/test-result": json.dumps({"usage": {"inputTokens": 50, "costUSD": 0.6}})})
+    apply(kubectl, namespace, workspace(budget={"maxCostUSD": 0.5, "period": "20s"}), task("spender"))
+    wait_phase(kubectl, wait_for, namespace, "spender", {"Completed"}, timeout=60)
+    spend = get(kubectl, namespace, "workspaceconfig", "default")["status"]["spend"]
+    assert spend["costUSD"] == 0.6 and spend["inputTokens"] == 50, spend
+
+    # A period with at least 8 s left, spent: the next Task waits as Queued (BudgetExhausted) until it ends.
+    left = 20 - time.time() % 20
+    if left < 8:
+        time.sleep(left + 0.2)
+    start = datetime.fromtimestamp(int(time.time()) // 20 * 20, UTC)
+    spent = {"status": {"spend": {"periodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "costUSD": 0.6}}}
+    kubectl("patch", "workspaceconfig", "default", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(spent))
+    apply(kubectl, namespace, task("later"))
+    obj = wait_phase(kubectl, wait_for, namespace, "later", {"Completed", "Failed"}, timeout=60)
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    assert "BudgetExhausted" in event_reasons(kubectl, namespace, "later")
+    [job] = [j for j in jobs(kubectl, namespace) if j["metadata"]["name"] == "later-job-1"]
+    assert datetime.fromisoformat(job["metadata"]["creationTimestamp"]) >= start + timedelta(seconds=20)

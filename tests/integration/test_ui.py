@@ -80,3 +80,26 @@ def test_dagster_ui_shows_the_batchrun_its_asset_and_schedule(browser, kubectl, 
     _show(browser, f"{dagster.url}/assets/{asset_path}?view=partitions", ["task-0", "task-1", "task-2"], "2-batch-asset-partitions")
 
     _show(browser, f"{dagster.url}/automation", ["update_deps"], "3-schedules")
+
+
+def test_dagster_ui_shows_a_tasks_pull_request_and_cost(browser, kubectl, wait_for, namespace, bridge, dagster, steer):
+    pr = "https://github.com/example/app/pull/7"
+    result = {"summary": "Updated 3 dependencies.", "pullRequests": [{"url": pr, "branch": "deps"}],
+              "usage": {"inputTokens": 18250, "outputTokens": 2310, "costUSD": 0.09, "model": "example-model"}}
+    steer(["reported"], {"kubetask.io/test-duration-ms": "200"}, annotations={"kubetask.io/test-result": json.dumps(result)})
+    workspace = {"apiVersion": "kubetask.io/v1alpha1", "kind": "WorkspaceConfig", "metadata": {"name": "default"},
+                 "spec": {"agentImage": "example.invalid/echo-agent:1", "serviceAccountName": "default"}}
+    task = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": "reported"},
+            "spec": {"contexts": [{"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": "bump"}}}]}}
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([workspace, task]))
+
+    def done():
+        obj = json.loads(kubectl("get", "task", "reported", "-n", namespace, "-o", "json").stdout)
+        return obj if (obj.get("status") or {}).get("phase") in ("Completed", "Failed") else None
+
+    obj = wait_for(done, timeout=90, interval=1, what="the Task to finish")
+    assert obj["status"]["result"]["pullRequests"][0]["url"] == pr
+    asset_path = "/".join(["kubetask", namespace, "tasks"])
+    page = _show(browser, f"{dagster.url}/assets/{asset_path}?view=events&partition=reported", [pr, "cost_usd", "0.09"],
+                 "4-task-pull-request-and-cost")
+    assert "example-model" in page

@@ -88,7 +88,13 @@ class Env:
         return obj
 
     def task(
-        self, i: int, phase: str | None, reason: str | None = None, batchrun: str = "br", owner: str = UID
+        self,
+        i: int,
+        phase: str | None,
+        reason: str | None = None,
+        batchrun: str = "br",
+        owner: str = UID,
+        result: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         name = f"{batchrun}-task-{i}"
         obj = {
@@ -110,6 +116,8 @@ class Env:
             status: dict[str, Any] = {"phase": phase}
             if reason:
                 status["conditions"] = [{"type": "Succeeded", "status": "False", "reason": reason, "message": "m"}]
+            if result:
+                status["result"] = result
             obj["status"] = status
         key = ("tasks", NS, name)
         if key in self.kube.objs:
@@ -310,6 +318,29 @@ def test_progress_counts_cached_tasks_and_not_yet_created_ones_as_pending(env):
     }
     assert status["failedTasks"] == [{"name": "br-task-2", "reason": "AgentFailed"}]
     assert status["phase"] == "Running" and status["dagsterRunId"] == run_id
+
+
+def test_progress_sums_the_usage_and_counts_the_pull_requests_the_tasks_reported(env):
+    run_id = env.running_batchrun(total=3)
+    pr = {"url": "https://git.example/pull/1"}
+    env.task(0, "Completed", result={"usage": {"inputTokens": 100, "outputTokens": 20, "costUSD": 0.25}, "pullRequests": [pr]})
+    env.task(1, "Running")
+    env.reconcile()
+    status = env.status()
+    assert status["usage"] == {"inputTokens": 100, "outputTokens": 20, "costUSD": 0.25, "tasks": 1}
+    assert status["pullRequests"] == 1
+    env.clock.t += 2
+    env.task(1, "Completed", result={"usage": {"costUSD": 0.5}, "pullRequests": [pr, pr]})
+    env.task(2, "Stopped", "BudgetExceeded")
+    env.reconcile()
+    assert env.status()["usage"]["costUSD"] == 0.75 and env.status()["pullRequests"] == 3
+    finish(env, run_id, "SUCCESS")
+    env.reconcile()
+    status = env.status()
+    ready = condition_of(status, "Ready")
+    assert status["phase"] == "Stopped" and ready["reason"] == "BudgetExceeded"
+    assert "2 Tasks reported 100 input and 20 output tokens, $0.75" in ready["message"]
+    assert status["usage"]["tasks"] == 2 and status["pullRequests"] == 3
 
 
 def test_progress_is_recomputed_not_incremented(env):

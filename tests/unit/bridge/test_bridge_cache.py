@@ -162,6 +162,12 @@ def test_the_cache_keeps_only_what_the_bridge_decides_on():
                 "spec": {"batchSpec": {"parallelism": 3, "commonContext": [big], "variableContexts": [[big]] * 3}}}
     assert decided_fields(batchrun)["spec"] == {"batchSpec": {"parallelism": 3}}
 
+    reported = {**task, "status": {"phase": "Completed", "result": {
+        "summary": "s" * 4000, "usage": {"costUSD": 0.5}, "pullRequests": [{"url": "https://x/1"}], "outputs": {"k": "v"}}}}
+    # of the agent's result the bridge keeps what it sums and counts
+    assert decided_fields(reported)["status"] == {
+        "phase": "Completed", "result": {"usage": {"costUSD": 0.5}, "pullRequests": [{"url": "https://x/1"}]}}
+
     seen = []
     store = ObjectStore(trim=decided_fields)
     store.subscribe(lambda old, new: seen.append(new))

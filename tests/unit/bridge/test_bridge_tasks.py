@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from crd_bridge import metrics
 from crd_bridge.cache import WorkspaceLimits
 from crd_bridge.dagster.client import DagsterRejected
-from crd_bridge.tasks import Reconciler
+from crd_bridge.tasks import Reconciler, count_reported_usage
 from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
 from kubetask.domain import runs as contract
@@ -729,3 +730,22 @@ def test_stop_annotation_values(value, stops):
     assert w.status("a")["phase"] == ("Stopped" if stops else "Pending")
     assert bool(w.dagster.submitted) is not stops
     assert vocabulary.stop_requested({"kubetask.io/stop": value}) is stops
+
+
+def test_the_usage_a_task_gains_is_counted_once_per_namespace_and_workspace_config():
+    def sample(name, **labels):
+        return metrics.REGISTRY.get_sample_value(name, {"namespace": "counted", "workspace_config": "llm", **labels}) or 0
+
+    def task(result=None, phase="Running"):
+        return {"metadata": {"name": "t", "namespace": "counted"}, "spec": {"workspaceConfigRef": "llm"},
+                "status": {"phase": phase, **({"result": result} if result else {})}}
+
+    result = {"usage": {"inputTokens": 100, "outputTokens": 7, "costUSD": 0.25}, "pullRequests": [{"url": "https://x/1"}]}
+    count_reported_usage(task(), task(result, "Completed"))
+    count_reported_usage(task(result, "Completed"), task(result, "Completed"))  # a re-list: nothing new
+    assert sample("kubetask_agent_tokens_total", direction="input") == 100
+    assert sample("kubetask_agent_tokens_total", direction="output") == 7
+    assert sample("kubetask_agent_cost_usd_total") == 0.25
+    assert sample("kubetask_agent_pull_requests_total") == 1
+    count_reported_usage(task(result), task({"usage": {"costUSD": 0.5}}))  # a later attempt's own result
+    assert sample("kubetask_agent_cost_usd_total") == 0.75

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
+import time
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +22,7 @@ from kubetask.domain import manifests
 from kubetask.domain.outcomes import STUCK_WAITING_REASONS, PodOutcome
 from kubetask.domain.redact import MASK
 from kubetask_dagster.jobs import task_job
+from kubetask_dagster.kube import Conflict
 from kubetask_dagster.resources import KubeResource
 
 NS = "team-a"
@@ -46,10 +50,14 @@ class FakeKube:
         self.waits: list[dict] = []
         self.pods_ended_waits: list[str] = []  # Jobs whose pods had to end before a slot was freed
         self.outcomes = list(outcomes or [])
+        self.fetch_budgets: list[float] = []
+        self.conflicts = 0  # conditional writes that find the object changed since it was read
         self.log = log
 
     def add(self, plural: str, obj: dict) -> None:
-        self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        obj = copy.deepcopy(obj)
+        obj["metadata"].setdefault("resourceVersion", "1")
+        self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
 
     def task(self, name: str = "t1") -> dict:
         return self.objects[("tasks", NS, name)]
@@ -59,11 +67,19 @@ class FakeKube:
         obj = self.objects.get((plural, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def patch_status(self, plural, namespace, name, status):
-        self.patches.append(copy.deepcopy(status))
+    def patch_status(self, plural, namespace, name, status, resource_version=None):
         obj = self.objects.get((plural, namespace, name))
         if obj is None:
             return None
+        meta = obj["metadata"]
+        if self.conflicts and resource_version is not None:
+            self.conflicts -= 1
+            meta["resourceVersion"] = str(int(meta.get("resourceVersion", "1")) + 1)  # someone wrote in between
+        if resource_version is not None and resource_version != meta.get("resourceVersion", "1"):
+            raise Conflict("changed")
+        meta["resourceVersion"] = str(int(meta.get("resourceVersion", "1")) + 1)
+        if plural == "tasks":
+            self.patches.append(copy.deepcopy(status))
         current = obj.setdefault("status", {})
         for k, v in status.items():
             if v is None:
@@ -71,6 +87,9 @@ class FakeKube:
             else:
                 current[k] = copy.deepcopy(v)
         return copy.deepcopy(obj)
+
+    def forget(self, plural, namespace, *, name="", label_selector=""):
+        pass  # nothing is cached here
 
     # context readers
     def config_map_data(self, namespace, name):
@@ -84,7 +103,9 @@ class FakeKube:
         return None if data is None else sorted(data)
 
     def fetch(self, url, headers, timeout, max_bytes):
-        raise AssertionError("no RemoteFile in these tests")
+        self.fetch_budgets.append(timeout)
+        time.sleep(1.2)  # a slow server
+        return "remote content"
 
     # the attempt's objects
     def apply_config_map(self, body):
@@ -120,6 +141,9 @@ class FakeKube:
 
     def pod_log_tail(self, namespace, pod, lines=50, container="agent"):
         return self.log
+
+    def pod_log(self, namespace, pod, container="agent", max_bytes=0):
+        return self.log or None
 
     def wait_for_pod_end(self, namespace, job_name, *, label_selector, deadline_seconds, on_running=None,
                          interrupted=lambda: False, no_pod_grace=60.0):
@@ -383,6 +407,18 @@ def test_a_successful_attempts_materialization_carries_the_redacted_tail(run):
     assert materialization.metadata["job"].value == "t1-job-1"
 
 
+def test_the_whole_agent_log_is_kept_redacted_in_the_steps_stdout(run, capfd):
+    log = "".join(f"line {i}\n" for i in range(500)) + f"the key is {CREDENTIAL}\n"
+    kube = fake_kube(ok(), log=log)
+    result, _ = run(kube)
+    assert result.success
+    out = capfd.readouterr().out
+    assert "===== agent log of Task team-a/t1, attempt 1, pod t1-job-1-pod =====" in out
+    assert "line 0\n" in out and "line 499\n" in out and f"the key is {MASK}" in out  # all of it, not the tail
+    assert CREDENTIAL not in out
+    assert kube.task()["status"]["agentLog"] == f"Dagster run {result.run_id}, step run_agent: its stdout (attempt 1)"
+
+
 def test_max_concurrent_tasks_holds_a_pool_slot_only_while_the_job_runs(run):
     kube = fake_kube(ok(), workspace=workspace_obj(maxConcurrentTasks=1))
     instance = DagsterInstance.ephemeral()
@@ -416,3 +452,97 @@ def test_a_failed_attempt_releases_its_pool_slot_too(run):
     result, _ = run(kube, instance=instance)
     assert not result.success
     assert instance.event_log_storage.get_concurrency_info("kubetask/team-a/default").claimed_slots == []
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+
+def rate_limited(seconds: float) -> PodOutcome:
+    until = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return PodOutcome(False, vocabulary.AGENT_FAILED, "the agent exited with 75 (Error)", exit_code=75,
+                      result_text=json.dumps({"summary": "rate-limited", "rateLimitedUntil": until}))
+
+
+def test_a_rate_limited_attempt_waits_for_the_reset_without_using_up_a_retry(run):
+    # one retry allowed: the rate-limited attempt is not it, so the ordinary failure after it still gets its retry
+    kube = fake_kube(rate_limited(1.0), agent_failed(3), ok(),
+                     task=task_obj(retries={"limit": 1, "backoff": {"initialDelay": "1ms"}}))
+    started = time.monotonic()
+    result, _ = run(kube)
+    assert result.success, kube.task()["status"]
+    assert kube.created == ["t1-job-1", "t1-job-2", "t1-job-3"]
+    assert time.monotonic() - started >= 1.0  # it waited for the reset
+    waiting = next(p for p in kube.patches if p.get("phase") == "Queued")
+    assert reason(waiting) == vocabulary.RATE_LIMITED and waiting["waits"] == 1
+    assert "stopped on its provider's rate limit until" in waiting["message"]
+    assert vocabulary.RATE_LIMITED in [r for r, _, _ in kube.events]
+    # the WorkspaceConfig carries the reset: its other Tasks wait for it too
+    assert kube.objects[("workspaceconfigs", NS, "default")]["status"]["rateLimitedUntil"] == waiting["waitingUntil"]
+    assert kube.task()["status"]["attempt"] == 3 and "waitingUntil" not in kube.task()["status"]
+
+
+def test_a_task_of_a_rate_limited_workspace_config_waits_before_its_first_job(run):
+    until = (datetime.now(UTC) + timedelta(seconds=1.5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    workspace = workspace_obj()
+    workspace["status"] = {"rateLimitedUntil": until}
+    kube = fake_kube(ok(), workspace=workspace)
+    result, _ = run(kube)
+    assert result.success
+    assert phases(kube)[0] == "Queued" and reason(kube.patches[0]) == vocabulary.RATE_LIMITED
+    assert 'WorkspaceConfig "default" is rate-limited until' in kube.patches[0]["message"]
+    assert kube.created == ["t1-job-1"] and kube.task()["status"]["attempt"] == 1
+
+
+def test_a_reset_beyond_max_rate_limit_wait_fails_the_task(run):
+    kube = fake_kube(rate_limited(7200), workspace=workspace_obj(maxRateLimitWait="1m"),
+                     task=task_obj(retries={"limit": 3, "backoff": {"initialDelay": "1ms"}}))
+    result, _ = run(kube)
+    assert not result.success
+    status = kube.task()["status"]
+    assert status["phase"] == "Failed" and reason(status) == vocabulary.RATE_LIMIT_WAIT_EXCEEDED
+    assert "more than maxRateLimitWait (1m)" in status["message"]
+    assert kube.created == ["t1-job-1"]
+
+
+def test_a_start_quota_queues_the_attempt_until_an_earlier_start_leaves_the_window(run):
+    workspace = workspace_obj(quota={"maxTaskStarts": 1, "window": "2s"})
+    workspace["status"] = {"recentStarts": [datetime.now(UTC).isoformat()]}  # another Task started just now
+    kube = fake_kube(ok(), workspace=workspace)
+    kube.conflicts = 1  # and a run worker records a start between this one's read and its write
+    started = time.monotonic()
+    result, _ = run(kube)
+    assert result.success
+    assert time.monotonic() - started >= 1.5
+    waiting = kube.patches[0]
+    assert waiting["phase"] == "Queued" and reason(waiting) == vocabulary.QUOTA_EXHAUSTED
+    assert 'WorkspaceConfig "default" allows 1 Task starts per 2s' in waiting["message"]
+    assert kube.created == ["t1-job-1"] and kube.task()["status"]["attempt"] == 1
+    recent = kube.objects[("workspaceconfigs", NS, "default")]["status"]["recentStarts"]
+    assert len(recent) == 1 and recent[0] > workspace["status"]["recentStarts"][0]  # its own start replaced the old one
+
+
+def test_the_remote_files_fetch_time_is_taken_from_the_tasks_timeout(run):
+    remote = {"type": "RemoteFile", "remoteFile": {"filePath": "/workspace/remote.md", "url": "https://example.com/a"}}
+    kube = fake_kube(ok(), task=task_obj(timeout="8s", contexts=[remote]))
+    result, _ = run(kube)
+    assert result.success
+    assert len(kube.fetch_budgets) == 1 and 7.9 < kube.fetch_budgets[0] <= 8.0  # the Task's timeout, not 10 s
+    job = kube.jobs["t1-job-1"]
+    assert job["spec"]["activeDeadlineSeconds"] == 6  # 8 s less the fetch's 1.2 s, rounded up
+
+
+def test_a_spent_workspace_budget_holds_new_tasks_until_the_next_period(run):
+    workspace = workspace_obj(budget={"maxCostUSD": 1.0, "period": "2s"})
+    now = datetime.now(UTC)
+    period_start = datetime.fromtimestamp(int(now.timestamp()) // 2 * 2, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    workspace["status"] = {"spend": {"periodStart": period_start, "costUSD": 1.5}}
+    result_text = json.dumps({"usage": {"inputTokens": 10, "costUSD": 0.25}})
+    kube = fake_kube(PodOutcome(True, vocabulary.COMPLETED, "ok", exit_code=0, result_text=result_text), workspace=workspace)
+    result, _ = run(kube)
+    assert result.success
+    waiting = kube.patches[0]
+    assert waiting["phase"] == "Queued" and reason(waiting) == vocabulary.BUDGET_EXHAUSTED
+    assert "cost $1.5 of $1 in its 2s period" in waiting["message"]
+    # the attempt ran in the next period, and its own usage starts that period's spend
+    spend = kube.objects[("workspaceconfigs", NS, "default")]["status"]["spend"]
+    assert spend["periodStart"] > period_start and spend["costUSD"] == 0.25 and spend["inputTokens"] == 10

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kubetask.domain.status import batchrun_outcome
+from kubetask.domain.status import batchrun_outcome, batchrun_summary
 
 
 def outcome(
@@ -144,3 +144,23 @@ def test_no_failed_task_but_not_all_done_is_the_runs_failure():
 def test_without_a_total_the_tasks_given_are_the_total():
     o = outcome("SUCCESS", rows("Completed", "Completed"), total=None)
     assert o["progress"]["total"] == 2 and o["phase"] == "Completed"
+
+
+def test_a_spent_budget_is_stopped_with_its_own_reason():
+    tasks = [*rows("Completed", "Failed"), ("br-task-2", "Stopped", "BudgetExceeded")]
+    o = outcome("SUCCESS", tasks, total=3)
+    assert triple(o) == ("Stopped", "BudgetExceeded", False)
+    assert o["progress"]["stopped"] == 1 and o["failedTasks"] == [{"name": "br-task-1", "reason": "AgentFailed"}]
+    # the op's summary wrote Stopped first: the reason is the budget's still
+    assert triple(outcome("SUCCESS", tasks, total=3, current="Stopped"))[1] == "BudgetExceeded"
+    # a person's stop is the reason when both happened
+    assert triple(outcome("CANCELED", tasks, total=3, stop=True))[1] == "StopRequested"
+    # a Task stopped for another reason is no budget
+    assert outcome("SUCCESS", rows("Completed", "Stopped"), total=2)["reason"] != "BudgetExceeded"
+
+
+def test_the_summary_of_a_finished_run_whose_budget_was_spent_is_stopped():
+    tasks = [*rows("Completed"), ("br-task-1", "Stopped", "BudgetExceeded")]
+    assert batchrun_summary(tasks, 2, paused=False, stopped=False)["phase"] == "Stopped"
+    # until every Task is terminal it is running
+    assert batchrun_summary([*tasks, ("br-task-2", "Running", None)], 3, paused=False, stopped=False)["phase"] == "Running"

@@ -254,14 +254,16 @@ def test_remote_files_share_one_budget_of_bytes_and_seconds():
     contexts = [remote(f"/w/{i}", f"https://example.com/{i}") for i in range(3)]
     result = resolve(contexts[:2], NS, reader, remote_timeout=30.0, remote_max_bytes=1000, clock=clock)
     assert [len(p.content) for p in result.parts] == [400, 400]
-    assert reader.budgets == [(29.0, 1000), (28.0, 600)]  # what is left, not a fresh allowance per file
+    assert reader.budgets == [(29.0, 1000), (27.0, 600)]  # what is left, not a fresh allowance per file
+    assert result.remote_seconds == 4.0  # what the fetches took: the Task's timeout is shortened by it
+    assert resolve([], NS, reader, clock=clock).remote_seconds == 0.0
     with pytest.raises(TaskError) as err:  # the third would go over 1000 bytes in all
         resolve(contexts, NS, reader, remote_timeout=30.0, remote_max_bytes=1000, clock=clock)
     assert err.value.reason == "RemoteFileUnavailable" and "more than 200 bytes" in err.value.message
     with pytest.raises(TaskError) as err:
-        resolve(contexts, NS, reader, remote_timeout=2.5, remote_max_bytes=10_000, clock=clock)
+        resolve(contexts, NS, reader, remote_timeout=4.5, remote_max_bytes=10_000, clock=clock)
     assert err.value.message.startswith("context #2 (RemoteFile /w/2): not fetched")
-    assert "budget of 2.5 s" in err.value.message
+    assert "budget of 4.5 s" in err.value.message
 
 
 def test_a_secret_header_goes_only_to_the_hosts_the_workspace_lists():

@@ -48,6 +48,8 @@ def test_schemas_are_structural_and_documented():
             else:
                 assert "type" in node, f"{kind.kind} {path} has no type"
             assert not {"anyOf", "$ref", "allOf"} & node.keys(), f"{kind.kind} {path} is not structural"
+            for bound in ("exclusiveMinimum", "exclusiveMaximum"):  # OpenAPI v3: a flag on minimum/maximum
+                assert isinstance(node.get(bound, False), bool), f"{kind.kind} {path}: {bound} must be a boolean"
             if path.startswith("$.spec.") and not path.endswith("{}"):
                 assert node.get("description"), f"{kind.kind} {path} has no description (kubectl explain)"
         assert doc["spec"]["names"]["categories"] == ["kubetask"]
@@ -58,7 +60,7 @@ def test_schemas_are_structural_and_documented():
 def test_printer_columns():
     columns = {k.kind: [c["name"] for c in k.printer_columns] for k in crdgen.KINDS}
     assert columns["Task"][:3] == ["Phase", "Job", "Attempt"] and columns["Task"][-1] == "Age"
-    assert columns["BatchRun"] == ["Batch", "Phase", "Completed", "Total", "Failed", "Age"]
+    assert columns["BatchRun"] == ["Batch", "Phase", "Completed", "Total", "Failed", "PRs", "Cost", "Age"]
 
 
 def test_cel_messages_name_their_field():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
+from kubetask.api.result import Budget
 from kubetask.domain import status
-from kubetask.domain.results import parse
+from kubetask.domain.results import budget_spent, parse, totals
 
 GOOD = {
     "summary": "Bumped the dependencies; tests pass.",
@@ -55,3 +57,47 @@ def test_the_status_carries_the_result_or_says_why_not():
     [condition] = refused["conditions"]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidResult")
     assert status.result_recorded({}, parse(None)) == {}
+
+
+def test_totals_sum_the_usage_and_count_the_pull_requests():
+    reported = [
+        GOOD,
+        {"usage": {"inputTokens": 10, "costUSD": 0.1}, "pullRequests": [{"url": "https://x/1"}, {"url": "https://x/2"}]},
+        {"summary": "no usage"},
+        None,
+    ]
+    summed = totals(reported)
+    assert summed["pullRequests"] == len(GOOD["pullRequests"]) + 2
+    assert summed["usage"] == {
+        "inputTokens": GOOD["usage"]["inputTokens"] + 10,
+        "outputTokens": GOOD["usage"]["outputTokens"],
+        "costUSD": round(GOOD["usage"]["costUSD"] + 0.1, 6),
+        "tasks": 2,
+    }
+    assert totals([]) == {"usage": {"inputTokens": 0, "outputTokens": 0, "costUSD": 0.0, "tasks": 0}, "pullRequests": 0}
+    # a sum of cents does not drift in the status
+    assert totals([{"usage": {"costUSD": 0.1}}] * 3)["usage"]["costUSD"] == 0.3
+
+
+@pytest.mark.parametrize(
+    ("budget", "usage", "spent"),
+    [
+        (None, {"costUSD": 99.0}, None),
+        ({"maxCostUSD": 1.0}, {"costUSD": 0.99}, None),
+        ({"maxCostUSD": 1.0}, {"costUSD": 1.0}, "cost $1 of $1"),
+        ({"maxTokens": 100}, {"inputTokens": 60, "outputTokens": 39}, None),
+        ({"maxTokens": 100}, {"inputTokens": 60, "outputTokens": 40}, "100 tokens of 100"),
+        ({"maxCostUSD": 5.0, "maxTokens": 100}, {"inputTokens": 200, "costUSD": 1.0}, "200 tokens of 100"),
+    ],
+)
+def test_a_budget_is_spent_once_a_total_reaches_a_cap(budget, usage, spent):
+    found = budget_spent(budget, usage)
+    assert (found is None) == (spent is None)
+    if spent:
+        assert spent in found
+
+
+def test_a_budget_names_at_least_one_cap():
+    with pytest.raises(ValidationError, match="maxCostUSD, maxTokens or both"):
+        Budget.model_validate({})
+    assert Budget.model_validate({"maxCostUSD": 2}).to_k8s() == {"maxCostUSD": 2.0}
