@@ -309,6 +309,7 @@ def run_attempt(
     if log_tail and not outcome.succeeded:
         context.log.warning(f"last lines of the agent's log ({outcome.pod_name}):\n{log_tail}")
     metadata = {
+        **_result_metadata(parsed.result),  # first: what people look for (the pull request, the cost)
         "task": f"{config.namespace}/{config.name}",
         "uid": config.uid,
         "job": job_name,
@@ -320,7 +321,6 @@ def run_attempt(
         "context_sources": MetadataValue.json(prepared["files"]),
         "log_tail": MetadataValue.text(log_tail),  # redacted; in the metadata rather than one more log row
         "kubectl": f"kubectl -n {config.namespace} get task {config.name}; kubectl -n {config.namespace} describe job {job_name}",
-        **_result_metadata(parsed.result),
     }
     if outcome.succeeded:
         reporter.patch(status.completed(reporter.current, exit_code=outcome.exit_code or 0, pod_name=outcome.pod_name))
