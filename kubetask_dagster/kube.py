@@ -44,6 +44,10 @@ class Conflict(Exception):
     """A conditional write found the object changed since it was read."""
 
 
+class LogUnavailable(Exception):
+    """The API server could not give a container's log."""
+
+
 class WaitInterrupted(Exception):
     """The run is being terminated while a step waited for its pod."""
 
@@ -105,7 +109,7 @@ class Kube:
                 self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name, body
             )
         except ApiException as e:
-            if e.status == 409:
+            if e.status == 409 and resource_version is not None:
                 raise Conflict(
                     f"{plural} {namespace}/{name} changed since resourceVersion {resource_version}"
                 ) from None
@@ -283,13 +287,13 @@ class Kube:
 
     def pod_log(
         self, namespace: str, pod: str, container: str = "agent", max_bytes: int = redact.KEPT_LOG_MAX_BYTES
-    ) -> str | None:
+    ) -> str:
         """The container's log from its start, at most ``max_bytes`` (a cut last line dropped, as in
-        ``pod_log_tail``); None when the API server has none to give (no kubelet, pod gone)."""
+        ``pod_log_tail``); ``LogUnavailable`` when the API server has none to give (no kubelet, pod gone)."""
         try:
             text = self.core.read_namespaced_pod_log(pod, namespace, container=container, limit_bytes=max_bytes)
-        except ApiException:
-            return None
+        except ApiException as e:
+            raise LogUnavailable(f"{e.status} {e.reason}") from None
         return redact.complete_lines(text, max_bytes)
 
     # --- waiting ------------------------------------------------------------------------------

@@ -74,3 +74,11 @@ def complete_lines(text: str, max_bytes: int) -> str:
         return text
     kept, newline, _ = text.rpartition("\n")
     return kept + newline
+
+
+def last_lines(text: str, lines: int, max_bytes: int) -> str:
+    """The last ``lines`` lines of ``text``, at most ``max_bytes`` of them (whole lines only)."""
+    tail = "".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else ""
+    while len(tail.encode()) > max_bytes and "\n" in tail[:-1]:
+        tail = tail.split("\n", 1)[1]
+    return tail if len(tail.encode()) <= max_bytes else ""

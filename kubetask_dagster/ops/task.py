@@ -8,13 +8,11 @@ through the status subresource, and record Events. Nothing that passes between s
 logged, contains context content: only paths, keys, sizes and hashes.
 """
 
-import logging
 import math
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from dagster import (
     AssetKey,
@@ -29,10 +27,9 @@ from dagster import (
     RetryRequested,
     op,
 )
-from kubernetes.client.rest import ApiException
 
 from kubetask import vocabulary
-from kubetask.api import GitContext, Task, WorkspaceConfig, parse_duration
+from kubetask.api import GitContext, Task, WorkspaceConfig
 from kubetask.api.result import AgentResult
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
 from kubetask.domain import manifests, outcomes, ratelimits, results, status
@@ -40,17 +37,15 @@ from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resol
 from kubetask.domain.credentials import bind_keys
 from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
-from kubetask.domain.redact import KEPT_LOG_MAX_BYTES, Redactor
+from kubetask.domain.redact import KEPT_LOG_MAX_BYTES, LOG_TAIL_MAX_BYTES, Redactor, last_lines
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.execution.slots import WorkspaceSlots, pool_key
-from kubetask_dagster.kube import Conflict, Kube, WaitInterrupted
+from kubetask_dagster.kube import Kube, LogUnavailable, WaitInterrupted
+from kubetask_dagster.ops import starts
 from kubetask_dagster.resources import KubeResource
-
-log = logging.getLogger(__name__)
 
 WORKSPACE_MAX_AGE_SECONDS = 5.0  # concurrent Tasks of one run worker share a read of their WorkspaceConfig
 SLOT_HOLD_SECONDS = 120.0  # longer than a pod's default grace period (30 s) and the kubelet's reaction to it
-QUOTA_CLAIM_TRIES = 5  # conditional writes of a WorkspaceConfig's status (quota, spend) before giving up
 REMOTE_FILE_SECONDS = 10.0  # all of a Task's RemoteFile fetches together, and no more than its timeout
 _STDOUT_LOCK = threading.Lock()
 
@@ -241,11 +236,6 @@ def run_attempt(
     if timeout is not None and context.retry_number == 0:  # the fetches before this first try took its time
         timeout = max(1, timeout - math.ceil(prepared.get("remoteSeconds", 0.0)))
     attempt, resuming = _next_attempt(api, task, context.run_id)
-    held = None if resuming else ratelimits.held_until(_rate_limited_until(workspace), status.now())
-    if held is not None:  # the credential it shares is limited: do not spend an attempt on it
-        _wait_for_rate_limit(
-            context, reporter, workspace, held, f'WorkspaceConfig "{workspace.metadata.name}" is rate-limited'
-        )
     try:
         credentials = bind_keys(
             workspace.spec.credentials or [], config.namespace, lambda name: api.secret_keys(config.namespace, name)
@@ -264,9 +254,8 @@ def run_attempt(
     except TaskError as e:  # e.g. a context file and a credential mounted at one path, or an ambiguous key
         raise reporter.failure(e) from None
     job_name = job["metadata"]["name"]
-    if not resuming:
-        _wait_for_budget(context, reporter, workspace)
-        _wait_for_quota(context, api, reporter, workspace)
+    if not resuming:  # a rate limit, the budget or the start quota may hold it (no attempt is spent)
+        starts.before_start(context, api, reporter, workspace)
     slots = _workspace_slots(context, task, workspace)
     if slots is not None:
         slots.acquire(
@@ -293,8 +282,8 @@ def run_attempt(
             slots.release()
     asset_key, partition = lineage or (task_asset_key(config.namespace), config.name)
     redactor = Redactor.for_task(api, task, workspace)
-    log_tail = _log_tail(api, kube, task, outcome, redactor)
-    kept = _keep_log(context, api, task, outcome, redactor, attempt)
+    log_tail, whole_log = _agent_log(api, kube, task, outcome, redactor)
+    kept = _keep_log(context, task, outcome, whole_log, attempt)
     if kept:
         reporter.patch({"agentLog": kept})
     # The result is the agent's own words: it goes through the same redaction as its log.
@@ -302,8 +291,8 @@ def run_attempt(
     recorded = status.result_recorded(reporter.current, parsed)
     if recorded:
         reporter.patch(recorded)
-    if parsed.result is not None and parsed.result.usage is not None and workspace.spec.budget is not None:
-        _record_spend(context, api, workspace, parsed.result.usage.to_k8s())
+    if parsed.result is not None and parsed.result.usage is not None:
+        starts.record_spend(context, api, workspace, parsed.result.usage)
     if parsed.problem:
         reporter.event(vocabulary.INVALID_RESULT, f"attempt {attempt}: {parsed.problem}", warning=True)
     if log_tail and not outcome.succeeded:
@@ -336,8 +325,8 @@ def run_attempt(
         reporter.event(vocabulary.JOB_DELETED, f"attempt {attempt}: Job {job_name} deleted, its pod never started")
     reset = ratelimits.reset_of(outcome.exit_code, parsed.result)
     if reset is not None:
-        _hold_workspace(context, api, workspace, reset)
-        _wait_for_rate_limit(
+        starts.hold_workspace(context, api, workspace, reset)
+        starts.wait_for_rate_limit(
             context, reporter, workspace, reset, f"attempt {attempt} stopped on its provider's rate limit"
         )
     waits = status.waits(reporter.current, context.run_id)  # retries that were waits, not attempts
@@ -350,157 +339,6 @@ def run_attempt(
         raise RetryRequested(max_retries=policy.limit + waits, seconds_to_wait=delay)
     reporter.fail(outcome.reason, f"attempt {attempt}: {outcome.message}", exit_code=outcome.exit_code)
     raise Failure(description=f"{outcome.reason}: {outcome.message}", allow_retries=False)
-
-
-def _rate_limited_until(workspace: WorkspaceConfig) -> datetime | None:
-    return workspace.status.rate_limited_until if workspace.status else None
-
-
-def _wait_for_rate_limit(
-    context: OpExecutionContext, reporter: TaskReporter, workspace: WorkspaceConfig, until: datetime, why: str
-) -> NoReturn:
-    """Queue the Task until ``until`` (a retry of its step that is not an attempt; no thread or slot
-    is held meanwhile), or fail it when that is further away than ``maxRateLimitWait``."""
-    limit = ratelimits.max_wait(workspace.spec)
-    wait = ratelimits.wait_for(until, status.now(), limit)
-    if wait.exceeded:
-        written = ratelimits.max_wait_text(workspace.spec)
-        message = f"{why} until {status.rfc3339(until)}, more than maxRateLimitWait ({written}) from now"
-        reporter.fail(vocabulary.RATE_LIMIT_WAIT_EXCEEDED, message)
-        raise Failure(description=f"{vocabulary.RATE_LIMIT_WAIT_EXCEEDED}: {message}", allow_retries=False)
-    message = f"{why} until {status.rfc3339(until)}; the Task starts again then (waiting does not use up an attempt)"
-    reporter.patch(
-        status.waiting(
-            reporter.current, reason=vocabulary.RATE_LIMITED, until=until, message=message, run_id=context.run_id
-        )
-    )
-    reporter.event(vocabulary.RATE_LIMITED, message, warning=True)
-    raise RetryRequested(max_retries=context.retry_number + 1, seconds_to_wait=wait.seconds)
-
-
-def _wait_for_quota(context: OpExecutionContext, api: Kube, reporter: TaskReporter, workspace: WorkspaceConfig) -> None:
-    """Claim a start under the WorkspaceConfig's quota; while it is used up, queue the Task (a retry of
-    its step that is not an attempt) until the oldest start in the window leaves it."""
-    quota = workspace.spec.quota
-    if quota is None:
-        return
-    ns, name = workspace.metadata.namespace or "", workspace.metadata.name or ""
-    frees_at = _claim_start(api, ns, name, quota.max_task_starts, parse_duration(quota.window))
-    if frees_at is None:
-        return
-    message = (
-        f'WorkspaceConfig "{name}" allows {quota.max_task_starts} Task starts per {quota.window}; '
-        f"the next may start at {status.rfc3339(frees_at)} (waiting does not use up an attempt)"
-    )
-    reporter.patch(
-        status.waiting(
-            reporter.current, reason=vocabulary.QUOTA_EXHAUSTED, until=frees_at, message=message, run_id=context.run_id
-        )
-    )
-    reporter.event(vocabulary.QUOTA_EXHAUSTED, message)
-    raise RetryRequested(
-        max_retries=context.retry_number + 1, seconds_to_wait=max((frees_at - status.now()).total_seconds(), 0.2)
-    )
-
-
-def _wait_for_budget(context: OpExecutionContext, reporter: TaskReporter, workspace: WorkspaceConfig) -> None:
-    """Queue the Task (a retry of its step that is not an attempt) while its WorkspaceConfig's budget for
-    the current period is spent, until the next period."""
-    budget = workspace.spec.budget
-    if budget is None:
-        return
-    spend = workspace.status.spend.to_k8s() if workspace.status and workspace.status.spend else None
-    blocked = ratelimits.budget_frees_at(budget.to_k8s(), spend, status.now(), parse_duration(budget.period))
-    if blocked is None:
-        return
-    next_period, spent = blocked
-    message = (
-        f'WorkspaceConfig "{workspace.metadata.name}": {spent} in its {budget.period} period; the Task starts in '
-        f"the next, at {status.rfc3339(next_period)} (waiting does not use up an attempt)"
-    )
-    reporter.patch(
-        status.waiting(
-            reporter.current,
-            reason=vocabulary.BUDGET_EXHAUSTED,
-            until=next_period,
-            message=message,
-            run_id=context.run_id,
-        )
-    )
-    reporter.event(vocabulary.BUDGET_EXHAUSTED, message, warning=True)
-    raise RetryRequested(
-        max_retries=context.retry_number + 1, seconds_to_wait=max((next_period - status.now()).total_seconds(), 0.2)
-    )
-
-
-def _record_spend(context: OpExecutionContext, api: Kube, workspace: WorkspaceConfig, usage: dict[str, Any]) -> None:
-    """Add an attempt's reported usage to its WorkspaceConfig's ``status.spend`` (a write conditional on
-    the resourceVersion read: concurrent run workers add up, none overwrites another)."""
-    assert workspace.spec.budget is not None
-    ns, name = workspace.metadata.namespace or "", workspace.metadata.name or ""
-    period = parse_duration(workspace.spec.budget.period)
-    for _ in range(QUOTA_CLAIM_TRIES):
-        obj = api.get_custom("workspaceconfigs", ns, name)
-        if obj is None:
-            return
-        spend = ratelimits.add_spend((obj.get("status") or {}).get("spend"), usage, status.now(), period)
-        try:
-            api.patch_status(
-                "workspaceconfigs", ns, name, {"spend": spend}, resource_version=obj["metadata"]["resourceVersion"]
-            )
-            api.forget("workspaceconfigs", ns, name=name)  # this process's next Tasks see the spend at once
-            return
-        except Conflict:
-            continue
-        except ApiException as e:  # e.g. a tenant RoleBinding from before workspaceconfigs/status
-            context.log.warning(f"could not record the spend on WorkspaceConfig {ns}/{name}: {e.status} {e.reason}")
-            return
-    context.log.warning(f"WorkspaceConfig {ns}/{name} changed under every try: this attempt's spend is not counted")
-
-
-def _claim_start(api: Kube, ns: str, name: str, max_starts: int, window: timedelta) -> datetime | None:
-    """Record one start in the WorkspaceConfig's ``status.recentStarts`` if its quota has room (a write
-    conditional on the resourceVersion read, so concurrent run workers cannot both take the last place);
-    None when claimed, else when to ask again."""
-    for _ in range(QUOTA_CLAIM_TRIES):
-        obj = api.get_custom("workspaceconfigs", ns, name)
-        if obj is None:
-            return None  # deleted meanwhile: the Task's own checks report it
-        now = status.now()
-        starts = [t for t in map(ratelimits.parse_time, (obj.get("status") or {}).get("recentStarts") or []) if t]
-        frees_at = ratelimits.quota_frees_at(starts, now, max_starts, window)
-        if frees_at is not None:
-            return frees_at
-        kept = sorted(t for t in starts if t > now - window)[-(max_starts - 1) :] if max_starts > 1 else []
-        recent = [t.isoformat().replace("+00:00", "Z") for t in [*kept, now]]
-        try:
-            api.patch_status(
-                "workspaceconfigs",
-                ns,
-                name,
-                {"recentStarts": recent},
-                resource_version=obj["metadata"]["resourceVersion"],
-            )
-            return None
-        except Conflict:
-            continue
-        except ApiException as e:  # e.g. a tenant RoleBinding from before workspaceconfigs/status: start unmetered
-            log.warning("could not record a start on WorkspaceConfig %s/%s: %s %s", ns, name, e.status, e.reason)
-            return None
-    return status.now() + timedelta(seconds=1)  # heavily contended: ask again shortly
-
-
-def _hold_workspace(context: OpExecutionContext, api: Kube, workspace: WorkspaceConfig, reset: datetime) -> None:
-    """Record on the WorkspaceConfig that its credential is limited until ``reset``: its other Tasks wait too."""
-    ns, name = workspace.metadata.namespace or "", workspace.metadata.name or ""
-    current = _rate_limited_until(workspace)
-    if current is not None and current >= reset:
-        return
-    try:
-        api.patch_status("workspaceconfigs", ns, name, {"rateLimitedUntil": status.rfc3339(reset)})
-    except ApiException as e:  # e.g. a tenant RoleBinding from before workspaceconfigs/status: this Task still waits
-        context.log.warning(f"could not record the rate limit on WorkspaceConfig {ns}/{name}: {e.status} {e.reason}")
-    api.forget("workspaceconfigs", ns, name=name)  # this process's next Tasks read the hold at once
 
 
 def _workspace_slots(context: OpExecutionContext, task: Task, workspace: WorkspaceConfig) -> WorkspaceSlots | None:
@@ -563,30 +401,40 @@ def _git(data: dict[str, Any]) -> GitContext:
     return GitContext.model_validate(data)
 
 
-def _log_tail(api: Kube, kube: KubeResource, task: Task, outcome: PodOutcome, redactor: Redactor) -> str:
-    """The agent log's last lines with every Secret value the Task can see replaced."""
+def _agent_log(
+    api: Kube, kube: KubeResource, task: Task, outcome: PodOutcome, redactor: Redactor
+) -> tuple[str, str | None]:
+    """The agent log's last lines and the whole log (at most KEPT_LOG_MAX_BYTES; None when there is
+    none to read), both with every Secret value the Task can see replaced. One read of the log, unless
+    it was cut: then its tail is read on its own."""
     if not outcome.pod_name:
-        return ""
-    return redactor.redact(api.pod_log_tail(_namespace(task), outcome.pod_name, kube.log_tail_lines))
+        return "", None
+    ns, pod = _namespace(task), outcome.pod_name
+    try:
+        whole = api.pod_log(ns, pod)
+    except LogUnavailable as e:
+        return f"(log unavailable: {e})", None
+    if len(whole.encode()) >= KEPT_LOG_MAX_BYTES:
+        tail = api.pod_log_tail(ns, pod, kube.log_tail_lines)
+    else:
+        tail = last_lines(whole, kube.log_tail_lines, LOG_TAIL_MAX_BYTES)
+    return redactor.redact(tail), redactor.redact(whole)
 
 
 def _keep_log(
-    context: OpExecutionContext, api: Kube, task: Task, outcome: PodOutcome, redactor: Redactor, attempt: int
+    context: OpExecutionContext, task: Task, outcome: PodOutcome, whole: str | None, attempt: int
 ) -> str | None:
-    """Copy the attempt's agent log (redacted, at most KEPT_LOG_MAX_BYTES) to the step's stdout, which
-    Dagster keeps with the run's compute logs after the pod is gone; where it is, for the status."""
-    if not outcome.pod_name:
-        return None
-    text = api.pod_log(_namespace(task), outcome.pod_name)
-    if not text:
+    """Copy the attempt's agent log (redacted) to the step's stdout, which Dagster keeps with the run's
+    compute logs after the pod is gone; where it is, for the status."""
+    if not whole:
         return None
     step = context.get_step_execution_context().step.key
     header = (
         f"===== agent log of Task {_namespace(task)}/{_name(task)}, attempt {attempt}, pod {outcome.pod_name} ====="
     )
-    truncated = "" if len(text.encode()) < KEPT_LOG_MAX_BYTES else "\n===== (cut at 1 MiB) =====\n"
+    truncated = "" if len(whole.encode()) < KEPT_LOG_MAX_BYTES else "\n===== (cut at 1 MiB) =====\n"
     with _STDOUT_LOCK:  # the steps of a BatchRun are threads sharing one stdout
-        sys.stdout.write(f"{header}\n{redactor.redact(text).rstrip()}{truncated}\n===== end of the agent log =====\n")
+        sys.stdout.write(f"{header}\n{whole.rstrip()}{truncated}\n===== end of the agent log =====\n")
         sys.stdout.flush()
     return f"Dagster run {context.run_id}, step {step}: its stdout (attempt {attempt})"
 

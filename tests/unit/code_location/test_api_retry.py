@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from kubetask.kube.config import api_retry_policy
-from kubetask_dagster.kube import Kube
+from kubetask_dagster.kube import Kube, LogUnavailable
 
 TASK = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name": "t", "namespace": "ns", "uid": "u"}}
 
@@ -159,3 +159,17 @@ def test_the_log_tail_is_read_with_a_byte_limit(tmp_path):
     [(method, path)] = server.requests
     assert method == "GET" and path.startswith("/api/v1/namespaces/ns/pods/p/log?")
     assert "tailLines=50" in path and "limitBytes=65536" in path and "container=agent" in path
+
+
+def test_the_whole_log_is_read_from_its_start_with_a_byte_limit_and_a_refusal_is_unavailable(tmp_path):
+    server = ScriptedApiServer([(200, {}), (400, {"kind": "Status", "code": 400, "message": "no kubelet"})])
+    try:
+        kube = kube_for(server.url, tmp_path)
+        kube.pod_log("ns", "p")
+        with pytest.raises(LogUnavailable, match="400"):
+            kube.pod_log("ns", "p")
+    finally:
+        server.close()
+    method, path = server.requests[0]
+    assert method == "GET" and path.startswith("/api/v1/namespaces/ns/pods/p/log?")
+    assert "limitBytes=1048576" in path and "container=agent" in path and "tailLines" not in path

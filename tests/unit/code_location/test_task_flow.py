@@ -20,7 +20,7 @@ from dagster import DagsterEventType, DagsterInstance
 from kubetask import vocabulary
 from kubetask.domain import manifests
 from kubetask.domain.outcomes import STUCK_WAITING_REASONS, PodOutcome
-from kubetask.domain.redact import MASK
+from kubetask.domain.redact import MASK, last_lines
 from kubetask_dagster.jobs import task_job
 from kubetask_dagster.kube import Conflict
 from kubetask_dagster.resources import KubeResource
@@ -51,6 +51,7 @@ class FakeKube:
         self.pods_ended_waits: list[str] = []  # Jobs whose pods had to end before a slot was freed
         self.outcomes = list(outcomes or [])
         self.fetch_budgets: list[float] = []
+        self.log_reads = 0
         self.conflicts = 0  # conditional writes that find the object changed since it was read
         self.log = log
 
@@ -143,7 +144,8 @@ class FakeKube:
         return self.log
 
     def pod_log(self, namespace, pod, container="agent", max_bytes=0):
-        return self.log or None
+        self.log_reads += 1
+        return self.log
 
     def wait_for_pod_end(self, namespace, job_name, *, label_selector, deadline_seconds, on_running=None,
                          interrupted=lambda: False, no_pod_grace=60.0):
@@ -417,6 +419,14 @@ def test_the_whole_agent_log_is_kept_redacted_in_the_steps_stdout(run, capfd):
     assert "line 0\n" in out and "line 499\n" in out and f"the key is {MASK}" in out  # all of it, not the tail
     assert CREDENTIAL not in out
     assert kube.task()["status"]["agentLog"] == f"Dagster run {result.run_id}, step run_agent: its stdout (attempt 1)"
+    assert kube.log_reads == 1  # the tail in the metadata comes from the same read
+
+
+def test_the_tail_is_the_last_lines_of_the_log_within_its_byte_cap():
+    text = "".join(f"line {i}\n" for i in range(100))
+    assert last_lines(text, 3, 1000) == "line 97\nline 98\nline 99\n"
+    assert last_lines(text, 3, 16) == "line 98\nline 99\n"  # whole lines only
+    assert last_lines("x" * 50, 5, 10) == "" and last_lines(text, 0, 100) == ""
 
 
 def test_max_concurrent_tasks_holds_a_pool_slot_only_while_the_job_runs(run):
