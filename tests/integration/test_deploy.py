@@ -86,6 +86,7 @@ EXPECTED_WORKER_TENANT = {
     ("tasks.kubetask.io/status", "", "patch"),
     ("batchruns.kubetask.io/status", "", "patch"),
     ("batches.kubetask.io/status", "", "patch"),
+    ("workspaceconfigs.kubetask.io/status", "", "patch"),  # rateLimitedUntil, recentStarts, spend
     ("tasks.kubetask.io/finalizers", "", "update"),
     ("batchruns.kubetask.io/finalizers", "", "update"),
     ("batches.kubetask.io/finalizers", "", "update"),
