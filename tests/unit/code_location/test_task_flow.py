@@ -542,9 +542,11 @@ def test_the_remote_files_fetch_time_is_taken_from_the_tasks_timeout(run):
 
 
 def test_a_spent_workspace_budget_holds_new_tasks_until_the_next_period(run):
-    workspace = workspace_obj(budget={"maxCostUSD": 1.0, "period": "2s"})
-    now = datetime.now(UTC)
-    period_start = datetime.fromtimestamp(int(now.timestamp()) // 2 * 2, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    workspace = workspace_obj(budget={"maxCostUSD": 1.0, "period": "4s"})
+    left = 4 - time.time() % 4
+    if left < 2.5:  # too close to the period's end for the Task to see it spent: take the next one
+        time.sleep(left + 0.05)
+    period_start = datetime.fromtimestamp(int(time.time()) // 4 * 4, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     workspace["status"] = {"spend": {"periodStart": period_start, "costUSD": 1.5}}
     result_text = json.dumps({"usage": {"inputTokens": 10, "costUSD": 0.25}})
     kube = fake_kube(PodOutcome(True, vocabulary.COMPLETED, "ok", exit_code=0, result_text=result_text), workspace=workspace)
@@ -552,7 +554,7 @@ def test_a_spent_workspace_budget_holds_new_tasks_until_the_next_period(run):
     assert result.success
     waiting = kube.patches[0]
     assert waiting["phase"] == "Queued" and reason(waiting) == vocabulary.BUDGET_EXHAUSTED
-    assert "cost $1.5 of $1 in its 2s period" in waiting["message"]
+    assert "cost $1.5 of $1 in its 4s period" in waiting["message"]
     # the attempt ran in the next period, and its own usage starts that period's spend
     spend = kube.objects[("workspaceconfigs", NS, "default")]["status"]["spend"]
     assert spend["periodStart"] > period_start and spend["costUSD"] == 0.25 and spend["inputTokens"] == 10
