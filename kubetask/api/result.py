@@ -46,12 +46,17 @@ class AgentResult(ApiModel):
     )
 
 
-class UsageTotals(ApiModel):
-    """The usage the Tasks of a BatchRun reported, summed."""
+class UsageSum(ApiModel):
+    """Usage that agents reported, summed."""
 
     input_tokens: int = Field(0, description="Tokens sent to the models.", ge=0)
     output_tokens: int = Field(0, description="Tokens the models produced.", ge=0)
     cost_usd: float = Field(0.0, alias="costUSD", description="Cost in US dollars.", ge=0)
+
+
+class UsageTotals(UsageSum):
+    """The usage the Tasks of a BatchRun reported, summed."""
+
     tasks: int = Field(0, description="Tasks that reported usage.", ge=0)
 
 
@@ -81,10 +86,7 @@ class PeriodBudget(Budget):
     period: Duration = Field(description="The budget's period (e.g. 24h), counted from the Unix epoch in UTC.")
 
 
-class PeriodSpend(ApiModel):
+class PeriodSpend(UsageSum):
     """What a WorkspaceConfig's agents reported spending in the current period."""
 
     period_start: datetime = Field(description="When the current period began.")
-    input_tokens: int = Field(0, description="Tokens sent to the models.", ge=0)
-    output_tokens: int = Field(0, description="Tokens the models produced.", ge=0)
-    cost_usd: float = Field(0.0, alias="costUSD", description="Cost in US dollars.", ge=0)

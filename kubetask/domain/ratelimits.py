@@ -17,7 +17,7 @@ from typing import Any
 
 from kubetask.api import WorkspaceConfigSpec, parse_duration
 from kubetask.api.result import AgentResult
-from kubetask.domain import results
+from kubetask.domain import results, status
 
 RATE_LIMITED_EXIT_CODE = 75
 DEFAULT_MAX_RATE_LIMIT_WAIT = "1h"
@@ -93,15 +93,8 @@ def add_spend(
     """A WorkspaceConfig's ``status.spend`` with ``usage`` (an agent result's) added, in the current
     period (what an earlier period spent is left behind)."""
     start = period_start(now, period)
-    spend = dict(spend or {})
-    if parse_time(spend.get("periodStart")) != start:
-        spend = {"inputTokens": 0, "outputTokens": 0, "costUSD": 0.0}
-    return {
-        "periodStart": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "inputTokens": int(spend.get("inputTokens") or 0) + int(usage.get("inputTokens") or 0),
-        "outputTokens": int(spend.get("outputTokens") or 0) + int(usage.get("outputTokens") or 0),
-        "costUSD": round(float(spend.get("costUSD") or 0.0) + float(usage.get("costUSD") or 0.0), 6),
-    }
+    current = spend if spend and parse_time(spend.get("periodStart")) == start else None
+    return {"periodStart": status.rfc3339(start), **results.add_usage(current, usage)}
 
 
 def budget_frees_at(

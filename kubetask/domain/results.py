@@ -45,28 +45,30 @@ def parse(text: str | None) -> ParsedResult:
         return ParsedResult(None, f"the result is invalid at {where}: {first['msg']}")
 
 
+def add_usage(total: Mapping[str, Any] | None, usage: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputTokens``, ``outputTokens`` and ``costUSD`` of ``total`` with those of ``usage`` added."""
+    total = total or {}
+    return {
+        "inputTokens": int(total.get("inputTokens") or 0) + int(usage.get("inputTokens") or 0),
+        "outputTokens": int(total.get("outputTokens") or 0) + int(usage.get("outputTokens") or 0),
+        # sums of cents in binary floats: keep the status stable
+        "costUSD": round(float(total.get("costUSD") or 0.0) + float(usage.get("costUSD") or 0.0), 6),
+    }
+
+
 def totals(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
     """``usage`` (summed tokens and cost, and how many results reported usage) and ``pullRequests`` (a
     count) of Tasks' ``status.result`` documents, as a BatchRun's status carries them."""
-    input_tokens = output_tokens = reporting = pull_requests = 0
-    cost = 0.0
+    summed: dict[str, Any] = add_usage(None, {})
+    reporting = pull_requests = 0
     for result in results:
         if not result:
             continue
         pull_requests += len(result.get("pullRequests") or [])
-        usage = result.get("usage")
-        if usage:
+        if result.get("usage"):
             reporting += 1
-            input_tokens += int(usage.get("inputTokens") or 0)
-            output_tokens += int(usage.get("outputTokens") or 0)
-            cost += float(usage.get("costUSD") or 0.0)
-    usage_totals = {
-        "inputTokens": input_tokens,
-        "outputTokens": output_tokens,
-        "costUSD": round(cost, 6),  # sums of cents in binary floats: keep the status stable
-        "tasks": reporting,
-    }
-    return {"usage": usage_totals, "pullRequests": pull_requests}
+            summed = add_usage(summed, result["usage"])
+    return {"usage": {**summed, "tasks": reporting}, "pullRequests": pull_requests}
 
 
 def budget_spent(budget: Mapping[str, Any] | None, usage: Mapping[str, Any]) -> str | None:

@@ -284,12 +284,10 @@ def run_attempt(
     redactor = Redactor.for_task(api, task, workspace)
     log_tail, whole_log = _agent_log(api, kube, task, outcome, redactor)
     kept = _keep_log(context, task, outcome, whole_log, attempt)
-    if kept:
-        reporter.patch({"agentLog": kept})
     # The result is the agent's own words: it goes through the same redaction as its log.
     parsed = results.parse(redactor.redact(outcome.result_text) if outcome.result_text else None)
-    recorded = status.result_recorded(reporter.current, parsed)
-    if recorded:
+    recorded = status.result_recorded(reporter.current, parsed) | ({"agentLog": kept} if kept else {})
+    if recorded:  # one status write for the result and where the log is kept
         reporter.patch(recorded)
     if parsed.result is not None and parsed.result.usage is not None:
         starts.record_spend(context, api, workspace, parsed.result.usage)
