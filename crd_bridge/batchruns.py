@@ -442,7 +442,7 @@ class BatchRunReconciler(ReconcileLoop):
         ns, name = objects.key_of(obj)
         tasks = self.owned_tasks(ns, name, objects.uid_of(obj))
         summary = task_status.batchrun_summary(task_rows(tasks), total, paused=paused(obj), stopped=False)
-        return summary | results.totals(objects.status(t).get("result") for t in tasks)
+        return summary | results.totals(objects.status(t) for t in tasks)
 
     def _progress(self, obj: Obj) -> float | None:
         """Write phase (Running/Paused), progress and failedTasks when they changed, debounced."""
@@ -689,7 +689,7 @@ class BatchRunReconciler(ReconcileLoop):
             ended_tasks=ended_tasks,
         )
         phase, reason, message = outcome["phase"], outcome["reason"], outcome["message"]
-        totals = results.totals(objects.status(t).get("result") for t in tasks)
+        totals = results.totals(objects.status(t) for t in tasks)
         if outcome["failure_detail"]:
             message += self._failure_detail(run_id)
         if reason == vocabulary.BUDGET_EXCEEDED:

@@ -98,6 +98,11 @@ class BatchTemplate(ApiModel):
     )
     timeout: Duration | None = Field(None, description="Default timeout of each Task.")
     retries: RetryPolicy | None = Field(None, description="Default retries of each Task.")
+    budget: Budget | None = Field(
+        None,
+        description="Default budget of each run of this batch (a BatchRun's own budget overrides it), so that the "
+        "runs a schedule creates are capped too.",
+    )
 
 
 class BatchSpec(BatchTemplate):
@@ -146,9 +151,9 @@ class BatchRunSpec(ApiModel):
     parallelism: int | None = Field(None, description="Overrides the Batch's parallelism.", ge=1, le=10000)
     budget: Budget | None = Field(
         None,
-        description="What the agents may spend in this run, summed from the usage their results report. Once the "
-        "total passes it no further Task starts (they end Stopped, reason BudgetExceeded), running Tasks finish, "
-        "and the BatchRun ends Stopped with reason BudgetExceeded.",
+        description="What the agents may spend in this run, summed from the usage their results report (overrides "
+        "the batch's budget). Once the total passes it no further Task starts (they end Stopped, reason "
+        "BudgetExceeded), running Tasks finish, and the BatchRun ends Stopped with reason BudgetExceeded.",
     )
 
     @model_validator(mode="after")

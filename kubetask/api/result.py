@@ -54,6 +54,14 @@ class UsageSum(ApiModel):
     cost_usd: float = Field(0.0, alias="costUSD", description="Cost in US dollars.", ge=0)
 
 
+class TaskUsage(UsageSum):
+    """The usage every attempt of a Task reported, summed."""
+
+    through_attempt: int = Field(
+        0, description="The last attempt whose usage is in the sum (an attempt is counted once).", ge=0
+    )
+
+
 class UsageTotals(UsageSum):
     """The usage the Tasks of a BatchRun reported, summed."""
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from kubetask.api.base import ApiModel, Condition, Duration, ObjectMeta, cel, k8s_extra
 from kubetask.api.contexts import ContextList
-from kubetask.api.result import AgentResult
+from kubetask.api.result import AgentResult, TaskUsage
 
 # The Job of attempt N is `<task>-job-<N>`: 52 + len("-job-") + 6 digits <= 63, the label limit.
 MAX_TASK_NAME = 52
@@ -100,6 +100,11 @@ class TaskStatus(ApiModel):
         description="Times its current Dagster run waited (for rate limits, start quotas); they do not count "
         "against its retries.",
         ge=0,
+    )
+    usage: TaskUsage | None = Field(
+        None,
+        description="The usage all its attempts reported, summed (status.result holds the last attempt's only): "
+        "what its BatchRun's totals and budget count.",
     )
     result: AgentResult | None = Field(
         None,

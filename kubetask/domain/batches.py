@@ -51,6 +51,12 @@ def effective_parallelism(batchrun: BatchRun, template: BatchTemplate) -> int:
     return batchrun.spec.parallelism or template.parallelism or DEFAULT_PARALLELISM
 
 
+def effective_budget(batchrun: BatchRun, template: BatchTemplate) -> dict[str, Any] | None:
+    """The BatchRun's budget, else its batch's (a scheduled run's comes from its Batch), as stored."""
+    budget = batchrun.spec.budget or template.budget
+    return budget.to_k8s() if budget is not None else None
+
+
 def template_of(batchrun: BatchRun, batch_spec: BatchTemplate | None) -> BatchTemplate:
     """The batch a BatchRun runs: its inline spec, or the referenced Batch's (given)."""
     if batchrun.spec.batch_spec is not None:

@@ -56,18 +56,21 @@ def add_usage(total: Mapping[str, Any] | None, usage: Mapping[str, Any]) -> dict
     }
 
 
-def totals(results: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
-    """``usage`` (summed tokens and cost, and how many results reported usage) and ``pullRequests`` (a
-    count) of Tasks' ``status.result`` documents, as a BatchRun's status carries them."""
+def totals(statuses: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """``usage`` (summed tokens and cost of every attempt, and how many Tasks reported usage) and
+    ``pullRequests`` (a count, of the last results) of Tasks' statuses, as a BatchRun's status carries them.
+    A Task's ``status.usage`` sums its attempts; a status without one counts its ``result``'s usage."""
     summed: dict[str, Any] = add_usage(None, {})
     reporting = pull_requests = 0
-    for result in results:
-        if not result:
+    for task_status in statuses:
+        if not task_status:
             continue
+        result = task_status.get("result") or {}
         pull_requests += len(result.get("pullRequests") or [])
-        if result.get("usage"):
+        usage = task_status.get("usage") or result.get("usage")
+        if usage:
             reporting += 1
-            summed = add_usage(summed, result["usage"])
+            summed = add_usage(summed, usage)
     return {"usage": {**summed, "tasks": reporting}, "pullRequests": pull_requests}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from kubetask import vocabulary
 from kubetask.api import BatchRunPhase, RetryPolicy, TaskPhase, TaskSpec, WorkspaceConfigSpec, parse_duration
 from kubetask.api.batch import MAX_FAILED_TASKS_LISTED
+from kubetask.domain import results
 from kubetask.domain.results import ParsedResult
 
 DEFAULT_INITIAL_DELAY = timedelta(seconds=10)
@@ -230,8 +231,11 @@ def stopped(current: Status, reason: str, message: str, *, now: datetime | None 
 # --- retries and timeouts ----------------------------------------------------------------------
 
 
-def result_recorded(current: Status, parsed: ParsedResult, *, now: datetime | None = None) -> dict[str, Any]:
-    """The agent's result in ``status.result`` and the Result condition; ``{}`` when it wrote none."""
+def result_recorded(
+    current: Status, parsed: ParsedResult, attempt: int, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The result of ``attempt`` in ``status.result``, its usage added to ``status.usage`` (once: a
+    repeated write of the same attempt adds nothing), and the Result condition; ``{}`` when it wrote none."""
     if parsed.result is None and parsed.problem is None:
         return {}
     at = now or datetime.now(UTC)
@@ -239,6 +243,10 @@ def result_recorded(current: Status, parsed: ParsedResult, *, now: datetime | No
     if parsed.result is not None:
         condition = ("True", vocabulary.RESULT_RECORDED, "the agent's result was recorded")
         patch: dict[str, Any] = {"result": parsed.result.to_k8s()}
+        summed = current.get("usage") or {}
+        if parsed.result.usage is not None and int(summed.get("throughAttempt") or 0) < attempt:
+            usage = parsed.result.usage.to_k8s()
+            patch["usage"] = results.add_usage(summed, usage) | {"throughAttempt": attempt}
     else:
         condition = ("False", vocabulary.INVALID_RESULT, parsed.problem or "")
         patch = {"result": None}

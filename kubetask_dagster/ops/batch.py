@@ -163,6 +163,7 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
         "batchrun",
         metadata={"tasks": len(tasks), "parallelism": batches.effective_parallelism(batchrun, template)},
     )
+    budget = batches.effective_budget(batchrun, template)
     for index, task in enumerate(tasks):
         meta = task["metadata"]
         yield DynamicOutput(
@@ -174,6 +175,7 @@ def expand_batch(context: OpExecutionContext, config: BatchRunRef, kube: KubeRes
                 "index": index,
                 "batchrun": config.name,
                 "batch": batchrun.spec.batch_ref or "",
+                "budget": budget,
             },
             mapping_key=batches.mapping_key(index),
             output_name="tasks",
@@ -204,14 +206,14 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
     store and the summary loads none: two event-log rows and a storage write fewer per Task."""
     api = kube.api
     ns, name = item["namespace"], item["name"]
-    batchrun = _wait_while_paused(context, api, ns, item["batchrun"])
+    _wait_while_paused(context, api, ns, item["batchrun"])
     obj = api.get_custom("tasks", ns, name)
     if obj is None:
         raise Failure(f"Task {ns}/{name} was deleted", allow_retries=False)
     if (obj.get("status") or {}).get("phase") == TaskPhase.COMPLETED.value:
         context.log.info(f"Task {ns}/{name} already completed; not running it again")
         return
-    spent = _budget_spent(api, batchrun, ns, item["batchrun"])
+    spent = _budget_spent(api, item.get("budget"), ns, item["batchrun"])
     if spent:  # running Tasks finish; this one does not start
         reporter = TaskReporter(context, api, obj)
         reporter.patch(status.stopped(reporter.current, vocabulary.BUDGET_EXCEEDED, f"not started: {spent}"))
@@ -226,23 +228,18 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
         api.forget("tasks", ns, label_selector=_tasks_of(item["batchrun"]))
 
 
-def _budget_spent(api: Kube, batchrun: dict[str, Any] | None, ns: str, name: str) -> str | None:
-    """Why the BatchRun's budget is spent (its Tasks' reported usage, read at most
+def _budget_spent(api: Kube, budget: dict[str, Any] | None, ns: str, batchrun: str) -> str | None:
+    """Why the BatchRun's ``budget`` is spent (its Tasks' reported usage, read at most
     BUDGET_MAX_AGE_SECONDS ago), or None while it is not or it has none."""
-    budget = ((batchrun or {}).get("spec") or {}).get("budget")
     if not budget:
         return None
-    tasks = api.list_custom("tasks", ns, _tasks_of(name), max_age=BUDGET_MAX_AGE_SECONDS)
-    return results.budget_spent(budget, results.totals(_result(t) for t in tasks)["usage"])
+    tasks = api.list_custom("tasks", ns, _tasks_of(batchrun), max_age=BUDGET_MAX_AGE_SECONDS)
+    return results.budget_spent(budget, results.totals(t.get("status") for t in tasks)["usage"])
 
 
 def _tasks_of(batchrun: str) -> str:
     """The label selector of a BatchRun's Tasks."""
     return f"{vocabulary.LABEL_BATCH_RUN}={batchrun}"
-
-
-def _result(task: dict[str, Any]) -> dict[str, Any] | None:
-    return (task.get("status") or {}).get("result")
 
 
 def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
@@ -263,7 +260,7 @@ def summarize(api: Kube, ns: str, name: str) -> dict[str, Any]:
         paused=vocabulary.pause_requested(meta_annotations),
         stopped=vocabulary.stop_requested(meta_annotations),
     )
-    return summary | results.totals(_result(t) for t in tasks)
+    return summary | results.totals(t.get("status") for t in tasks)
 
 
 def _reason(task: dict[str, Any]) -> str | None:

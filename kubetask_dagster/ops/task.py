@@ -286,7 +286,7 @@ def run_attempt(
     kept = _keep_log(context, task, outcome, whole_log, attempt)
     # The result is the agent's own words: it goes through the same redaction as its log.
     parsed = results.parse(redactor.redact(outcome.result_text) if outcome.result_text else None)
-    recorded = status.result_recorded(reporter.current, parsed) | ({"agentLog": kept} if kept else {})
+    recorded = status.result_recorded(reporter.current, parsed, attempt) | ({"agentLog": kept} if kept else {})
     if recorded:  # one status write for the result and where the log is kept
         reporter.patch(recorded)
     if parsed.result is not None and parsed.result.usage is not None:

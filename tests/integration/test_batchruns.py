@@ -490,17 +490,25 @@ def test_workspace_limit_holds_across_batchruns_and_frees_slots_on_stop(cluster,
         watch.stop()
 
 
+@pytest.mark.parametrize("budget_of", ["batchrun", "batch"])
 def test_the_batchrun_sums_its_agents_usage_and_stops_starting_tasks_once_its_budget_is_spent(
-    kubectl, wait_for, namespace, bridge, dagster, steer
+    kubectl, wait_for, namespace, bridge, dagster, steer, budget_of
 ):
     # Every agent reports $0.30 and a pull request (kwok hands the annotation back as the termination
     # message, as a kubelet hands back $KUBETASK_RESULT_FILE). One at a time: the first two start
     # ($0 and $0.30 spent), the third finds $0.60 of the $0.50 spent and does not start, nor does the fourth.
+    # The budget is the BatchRun's own, or its Batch's (what a scheduled run of the Batch gets).
     names = [f"spend-task-{i}" for i in range(4)]
     result = {"summary": "done", "usage": {"inputTokens": 1000, "outputTokens": 200, "costUSD": 0.3, "model": "m"},
               "pullRequests": [{"url": "https://git.example/org/repo/pull/1"}]}
     steer(names, {"kubetask.io/test-duration-ms": "300"}, annotations={"kubetask.io/test-result": json.dumps(result)})
-    apply(kubectl, namespace, workspace(), batchrun("spend", n=4, parallelism=1, budget={"maxCostUSD": 0.5}))
+    budget = {"maxCostUSD": 0.5}
+    if budget_of == "batch":
+        apply(kubectl, namespace, workspace(), {"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch",
+                                                "metadata": {"name": "spend"}, "spec": template(4, budget=budget)},
+              batchrun("spend", batch="spend", parallelism=1))
+    else:
+        apply(kubectl, namespace, workspace(), batchrun("spend", n=4, parallelism=1, budget=budget))
 
     wait_batchrun(kubectl, wait_for, namespace, "spend", TERMINAL, timeout=120)
     # summarize_batch writes the phase; the bridge the outcome's condition once the run has ended
@@ -516,6 +524,8 @@ def test_the_batchrun_sums_its_agents_usage_and_stops_starting_tasks_once_its_bu
     tasks = tasks_of(kubectl, namespace, "spend")
     assert [phase(tasks[n]) for n in names] == ["Completed", "Completed", "Stopped", "Stopped"]
     assert tasks["spend-task-0"]["status"]["result"]["usage"]["costUSD"] == 0.3
+    assert tasks["spend-task-0"]["status"]["usage"] == {"inputTokens": 1000, "outputTokens": 200, "costUSD": 0.3,
+                                                        "throughAttempt": 1}
     stopped = condition(tasks["spend-task-2"], "Succeeded")
     assert stopped["reason"] == "BudgetExceeded" and "cost $0.6 of $0.5" in stopped["message"], stopped
     assert len(jobs(kubectl, namespace)) == 2  # the Tasks past the budget never had a Job

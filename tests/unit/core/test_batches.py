@@ -37,10 +37,12 @@ def _inline_run(name: str | None = "nightly-1", *, parallelism: int | None = Non
     return BatchRun.model_validate({"metadata": {"name": name, "namespace": NS, "uid": "br-uid"}, "spec": spec})
 
 
-def _ref_run(parallelism: int | None = None) -> BatchRun:
+def _ref_run(parallelism: int | None = None, budget: dict | None = None) -> BatchRun:
     spec: dict = {"batchRef": "nightly"}
     if parallelism is not None:
         spec["parallelism"] = parallelism
+    if budget is not None:
+        spec["budget"] = budget
     return BatchRun.model_validate({"metadata": {"name": "nightly-2", "namespace": NS, "uid": "br2"}, "spec": spec})
 
 
@@ -131,6 +133,13 @@ def test_effective_parallelism_batchrun_over_batch_over_default():
     assert batches.effective_parallelism(_ref_run(parallelism=7), with_parallelism) == 7
     assert batches.effective_parallelism(_ref_run(), with_parallelism) == 4
     assert batches.effective_parallelism(_ref_run(), without) == DEFAULT_PARALLELISM
+
+
+def test_effective_budget_the_batchruns_over_the_batchs():
+    capped = BatchTemplate.model_validate(_template(budget={"maxCostUSD": 5}))
+    assert batches.effective_budget(_ref_run(), capped) == {"maxCostUSD": 5.0}  # a scheduled run's
+    assert batches.effective_budget(_ref_run(budget={"maxTokens": 10}), capped) == {"maxTokens": 10}
+    assert batches.effective_budget(_ref_run(), BatchTemplate.model_validate(_template())) is None
 
 
 @pytest.mark.parametrize("index", [0, 1, 9, 10, 9999])

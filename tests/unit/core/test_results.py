@@ -48,15 +48,15 @@ def test_a_bad_result_is_refused_with_a_reason(text, problem):
 
 
 def test_the_status_carries_the_result_or_says_why_not():
-    recorded = status.result_recorded({}, parse(json.dumps(GOOD)))
+    recorded = status.result_recorded({}, parse(json.dumps(GOOD)), 1)
     assert recorded["result"] == GOOD
     [condition] = recorded["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == ("Result", "True", "ResultRecorded")
-    refused = status.result_recorded({"result": GOOD}, parse("{oops"))
+    refused = status.result_recorded({"result": GOOD}, parse("{oops"), 1)
     assert refused["result"] is None  # a merge patch's null: the last attempt's result is not left behind
     [condition] = refused["conditions"]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidResult")
-    assert status.result_recorded({}, parse(None)) == {}
+    assert status.result_recorded({}, parse(None), 1) == {}
 
 
 def test_totals_sum_the_usage_and_count_the_pull_requests():
@@ -66,7 +66,7 @@ def test_totals_sum_the_usage_and_count_the_pull_requests():
         {"summary": "no usage"},
         None,
     ]
-    summed = totals(reported)
+    summed = totals({"result": r} if r else None for r in reported)
     assert summed["pullRequests"] == len(GOOD["pullRequests"]) + 2
     assert summed["usage"] == {
         "inputTokens": GOOD["usage"]["inputTokens"] + 10,
@@ -76,7 +76,22 @@ def test_totals_sum_the_usage_and_count_the_pull_requests():
     }
     assert totals([]) == {"usage": {"inputTokens": 0, "outputTokens": 0, "costUSD": 0.0, "tasks": 0}, "pullRequests": 0}
     # a sum of cents does not drift in the status
-    assert totals([{"usage": {"costUSD": 0.1}}] * 3)["usage"]["costUSD"] == 0.3
+    assert totals([{"result": {"usage": {"costUSD": 0.1}}}] * 3)["usage"]["costUSD"] == 0.3
+
+
+def test_a_tasks_usage_sums_every_attempt_once_and_the_totals_count_it():
+    first = status.result_recorded({}, parse(json.dumps({"usage": {"inputTokens": 100, "costUSD": 0.25}})), 1)
+    assert first["usage"] == {"inputTokens": 100, "outputTokens": 0, "costUSD": 0.25, "throughAttempt": 1}
+    current = {"usage": first["usage"], "result": first["result"]}
+    second = status.result_recorded(current, parse(json.dumps({"usage": {"inputTokens": 50, "costUSD": 0.5}})), 2)
+    assert second["usage"] == {"inputTokens": 150, "outputTokens": 0, "costUSD": 0.75, "throughAttempt": 2}
+    assert second["result"]["usage"]["costUSD"] == 0.5  # the result is the last attempt's
+    # the same attempt written again (a step retried after a crash) adds nothing
+    again = status.result_recorded({**current, "usage": second["usage"]}, parse(json.dumps({"usage": {"costUSD": 0.5}})), 2)
+    assert "usage" not in again
+    # a retried Task counts once, with both attempts; a Task without status.usage counts its result
+    summed = totals([{"usage": second["usage"], "result": second["result"]}, {"result": {"usage": {"costUSD": 0.1}}}])
+    assert summed["usage"] == {"inputTokens": 150, "outputTokens": 0, "costUSD": 0.85, "tasks": 2}
 
 
 @pytest.mark.parametrize(
