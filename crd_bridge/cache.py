@@ -229,6 +229,11 @@ class WorkspaceLimits:
             return None
         return self.put(obj)[1]
 
+    def known(self) -> list[Key]:
+        """The WorkspaceConfigs that exist, as last watched or read."""
+        with self._lock:
+            return list(self._known)
+
     def replace(self, items: Iterable[Obj]) -> list[Key]:
         """Set the known WorkspaceConfigs from a full list; the keys whose limit changed."""
         changed: list[Key] = []

@@ -32,6 +32,7 @@ from .kube import KubernetesApi
 from .reconcile import ReconcileLoop
 from .tasks import Reconciler
 from .tenancy import TenantGate
+from .workspaces import WorkspaceCounts
 
 log = logging.getLogger("crd_bridge")
 
@@ -89,6 +90,7 @@ class Runtime:
             tenancy=tenancy,
         )
         self.batch_sync = BatchSync(self.dagster, self.kube)
+        self.workspace_counts = WorkspaceCounts(self.kube, self.store, self.limits)
         self._threads: list[threading.Thread] = []
         self._server: Any = None
 
@@ -192,6 +194,10 @@ class Runtime:
                 except Exception:
                     metrics.RECONCILE_ERRORS.inc()
                     log.exception("periodic pass over %ss failed", reconciler.kind)
+            try:
+                self.workspace_counts.periodic()
+            except Exception as e:  # noqa: BLE001 - the next pass writes them
+                log.warning("WorkspaceConfig counts not written: %s", e)
             if now >= next_orphans:
                 next_orphans = now + cfg.orphan_interval
                 for reconciler in self.reconcilers:

@@ -251,7 +251,15 @@ class StartQuota(ApiModel):
 
 
 class WorkspaceConfigStatus(ApiModel):
-    """What the run workers observed about the Tasks of a WorkspaceConfig."""
+    """What the bridge and the run workers observed about the Tasks of a WorkspaceConfig."""
+
+    running: int | None = Field(None, description="Its Tasks running now (counted by the bridge).", ge=0)
+    queued: int | None = Field(
+        None,
+        description="Its Tasks waiting to start now, phase Queued: for a slot of maxConcurrentTasks, a rate "
+        "limit, the quota or the budget (counted by the bridge).",
+        ge=0,
+    )
 
     rate_limited_until: datetime | None = Field(
         None,

@@ -77,6 +77,8 @@ KINDS = [
         printer_columns=[
             {"name": "Agent", "type": "string", "jsonPath": ".spec.agentImage"},
             {"name": "Max-Concurrent", "type": "integer", "jsonPath": ".spec.maxConcurrentTasks"},
+            {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+            {"name": "Queued", "type": "integer", "jsonPath": ".status.queued"},
             {"name": "Spend", "type": "number", "jsonPath": ".status.spend.costUSD"},
             {"name": "Rate-Limited-Until", "type": "string", "jsonPath": ".status.rateLimitedUntil"},
             _age(),

@@ -231,7 +231,7 @@ def steer(cluster: Cluster, namespace: str) -> Any:
 
     names: list[str] = []
 
-    def make(tasks: list[str], labels: dict[str, str], attempts: list[int] | None = None,
+    def make(tasks: list[str] | None, labels: dict[str, str], attempts: list[int] | None = None,
              annotations: dict[str, str] | None = None) -> str:
         name = f"steer-{namespace}-{len(names)}"
         stage = steering_stage(name, namespace, tasks, labels, attempts, annotations)

@@ -47,10 +47,10 @@ def task(name: str, contexts: list[dict] | None = None, **spec) -> dict:
             "spec": {"contexts": contexts or [inline("/workspace/task.md", f"do {name}")], **spec}}
 
 
-def steering_stage(name: str, namespace: str, tasks: list[str], labels: dict[str, str],
+def steering_stage(name: str, namespace: str, tasks: list[str] | None, labels: dict[str, str],
                    attempts: list[int] | None = None, annotations: dict[str, str] | None = None) -> dict:
     """A kwok Stage that gives the agent pods of ``tasks`` (their ``kubetask.io/task`` label; only the
-    ``attempts`` given, else every attempt) in ``namespace`` the steering ``labels`` (and ``annotations``,
+    ``attempts`` given, else every attempt; ``tasks`` None: every Task) in ``namespace`` the steering ``labels`` (and ``annotations``,
     e.g. ``kubetask.io/test-result``) of deploy/local/kwok-stages.yaml, e.g. ``{"kubetask.io/test-outcome": "fail"}``.
 
     Its weight of 1 beats the default Stages (weight 0), and it matches a pod until the pod carries the
@@ -60,9 +60,10 @@ def steering_stage(name: str, namespace: str, tasks: list[str], labels: dict[str
     expressions = [
         {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
         {"key": ".metadata.namespace", "operator": "In", "values": [namespace]},
-        {"key": '.metadata.labels["kubetask.io/task"]', "operator": "In", "values": list(tasks)},
         {"key": match, "operator": "NotIn", "values": ["true"]},
     ]
+    if tasks is not None:
+        expressions.append({"key": '.metadata.labels["kubetask.io/task"]', "operator": "In", "values": list(tasks)})
     if attempts is not None:
         expressions.append({"key": '.metadata.labels["kubetask.io/attempt"]', "operator": "In",
                             "values": [str(a) for a in attempts]})

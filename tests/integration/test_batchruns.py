@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from kt_helpers import (
@@ -366,9 +366,12 @@ def test_status_of_a_5000_task_batchrun_stays_far_below_etcds_limit(kubectl, nam
     assert size < 100_000
 
 
-def test_a_5000_entry_batch_by_reference_keeps_its_batchrun_small_while_it_runs(kubectl, wait_for, namespace, bridge):
-    """A real 5,000-entry Batch referenced by batchRef: the BatchRun expands into 5,000 Tasks and runs;
-    its object, sampled while it runs and after it is stopped, stays under 100 KiB."""
+def test_a_5000_entry_batch_by_reference_keeps_its_batchrun_small_while_it_runs(kubectl, wait_for, namespace, bridge, steer):
+    """A real 5,000-entry Batch referenced by batchRef: the BatchRun expands into 5,000 Tasks and runs,
+    each agent reporting a pull request and its usage; its object, sampled while it runs (until 1,000
+    have completed) and after it is stopped, stays under 100 KiB, and its totals count every result."""
+    result = {"usage": {"inputTokens": 10, "outputTokens": 2, "costUSD": 0.01}, "pullRequests": [{"url": "https://git.example/pull/1"}]}
+    steer(None, {"kubetask.io/test-duration-ms": "300"}, annotations={"kubetask.io/test-result": json.dumps(result)})
     batch = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Batch", "metadata": {"name": "big"},
              "spec": {"commonContext": [inline("/workspace/task.md", "check the item")],
                       "variableContexts": [[inline("/workspace/item.md", f"item {i}")] for i in range(5000)]}}
@@ -381,9 +384,9 @@ def test_a_5000_entry_batch_by_reference_keeps_its_batchrun_small_while_it_runs(
         obj = get(kubectl, namespace, "batchrun", "huge")
         sizes.append(len(json.dumps(obj, separators=(",", ":"))))
         progress = (obj.get("status") or {}).get("progress") or {}
-        return obj if progress.get("total") == 5000 and progress.get("completed", 0) >= 100 else None
+        return obj if progress.get("total") == 5000 and progress.get("completed", 0) >= 1000 else None
 
-    obj = wait_for(sample, timeout=600, interval=1.0, what="5000 Tasks expanded and 100 completed")
+    obj = wait_for(sample, timeout=900, interval=1.0, what="5000 Tasks expanded and 1000 completed")
     assert obj["status"]["phase"] == "Running"
     kubectl("annotate", "batchrun", "huge", "-n", namespace, "kubetask.io/stop=true")
     obj = wait_batchrun(kubectl, wait_for, namespace, "huge", TERMINAL, timeout=600)
@@ -394,6 +397,11 @@ def test_a_5000_entry_batch_by_reference_keeps_its_batchrun_small_while_it_runs(
     assert obj["status"]["phase"] == "Stopped"
     assert progress["total"] == 5000 and sum(v for k, v in progress.items() if k != "total") == 5000
     assert max(sizes) < 100 * 1024 and final < 100 * 1024
+    done = progress["completed"]
+    assert done >= 1000
+    assert obj["status"]["usage"] == {"inputTokens": 10 * done, "outputTokens": 2 * done,
+                                      "costUSD": round(0.01 * done, 6), "tasks": done}, (obj["status"]["usage"], done)
+    assert obj["status"]["pullRequests"] == done
 
 
 @pytest.mark.parametrize("rerun_from", ["kubectl", "dagster-ui"])
@@ -536,3 +544,35 @@ def test_the_batchrun_sums_its_agents_usage_and_stops_starting_tasks_once_its_bu
     assert run["status"] == "SUCCESS"
     summary = dagster.materializations(status["dagsterRunId"], step="summarize_batch")
     assert summary and summary[0]["metadata"]["cost_usd"] == 0.6 and summary[0]["metadata"]["pull_requests"] == 2
+
+
+def test_a_rate_limited_task_of_a_batchrun_waits_without_holding_a_slot(kubectl, wait_for, namespace, bridge, dagster, steer):
+    # Parallelism 1: Task 0's agent exits 75 with a reset 25 s away. Its step waits as a delayed retry,
+    # holding no slot, so Task 1's step starts meanwhile and waits for the same reset (its WorkspaceConfig's
+    # credential is the limited one) instead of being held Pending behind it.
+    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=25)
+    result = {"summary": "429", "rateLimitedUntil": reset.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    steer(["limits-task-0"], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "75"}, attempts=[1],
+          annotations={"kubetask.io/test-result": json.dumps(result)})
+    apply(kubectl, namespace, workspace(), batchrun("limits", n=2, parallelism=1))
+
+    def both_waiting() -> dict | None:
+        tasks = tasks_of(kubectl, namespace, "limits")
+        return tasks if len(tasks) == 2 and all(
+            phase(t) == "Queued" and condition(t, "Ready")["reason"] == "RateLimited" for t in tasks.values()) else None
+
+    waiting = wait_for(both_waiting, timeout=(reset - datetime.now(UTC)).total_seconds(), interval=0.3,
+                       what="both Tasks waiting for the rate limit at parallelism 1")
+    assert datetime.now(UTC) < reset
+    assert {n: t["status"]["waitingUntil"] for n, t in waiting.items()} == dict.fromkeys(waiting, result["rateLimitedUntil"])
+    run_id = get(kubectl, namespace, "batchrun", "limits")["status"]["dagsterRunId"]
+    steps = {s["stepKey"]: s["status"] for s in dagster.run(run_id)["stepStats"]}
+    assert steps["run_batch_task[task_0]"] == "UP_FOR_RETRY", steps  # Dagster shows the step waiting
+
+    obj = wait_batchrun(kubectl, wait_for, namespace, "limits", TERMINAL, timeout=120)
+    assert obj["status"]["phase"] == "Completed", obj["status"]
+    tasks = tasks_of(kubectl, namespace, "limits")
+    assert [tasks[f"limits-task-{i}"]["status"]["attempt"] for i in range(2)] == [2, 1]  # the wait spent no attempt
+    created = {j["metadata"]["name"]: datetime.fromisoformat(j["metadata"]["creationTimestamp"]) for j in jobs(kubectl, namespace)}
+    assert sorted(created) == ["limits-task-0-job-1", "limits-task-0-job-2", "limits-task-1-job-1"]
+    assert created["limits-task-0-job-2"] >= reset and created["limits-task-1-job-1"] >= reset, (created, reset)

@@ -64,6 +64,7 @@ EXPECTED_BRIDGE = {
     ("tasks.kubetask.io/status", "", "patch"),
     ("batchruns.kubetask.io/status", "", "patch"),
     ("batches.kubetask.io/status", "", "patch"),
+    ("workspaceconfigs.kubetask.io/status", "", "patch"),  # running, queued
     ("jobs.batch", "", "get"),
     ("events", "", "create"),
     ("customresourcedefinitions.apiextensions.k8s.io", "", "list watch"),

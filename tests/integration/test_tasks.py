@@ -307,9 +307,9 @@ def test_image_pull_failure_ends_the_wait_with_a_reason(kubectl, wait_for, names
 def test_a_rate_limited_agent_waits_for_the_reset_and_holds_its_workspace_configs_other_tasks(
     kubectl, wait_for, namespace, bridge, dagster, steer
 ):
-    # Attempt 1 exits 75 with a reset 20 s away (kwok hands the annotation back as the termination
+    # Attempt 1 exits 75 with a reset 30 s away (kwok hands the annotation back as the termination
     # message). The Task has no retries, yet starts again at the reset: the wait is not an attempt.
-    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    reset = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
     result = {"summary": "the provider said 429", "rateLimitedUntil": reset.strftime("%Y-%m-%dT%H:%M:%SZ")}
     steer(["limited"], {"kubetask.io/test-outcome": "fail", "kubetask.io/test-exit-code": "75"}, attempts=[1],
           annotations={"kubetask.io/test-result": json.dumps(result)})
@@ -321,11 +321,20 @@ def test_a_rate_limited_agent_waits_for_the_reset_and_holds_its_workspace_config
     assert held["status"]["rateLimitedUntil"] == result["rateLimitedUntil"]
 
     # A Task of the same WorkspaceConfig applied during the wait does not start before the reset either.
-    assert datetime.now(UTC) < reset - timedelta(seconds=5), "the first attempt took too long to see the wait"
+    assert datetime.now(UTC) < reset - timedelta(seconds=12), "the first attempt took too long to see the wait"
     apply(kubectl, namespace, task("next"))
+
+    def counts() -> tuple[int | None, int | None]:
+        status = get(kubectl, namespace, "workspaceconfig", "default").get("status") or {}
+        return status.get("running"), status.get("queued")
+
+    # the WorkspaceConfig's status counts both as waiting (the bridge counts them from its cache)
+    wait_for(lambda: counts() == (0, 2), timeout=(reset - datetime.now(UTC)).total_seconds(), interval=0.3,
+             what="the WorkspaceConfig's status counting 2 queued Tasks")
     for name in ("limited", "next"):
         obj = wait_phase(kubectl, wait_for, namespace, name, {"Completed", "Failed"}, timeout=90)
         assert obj["status"]["phase"] == "Completed", obj["status"]
+    wait_for(lambda: counts() == (0, 0), timeout=15, what="the WorkspaceConfig's status counting none")
     assert get(kubectl, namespace, "task", "limited")["status"]["attempt"] == 2
     assert "RateLimited" in event_reasons(kubectl, namespace, "next")
     created = {j["metadata"]["name"]: datetime.fromisoformat(j["metadata"]["creationTimestamp"]) for j in jobs(kubectl, namespace)}
