@@ -34,15 +34,16 @@ RUN groupadd --system --gid 10001 kubetask \
  && python3 -m venv "$VIRTUAL_ENV"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY kubetask ./kubetask
 COPY kubetask_dagster ./kubetask_dagster
 COPY crd_bridge ./crd_bridge
-# dagster-postgres: the Helm deployment keeps runs, events and schedules in Postgres.
+# dagster-postgres: the Helm deployment keeps runs, events and schedules in Postgres. constraints.txt:
+# the versions the tests ran with.
 RUN --mount=type=bind,from=wheels,target=/wheels \
     offline=""; \
     if ls /wheels/*.whl >/dev/null 2>&1; then offline="--no-index --find-links /wheels"; fi; \
-    pip install . "dagster-postgres==0.29.*" $offline \
+    pip install --constraint constraints.txt . "dagster-postgres==0.29.*" $offline \
  && rm -rf /src
 
 WORKDIR /opt/dagster/app

@@ -218,7 +218,7 @@ def test_dockerfiles_build_small_non_root_images():
     main = (REPO / "Dockerfile").read_text()
     # a public base for real users, the local offline base here (deploy/local/images)
     assert re.search(r"^ARG BASE=python:3\.11-slim$", main, re.M) and re.search(r"^FROM \$\{BASE\}", main, re.M)
-    assert "pip install ." in main and "dagster-postgres==0.29.*" in main
+    assert "pip install --constraint constraints.txt ." in main and "dagster-postgres==0.29.*" in main
     assert re.search(r"^USER 10001:10001$", main, re.M)
     assert 'CMD ["python", "-m", "crd_bridge"]' in main
     copied = {src for line in re.findall(r"^COPY (.+)$", main, re.M) for src in line.split()[:-1]}
