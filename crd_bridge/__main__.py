@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from kubetask.kube.config import load_configuration
+from kubetask.logformat import JsonFormatter
 
 from . import watch
 from .config import parse_config
@@ -19,11 +20,12 @@ log = logging.getLogger("crd_bridge")
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+    logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO), handlers=[handler])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     if config.log_level != "DEBUG":  # kopf logs every handled event at INFO

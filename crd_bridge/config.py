@@ -49,6 +49,7 @@ class BridgeConfig:
     dagster_timeout: float = 10.0
     """HTTP timeout of one GraphQL request."""
     log_level: str = "INFO"
+    log_format: str = "text"
     # --- leader election (crd_bridge.leader) ---
     leader_elect: bool = False
     """Run only while holding the Lease (two replicas are safe); off for local development."""
@@ -207,6 +208,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument(
         "--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING... [LOG_LEVEL] (default %(default)s)"
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=e("LOG_FORMAT", "text"),
+        help="text, or json: one JSON object per line [LOG_FORMAT] (default %(default)s)",
+    )
     # --- leader election (crd_bridge.leader) ---
     p.add_argument(
         "--leader-elect",
@@ -261,6 +268,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         batchrun_debounce=max(0.0, float(args.batchrun_debounce)),
         dagster_timeout=float(args.dagster_timeout),
         log_level=str(args.log_level).upper(),
+        log_format=str(args.log_format),
         leader_elect=bool(args.leader_elect),
         leader_election_namespace=args.leader_election_namespace or None,
         leader_election_lease=args.leader_election_lease,

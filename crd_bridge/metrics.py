@@ -95,6 +95,27 @@ TASK_TO_RUN = Histogram(
 QUEUED = Gauge(
     "kubetask_bridge_queued_tasks", "Tasks in phase Queued (waiting for a WorkspaceConfig slot).", registry=REGISTRY
 )
+WORKSPACE_TASKS = Gauge(
+    "kubetask_workspace_tasks",
+    "Tasks of a WorkspaceConfig now, by state: running, or queued (waiting for a slot, a rate limit, the quota "
+    "or the budget).",
+    ["namespace", "workspace_config", "state"],
+    registry=REGISTRY,
+)
+TIME_QUEUED = Histogram(
+    "kubetask_task_queued_seconds",
+    "How long a Task waited in phase Queued before it ran or ended (observed when it leaves Queued).",
+    ["namespace", "workspace_config"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+    registry=REGISTRY,
+)
+TASK_DURATION = Histogram(
+    "kubetask_task_duration_seconds",
+    "From a Task's first start to its end (status.startTime to completionTime), by outcome (its final phase).",
+    ["namespace", "workspace_config", "outcome"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600),
+    registry=REGISTRY,
+)
 WORK_QUEUE = Gauge("kubetask_bridge_work_queue_length", "Task keys waiting for a reconcile worker.", registry=REGISTRY)
 TASKS = Gauge("kubetask_bridge_tasks", "Tasks in the bridge's cache, by phase.", ["phase"], registry=REGISTRY)
 DAGSTER_UP = Gauge(

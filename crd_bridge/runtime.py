@@ -32,7 +32,7 @@ from .kube import KubernetesApi
 from .reconcile import ReconcileLoop
 from .tasks import Reconciler
 from .tenancy import TenantGate
-from .workspaces import WorkspaceCounts
+from .workspaces import TaskTimings, WorkspaceCounts
 
 log = logging.getLogger("crd_bridge")
 
@@ -60,6 +60,7 @@ class Runtime:
             trim=decided_fields,
         )
         """The Task cache, shared by both reconcilers."""
+        self.store.subscribe(TaskTimings())
         self.limits = WorkspaceLimits(self.kube)
         tenancy = TenantGate(self.kube, config.run_worker)
         self.queue = WorkQueue()

@@ -31,6 +31,7 @@ from kubetask import objects, vocabulary
 from kubetask.api import Batch, BatchRun, TaskPhase
 from kubetask.domain import batches, results, status
 from kubetask.domain.errors import TaskError
+from kubetask_dagster import logs
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.kube import Kube
 from kubetask_dagster.ops.task import TaskRef, TaskReporter, prepare, run_attempt
@@ -204,6 +205,11 @@ def run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: Kube
 
     Its outcome lives on the Task CR (and the step's materialization), so the step has no output to
     store and the summary loads none: two event-log rows and a storage write fewer per Task."""
+    with logs.task_logging(item["namespace"], item["name"]):
+        _run_batch_task(context, item, kube)
+
+
+def _run_batch_task(context: OpExecutionContext, item: dict[str, Any], kube: KubeResource) -> None:
     api = kube.api
     ns, name = item["namespace"], item["name"]
     _wait_while_paused(context, api, ns, item["batchrun"])

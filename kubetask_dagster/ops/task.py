@@ -38,6 +38,7 @@ from kubetask.domain.credentials import bind_keys
 from kubetask.domain.errors import TaskError
 from kubetask.domain.outcomes import PodOutcome
 from kubetask.domain.redact import KEPT_LOG_MAX_BYTES, LOG_TAIL_MAX_BYTES, Redactor, last_lines
+from kubetask_dagster import logs
 from kubetask_dagster.execution.executor import step_interrupted
 from kubetask_dagster.execution.slots import WorkspaceSlots, pool_key
 from kubetask_dagster.kube import Kube, LogUnavailable, WaitInterrupted
@@ -236,6 +237,7 @@ def run_attempt(
     if timeout is not None and context.retry_number == 0:  # the fetches before this first try took its time
         timeout = max(1, timeout - math.ceil(prepared.get("remoteSeconds", 0.0)))
     attempt, resuming = _next_attempt(api, task, context.run_id)
+    logs.bind_attempt(attempt)
     try:
         credentials = bind_keys(
             workspace.spec.credentials or [], config.namespace, lambda name: api.secret_keys(config.namespace, name)
@@ -457,10 +459,12 @@ def _result_metadata(result: AgentResult | None) -> dict[str, Any]:
 @op(out=Out(dict, description="The context files (paths, keys, hashes; no content) and Git checkouts."))
 def prepare_task(context: OpExecutionContext, config: TaskRef, kube: KubeResource) -> dict[str, Any]:
     """Resolve the Task's contexts, aggregate them per filePath and write its ConfigMap and Secret."""
-    return prepare(context, kube, config)
+    with logs.task_logging(config.namespace, config.name):
+        return prepare(context, kube, config)
 
 
 @op
 def run_agent(context: OpExecutionContext, prepared: dict[str, Any], kube: KubeResource) -> dict[str, Any]:
     """Run one attempt of the agent's Job; each retry of this step is one attempt of the Task."""
-    return run_attempt(context, kube, prepared)
+    with logs.task_logging(prepared["task"]["namespace"], prepared["task"]["name"]):
+        return run_attempt(context, kube, prepared)

@@ -65,6 +65,32 @@ def test_every_kustomization_lists_what_exists_and_stays_inside_its_directory():
     assert root["resources"] == ["crds", "rbac", "network", "bridge"]  # tenants are applied per namespace, after the CRDs
 
 
+# --- monitoring: the ServiceMonitor scrapes the bridge's Service; the alerts name metrics that exist ----
+
+
+def test_the_service_monitor_scrapes_the_bridges_metrics_port():
+    monitor = find(DEPLOY / "monitoring" / "servicemonitor.yaml", "ServiceMonitor")
+    service = find(DEPLOY / "bridge" / "service.yaml", "Service")
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    assert _matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_every_metric_an_alert_names_is_one_the_bridge_exports():
+    from crd_bridge import metrics
+
+    exported = set()
+    for family in metrics.REGISTRY.collect():
+        exported |= {family.name, *(s.name for s in family.samples)}
+    rules = find(DEPLOY / "monitoring" / "alerts.yaml", "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert len(rules) >= 5
+    for rule in rules:
+        names = set(re.findall(r"\b(kubetask_[a-z_]+)", rule["expr"]))
+        suffixed = {n + suffix for n in exported for suffix in ("_total", "_bucket", "_count", "_sum")}
+        assert names <= exported | suffixed, (rule["alert"], names - exported)
+    assert any("kubetask_task_queued_seconds_bucket" in r["expr"] for r in rules)
+
+
 # --- NetworkPolicies: their selectors pick the pods they are about ------------------------------------
 
 
