@@ -267,9 +267,29 @@ def kustomizations() -> list[Path]:
     return sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml") if "local" not in p.relative_to(DEPLOY).parts)
 
 
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+"""Its Go module carries the operator's own CRDs (example/prometheus-operator-crd/)."""
+
+
+def install_prometheus_operator_crds(kubectl) -> None:
+    """The ServiceMonitor and PrometheusRule CRDs of the Prometheus Operator, from its Go module (fetched
+    from the module proxy into the project's cache like the control plane's modules), so that the API
+    server checks deploy/monitoring/ against their real schemas."""
+    cache = Path(os.environ.get("KUBETASK_CACHE", Path.home() / ".cache" / "kubetask-dagster"))
+    env = {**os.environ, "GOMODCACHE": str(cache / "gomod"), "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    out = subprocess.run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], env=env, cwd="/", check=True,
+                         capture_output=True, text=True).stdout
+    crds = Path(json.loads(out)["Dir"]) / "example" / "prometheus-operator-crd"
+    for kind in ("servicemonitors", "prometheusrules"):
+        kubectl("apply", "--server-side", "-f", str(crds / f"monitoring.coreos.com_{kind}.yaml"))
+        kubectl("wait", "--for=condition=Established", f"crd/{kind}.monitoring.coreos.com", "--timeout=60s")
+
+
 def test_every_manifest_passes_server_side_dry_run(platform, kubectl, namespace):
     dirs = kustomizations()
-    assert {d.relative_to(DEPLOY).as_posix() for d in dirs} == {".", "crds", "rbac", "network", "bridge", "tenant"}
+    assert {d.relative_to(DEPLOY).as_posix() for d in dirs} == {
+        ".", "crds", "rbac", "network", "bridge", "tenant", "monitoring"}
+    install_prometheus_operator_crds(kubectl)
     for d in dirs:
         objs = [o for o in yaml.safe_load_all(kubectl("kustomize", str(d)).stdout) if o]
         # tenant objects carry no namespace: they go wherever they are applied
