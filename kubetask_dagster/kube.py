@@ -308,12 +308,19 @@ class Kube:
         on_running: Callable[[str], None] | None = None,
         interrupted: Callable[[], bool] = lambda: False,
         no_pod_grace: float = 60.0,
+        on_suspended: Callable[[bool], None] | None = None,
+        on_admitted: Callable[[], None] | None = None,
     ) -> PodOutcome:
         """Wait until the Job's pod terminates, fails to start, or the Job disappears.
 
         Reads the process's shared pod and Job caches (``label_selector`` chooses the watch: the
         BatchRun's or the Task's objects), so many waiting Tasks cost one watch, not one each.
         Raises ``WaitInterrupted`` as soon as ``interrupted()`` turns true.
+
+        A suspended Job (Kueue's, until it admits it) is waited for without a deadline: the deadline and
+        the no-pod grace count from its admission. ``on_suspended(evicted)`` is called when the Job is seen
+        suspended (``evicted``: it had run, and its pods are being deleted, which is no outcome), and
+        ``on_admitted()`` when it is seen resumed.
         """
         pods = self._informer("pods", self.core.list_namespaced_pod, namespace, label_selector, JOB_NAME_LABEL)
         jobs = self._informer("jobs", self.batch.list_namespaced_job, namespace, label_selector)
@@ -322,9 +329,21 @@ class Kube:
         last_pod: str | None = None
         job_seen = False
         last_direct_read = float("-inf")
+        suspended = False
         while True:
             if interrupted():
                 raise WaitInterrupted(job_name)
+            if _suspended(jobs.get(job_name)) != suspended:
+                suspended = not suspended
+                if suspended and on_suspended:
+                    on_suspended(last_pod is not None)
+                if not suspended:
+                    started, last_pod, seen_running = time.monotonic(), None, None
+                    if on_admitted:
+                        on_admitted()
+            if suspended:
+                jobs.wait_for_change(jobs.version, WAKE_SECONDS)
+                continue
             if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
                 return PodOutcome(
                     False, vocabulary.TIMEOUT, f"the attempt ran longer than {int(deadline_seconds)} s", last_pod
@@ -334,6 +353,8 @@ class Kube:
                 last_pod = pod.metadata.name
                 outcome = outcomes.pod_outcome(pod)
                 if outcome is not None:
+                    if not outcome.succeeded and _suspended(self.get_job(namespace, job_name)):
+                        break  # killed by an eviction the Job cache has not shown yet: the next pass sees it
                     if not outcome.succeeded and outcomes.past_deadline(jobs.get(job_name)):
                         return outcomes.timed_out(outcome, job_name)  # killed by the deadline: exit 143 or 137
                     return outcome
@@ -395,6 +416,11 @@ class Kube:
     def emit_event(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record a Kubernetes Event on a kubetask object (best effort: never fails the caller)."""
         self._events.emit(obj, reason, message, warning=warning)
+
+
+def _suspended(job: Any) -> bool:
+    """The Job exists and is suspended (spec.suspend: Kueue has not admitted it, or evicted it)."""
+    return bool(job is not None and job.spec is not None and job.spec.suspend)
 
 
 def _unless_missing(call, *args):

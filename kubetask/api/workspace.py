@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
-from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, cel, k8s_extra
+from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, ObjectName, cel, k8s_extra
 from kubetask.api.contexts import NORMALISED_PATH_PATTERN, ContextList, FilePath, LocalSecretRef
 from kubetask.api.result import PeriodBudget, PeriodSpend
 
@@ -143,6 +143,20 @@ class RepositorySettings(ApiModel):
         return f"{(self.base_url or DEFAULT_REPOSITORY_BASE_URL).rstrip('/')}/{org}/{repo}.git"
 
 
+RESERVED_LABEL_PREFIXES = ("kubetask.io/", "kueue.x-k8s.io/queue-name")
+_RESERVED_KEYS_RULE = cel(
+    "self.all(k, !k.startsWith('kubetask.io/') && k != 'kueue.x-k8s.io/queue-name')",
+    "kubetask.io/ keys and kueue.x-k8s.io/queue-name are set by kubetask (use queueName for the queue)",
+)
+
+
+def _not_reserved(values: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(k for k in values if k.startswith(RESERVED_LABEL_PREFIXES))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: kubetask.io/ keys and kueue.x-k8s.io/queue-name are set by kubetask")
+    return values
+
+
 class PodScheduling(ApiModel):
     """Where agent pods may run; each field is copied to the pod spec as-is."""
 
@@ -171,6 +185,36 @@ class WorkspaceConfigSpec(ApiModel):
         None, description="Secrets given to the agent as env vars or files.", max_length=64
     )
     pod_labels: dict[str, str] | None = Field(None, description="Labels added to the agent pod.")
+    job_labels: Annotated[dict[str, str], AfterValidator(_not_reserved)] | None = Field(
+        None,
+        description="Labels added to each agent Job (kubetask.io/ keys and Kueue's queue-name label are the "
+        "project's: set queueName for the latter).",
+        max_length=64,
+        json_schema_extra=k8s_extra(_RESERVED_KEYS_RULE),
+    )
+    job_annotations: Annotated[dict[str, str], AfterValidator(_not_reserved)] | None = Field(
+        None,
+        description="Annotations added to each agent Job (kubetask.io/ keys are the project's).",
+        max_length=64,
+        json_schema_extra=k8s_extra(_RESERVED_KEYS_RULE),
+    )
+    priority_class_name: str | None = Field(
+        None,
+        description="priorityClassName of the agent pod (Kueue reads it as the workload's priority).",
+        max_length=253,
+    )
+    runtime_class_name: str | None = Field(
+        None,
+        description="runtimeClassName of the agent pod: a sandboxing runtime such as gVisor or Kata for agents "
+        "that run code a model chose.",
+        max_length=253,
+    )
+    queue_name: ObjectName | None = Field(
+        None,
+        description="Kueue LocalQueue of the agent Jobs: each Job is labelled kueue.x-k8s.io/queue-name and created "
+        "suspended. Until Kueue admits it the Task is Queued with reason AdmissionPending; its timeout counts from "
+        "admission; a Job Kueue evicts goes back to AdmissionPending (an Evicted Event) without spending an attempt.",
+    )
     scheduling: PodScheduling | None = Field(
         None, description="nodeSelector, tolerations and affinity of the agent pod."
     )

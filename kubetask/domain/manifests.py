@@ -286,6 +286,10 @@ def build_job(
     # podLabels are merged over ours (as in the original), except the kubetask.io/ labels we select on.
     protected = {k: v for k, v in labels.items() if k.startswith(vocabulary.PROTECTED_LABEL_PREFIX)}
     pod_labels = {**labels, **(workspace.pod_labels or {}), **protected}
+    job_labels = {**(workspace.job_labels or {}), **labels}
+    if workspace.queue_name:
+        job_labels[vocabulary.KUEUE_QUEUE_NAME] = workspace.queue_name
+    job_annotations = {**(workspace.job_annotations or {}), **annotations}
 
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
@@ -396,7 +400,14 @@ def build_job(
             if value:
                 pod_spec[field] = value
 
+    if workspace.priority_class_name:
+        pod_spec["priorityClassName"] = workspace.priority_class_name
+    if workspace.runtime_class_name:
+        pod_spec["runtimeClassName"] = workspace.runtime_class_name
+
     spec: dict[str, Any] = {"backoffLimit": 0}
+    if workspace.queue_name:
+        spec["suspend"] = True  # Kueue admits it (it resets the Job's startTime: the deadline counts from then)
     if timeout_seconds is not None:
         spec["activeDeadlineSeconds"] = timeout_seconds
     if task.spec.ttl_seconds_after_finished is not None:
@@ -405,7 +416,7 @@ def build_job(
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(task, job_name(name, attempt), labels, annotations),
+        "metadata": _metadata(task, job_name(name, attempt), job_labels, job_annotations),
         "spec": spec,
     }
     return copy.deepcopy(job)  # shares nothing with the models (resources, scheduling...)

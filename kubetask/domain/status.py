@@ -137,6 +137,15 @@ def queued(current: Status, *, message: str, reason: str = "Queued", now: dateti
     return _transition(current, TaskPhase.QUEUED, reason, message, now)
 
 
+def admission_pending(
+    current: Status, *, job_name: str, attempt: int, message: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Queued, reason AdmissionPending: attempt ``attempt``'s Job exists, suspended, until Kueue admits it."""
+    patch = _transition(current, TaskPhase.QUEUED, vocabulary.ADMISSION_PENDING, message, now)
+    patch.update(jobName=job_name, attempt=attempt, waitingUntil=None)
+    return patch
+
+
 def running(
     current: Status,
     *,

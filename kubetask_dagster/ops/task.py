@@ -271,7 +271,9 @@ def run_attempt(
             interrupted=step_interrupted,
         )
     try:
-        outcome, duration = _run_job(context, api, reporter, task, job, config, attempt, resuming, timeout)
+        outcome, duration = _run_job(
+            context, api, reporter, task, job, config, attempt, resuming, timeout, workspace.spec.queue_name
+        )
     finally:
         if slots is not None:
             # A stopped attempt's agent runs on through its pod's grace period: it keeps its slot until it ends.
@@ -360,13 +362,36 @@ def _run_job(
     attempt: int,
     resuming: bool,
     timeout: int | None,
+    queue: str | None = None,
 ) -> tuple[PodOutcome, float]:
-    """Mark the Task Running, create its Job (unless resuming one) and wait for the pod's end."""
+    """Mark the Task Running (Queued for Kueue's admission with a ``queue``), create its Job (unless
+    resuming one) and wait for the pod's end."""
     job_name = job["metadata"]["name"]
-    reporter.patch(
-        status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
-        | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
-    )
+
+    def mark_running() -> None:
+        reporter.patch(
+            status.running(reporter.current, job_name=job_name, attempt=attempt, generation=config.generation)
+            | {"dagsterRunId": context.run_id}  # a re-execution from Dagster's UI is a new run of the same Task
+        )
+
+    def wait_for_admission(evicted: bool) -> None:
+        what = "was evicted by Kueue and waits" if evicted else "waits"
+        message = f"attempt {attempt}: Job {job_name} {what} for Kueue to admit it (LocalQueue {queue})"
+        reporter.patch(
+            status.admission_pending(reporter.current, job_name=job_name, attempt=attempt, message=message)
+            | {"dagsterRunId": context.run_id}
+        )
+        if evicted:
+            reporter.event(vocabulary.EVICTED, message, warning=True)
+
+    def admitted() -> None:
+        mark_running()
+        reporter.event(vocabulary.ADMITTED, f"attempt {attempt}: Kueue admitted Job {job_name} (LocalQueue {queue})")
+
+    if queue:
+        wait_for_admission(evicted=False)
+    else:
+        mark_running()
     if not resuming:
         try:
             created = api.create_job(job)
@@ -384,6 +409,9 @@ def _run_job(
             deadline_seconds=None if timeout is None else timeout + 60,
             on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
             interrupted=step_interrupted,
+            # the first suspension is the one just written; another one follows an eviction
+            on_suspended=(lambda evicted: wait_for_admission(evicted) if evicted else None) if queue else None,
+            on_admitted=admitted if queue else None,
         )
     except (DagsterExecutionInterruptedError, WaitInterrupted):
         api.delete_job(config.namespace, job_name)

@@ -52,6 +52,7 @@ class FakeKube:
         self.outcomes = list(outcomes or [])
         self.fetch_budgets: list[float] = []
         self.log_reads = 0
+        self.evictions = 0  # times Kueue evicts a suspended-created Job after admitting it
         self.conflicts = 0  # conditional writes that find the object changed since it was read
         self.log = log
 
@@ -148,9 +149,17 @@ class FakeKube:
         return self.log
 
     def wait_for_pod_end(self, namespace, job_name, *, label_selector, deadline_seconds, on_running=None,
-                         interrupted=lambda: False, no_pod_grace=60.0):
+                         interrupted=lambda: False, no_pod_grace=60.0, on_suspended=None, on_admitted=None):
         self.waits.append({"job": job_name, "selector": label_selector, "deadline": deadline_seconds})
         pod = f"{job_name}-pod"
+        if self.jobs.get(job_name, {}).get("spec", {}).get("suspend"):  # Kueue admits it (and evicts it once, if asked)
+            on_suspended(False)
+            on_admitted()
+            if self.evictions:
+                self.evictions -= 1
+                on_running(pod)
+                on_suspended(True)
+                on_admitted()
         if on_running:
             on_running(pod)
         outcome = self.outcomes.pop(0)
@@ -558,3 +567,38 @@ def test_a_spent_workspace_budget_holds_new_tasks_until_the_next_period(run):
     # the attempt ran in the next period, and its own usage starts that period's spend
     spend = kube.objects[("workspaceconfigs", NS, "default")]["status"]["spend"]
     assert spend["periodStart"] > period_start and spend["costUSD"] == 0.25 and spend["inputTokens"] == 10
+
+
+def test_a_kueue_queued_job_is_created_suspended_and_the_task_waits_for_admission_then_after_an_eviction(run):
+    workspace = workspace_obj(queueName="agents", priorityClassName="batch-low", runtimeClassName="gvisor",
+                              jobLabels={"team": "a"}, jobAnnotations={"cost-center": "42"})
+    kube = fake_kube(ok(), workspace=workspace)
+    kube.evictions = 1
+    result, _ = run(kube)
+    assert result.success, kube.task()["status"]
+    job = kube.jobs["t1-job-1"]
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"][vocabulary.KUEUE_QUEUE_NAME] == "agents"
+    assert job["metadata"]["labels"]["team"] == "a" and job["metadata"]["annotations"]["cost-center"] == "42"
+    assert job["metadata"]["labels"][vocabulary.LABEL_TASK] == "t1"  # ours are kept
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("batch-low", "gvisor")
+    # Queued until admitted, Running, Queued again after the eviction, Running, Completed: one attempt, one Job
+    assert [p.get("phase") for p in kube.patches if p.get("phase")] == [
+        "Queued", "Running", "Queued", "Running", "Completed"]
+    pending = [p for p in kube.patches if p.get("phase") == "Queued"]
+    assert {reason(p) for p in pending} == {vocabulary.ADMISSION_PENDING}
+    assert pending[0]["jobName"] == "t1-job-1" and "LocalQueue agents" in pending[0]["message"]
+    assert "evicted by Kueue" in pending[1]["message"]
+    reasons = [r for r, _, _ in kube.events]
+    assert reasons.count(vocabulary.ADMITTED) == 2 and reasons.count(vocabulary.EVICTED) == 1
+    assert kube.created == ["t1-job-1"] and kube.task()["status"]["attempt"] == 1
+
+
+def test_job_labels_may_not_take_the_projects_keys():
+    from pydantic import ValidationError
+
+    from kubetask.api import WorkspaceConfig
+
+    for labels in ({"kubetask.io/task": "x"}, {vocabulary.KUEUE_QUEUE_NAME: "q"}):
+        with pytest.raises(ValidationError, match="set by kubetask"):
+            WorkspaceConfig.model_validate(workspace_obj(jobLabels=labels))
