@@ -310,6 +310,7 @@ class Kube:
         no_pod_grace: float = 60.0,
         on_suspended: Callable[[bool], None] | None = None,
         on_admitted: Callable[[], None] | None = None,
+        lift_gate: str | None = None,
     ) -> PodOutcome:
         """Wait until the Job's pod terminates, fails to start, or the Job disappears.
 
@@ -320,7 +321,8 @@ class Kube:
         A suspended Job (Kueue's, until it admits it) is waited for without a deadline: the deadline and
         the no-pod grace count from its admission. ``on_suspended(evicted)`` is called when the Job is seen
         suspended (``evicted``: it had run, and its pods are being deleted, which is no outcome), and
-        ``on_admitted()`` when it is seen resumed.
+        ``on_admitted()`` when it is seen resumed. While the Job runs, its pods' scheduling gate
+        ``lift_gate`` is removed (the caller holds what the gate waited for).
         """
         pods = self._informer("pods", self.core.list_namespaced_pod, namespace, label_selector, JOB_NAME_LABEL)
         jobs = self._informer("jobs", self.batch.list_namespaced_job, namespace, label_selector)
@@ -351,6 +353,8 @@ class Kube:
             pod_version = pods.version
             for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
+                if lift_gate and any(g.name == lift_gate for g in pod.spec.scheduling_gates or []):
+                    self._lift_gate(namespace, pod, lift_gate)
                 outcome = outcomes.pod_outcome(pod)
                 if outcome is not None:
                     if not outcome.succeeded and _suspended(self.get_job(namespace, job_name)):
@@ -383,6 +387,11 @@ class Kube:
             if outcome is not None:
                 return outcome
             pods.wait_for_change(pod_version, WAKE_SECONDS)  # a Job's change is seen on the next wake-up
+
+    def _lift_gate(self, namespace: str, pod: Any, gate: str) -> None:
+        remaining = [{"name": g.name} for g in pod.spec.scheduling_gates if g.name != gate]
+        patch = [{"op": "replace", "path": "/spec/schedulingGates", "value": remaining}]
+        _unless_missing(self.core.patch_namespaced_pod, pod.metadata.name, namespace, patch)
 
     def wait_pods_ended(self, namespace: str, job_name: str, *, label_selector: str, timeout: float) -> bool:
         """True once no pod of the Job runs or waits to run (each ended or gone); False after ``timeout``.

@@ -408,6 +408,8 @@ def build_job(
     spec: dict[str, Any] = {"backoffLimit": 0}
     if workspace.queue_name:
         spec["suspend"] = True  # Kueue admits it (it resets the Job's startTime: the deadline counts from then)
+        if workspace.max_concurrent_tasks:  # the slot is taken at admission; the pod waits for it behind a gate
+            pod_spec["schedulingGates"] = [{"name": vocabulary.SLOT_GATE}]
     if timeout_seconds is not None:
         spec["activeDeadlineSeconds"] = timeout_seconds
     if task.spec.ttl_seconds_after_finished is not None:

@@ -12,6 +12,7 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dagster import (
@@ -259,20 +260,37 @@ def run_attempt(
     if not resuming:  # a rate limit, the budget or the start quota may hold it (no attempt is spent)
         starts.before_start(context, api, reporter, workspace)
     slots = _workspace_slots(context, task, workspace)
-    if slots is not None:
-        slots.acquire(
-            on_wait=lambda: reporter.patch(
-                status.queued(
-                    reporter.current,
-                    reason=vocabulary.WORKSPACE_LIMIT,
-                    message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})",
-                )
-            ),
-            interrupted=step_interrupted,
-        )
+    queue = workspace.spec.queue_name
+
+    def take_slot() -> None:
+        if slots is not None:
+            slots.acquire(
+                on_wait=lambda: reporter.patch(
+                    status.queued(
+                        reporter.current,
+                        reason=vocabulary.WORKSPACE_LIMIT,
+                        message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})",
+                    )
+                ),
+                interrupted=step_interrupted,
+            )
+
+    if not queue:  # with Kueue the slot is taken at admission (the pod waits behind a scheduling gate)
+        take_slot()
     try:
         outcome, duration = _run_job(
-            context, api, reporter, task, job, config, attempt, resuming, timeout, workspace.spec.queue_name
+            context,
+            api,
+            reporter,
+            task,
+            job,
+            config,
+            attempt,
+            resuming,
+            timeout,
+            queue,
+            take_slot=take_slot if queue and slots is not None else None,
+            free_slot=slots.release if queue and slots is not None else None,
         )
     finally:
         if slots is not None:
@@ -363,9 +381,13 @@ def _run_job(
     resuming: bool,
     timeout: int | None,
     queue: str | None = None,
+    take_slot: Callable[[], None] | None = None,
+    free_slot: Callable[[], None] | None = None,
 ) -> tuple[PodOutcome, float]:
     """Mark the Task Running (Queued for Kueue's admission with a ``queue``), create its Job (unless
-    resuming one) and wait for the pod's end."""
+    resuming one) and wait for the pod's end. ``take_slot``/``free_slot``: the maxConcurrentTasks slot of
+    a Kueue-queued Job, taken at each admission (then its pod's scheduling gate is lifted) and freed at
+    an eviction."""
     job_name = job["metadata"]["name"]
 
     def mark_running() -> None:
@@ -383,8 +405,15 @@ def _run_job(
         )
         if evicted:
             reporter.event(vocabulary.EVICTED, message, warning=True)
+            if free_slot is not None:  # once its agent has stopped (its pod's grace period)
+                api.wait_pods_ended(
+                    config.namespace, job_name, label_selector=manifests.watch_selector(task), timeout=SLOT_HOLD_SECONDS
+                )
+                free_slot()
 
     def admitted() -> None:
+        if take_slot is not None:
+            take_slot()
         mark_running()
         reporter.event(vocabulary.ADMITTED, f"attempt {attempt}: Kueue admitted Job {job_name} (LocalQueue {queue})")
 
@@ -412,6 +441,7 @@ def _run_job(
             # the first suspension is the one just written; another one follows an eviction
             on_suspended=(lambda evicted: wait_for_admission(evicted) if evicted else None) if queue else None,
             on_admitted=admitted if queue else None,
+            lift_gate=vocabulary.SLOT_GATE if take_slot is not None else None,
         )
     except (DagsterExecutionInterruptedError, WaitInterrupted):
         api.delete_job(config.namespace, job_name)

@@ -94,7 +94,7 @@ EXPECTED_WORKER_TENANT = {
     ("configmaps", "", "get create update"),
     ("secrets", "", "get create update"),
     ("jobs.batch", "", "get list watch create delete"),
-    ("pods", "", "list watch"),
+    ("pods", "", "list watch patch"),  # patch: the kubetask.io/slot scheduling gate of a Kueue-queued pod
     ("pods/log", "", "get"),
     ("events", "", "create list"),
 }

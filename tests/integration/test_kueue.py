@@ -85,3 +85,34 @@ def test_an_evicted_job_goes_back_to_admission_and_completes_without_spending_an
     obj = wait_phase(kubectl, wait_for, namespace, "evicted", {"Completed", "Failed"}, timeout=60)
     assert obj["status"]["phase"] == "Completed", obj["status"]
     assert obj["status"]["attempt"] == 1 and [j["metadata"]["name"] for j in jobs(kubectl, namespace)] == ["evicted-job-1"]
+
+
+def test_with_max_concurrent_tasks_an_admitted_pod_waits_behind_its_gate_for_a_slot(
+    kubectl, wait_for, namespace, bridge, steer
+):
+    # One slot, two Tasks, both admitted at once: the first takes the slot and its pod's gate is lifted;
+    # the second's pod exists but stays gated (unscheduled) until the first ends.
+    steer(["first"], {"kubetask.io/test-duration-ms": "5000"})
+    apply(kubectl, namespace, workspace(queueName="agents", maxConcurrentTasks=1), task("first"))
+    pending_admission(kubectl, wait_for, namespace, "first")
+    apply(kubectl, namespace, task("second"))
+    pending_admission(kubectl, wait_for, namespace, "second")  # waiting for Kueue, it holds no slot
+    suspend(kubectl, namespace, "first-job-1", False)
+    wait_phase(kubectl, wait_for, namespace, "first", {"Running"}, timeout=30)
+    suspend(kubectl, namespace, "second-job-1", False)
+
+    def gated() -> dict | None:
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", "kubetask.io/task=second", "-o", "json").stdout)["items"]
+        return pods[0] if pods and pods[0]["spec"].get("schedulingGates") else None
+
+    pod = wait_for(gated, timeout=30, what="the second Task's pod, gated")
+    assert pod["spec"]["schedulingGates"] == [{"name": "kubetask.io/slot"}] and not pod["spec"].get("nodeName")
+    assert condition(get(kubectl, namespace, "task", "second"), "Ready")["reason"] == "WorkspaceLimit"
+    assert get(kubectl, namespace, "task", "first")["status"]["phase"] == "Running"
+    for name in ("first", "second"):
+        obj = wait_phase(kubectl, wait_for, namespace, name, {"Completed", "Failed"}, timeout=90)
+        assert obj["status"]["phase"] == "Completed", obj["status"]
+    first_end = get(kubectl, namespace, "task", "first")["status"]["completionTime"]
+    second_start = json.loads(kubectl("get", "pods", "-n", namespace, "-l", "kubetask.io/task=second", "-o", "json").stdout)
+    started = [p["status"].get("startTime") for p in second_start["items"]]
+    assert started and all(s is None or s >= first_end[:19] for s in started), (started, first_end)

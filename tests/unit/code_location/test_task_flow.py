@@ -53,6 +53,7 @@ class FakeKube:
         self.fetch_budgets: list[float] = []
         self.log_reads = 0
         self.evictions = 0  # times Kueue evicts a suspended-created Job after admitting it
+        self.gates: list[str | None] = []  # the scheduling gate each wait lifts
         self.conflicts = 0  # conditional writes that find the object changed since it was read
         self.log = log
 
@@ -149,8 +150,9 @@ class FakeKube:
         return self.log
 
     def wait_for_pod_end(self, namespace, job_name, *, label_selector, deadline_seconds, on_running=None,
-                         interrupted=lambda: False, no_pod_grace=60.0, on_suspended=None, on_admitted=None):
+                         interrupted=lambda: False, no_pod_grace=60.0, on_suspended=None, on_admitted=None, lift_gate=None):
         self.waits.append({"job": job_name, "selector": label_selector, "deadline": deadline_seconds})
+        self.gates.append(lift_gate)
         pod = f"{job_name}-pod"
         if self.jobs.get(job_name, {}).get("spec", {}).get("suspend"):  # Kueue admits it (and evicts it once, if asked)
             on_suspended(False)
@@ -602,3 +604,19 @@ def test_job_labels_may_not_take_the_projects_keys():
     for labels in ({"kubetask.io/task": "x"}, {vocabulary.KUEUE_QUEUE_NAME: "q"}):
         with pytest.raises(ValidationError, match="set by kubetask"):
             WorkspaceConfig.model_validate(workspace_obj(jobLabels=labels))
+
+
+def test_with_kueue_and_max_concurrent_tasks_the_slot_is_taken_at_admission_and_lifts_the_pods_gate(run):
+    kube = fake_kube(ok(), workspace=workspace_obj(queueName="agents", maxConcurrentTasks=2))
+    kube.evictions = 1
+    result, _ = run(kube)
+    assert result.success, kube.task()["status"]
+    pod = kube.jobs["t1-job-1"]["spec"]["template"]["spec"]
+    assert pod["schedulingGates"] == [{"name": vocabulary.SLOT_GATE}]
+    assert kube.gates == [vocabulary.SLOT_GATE]
+    # freed at the eviction once its pod ended, taken again at the second admission
+    assert kube.pods_ended_waits.count("t1-job-1") >= 2
+    # without maxConcurrentTasks no gate: Kueue's admission starts the pod
+    plain = fake_kube(ok(), workspace=workspace_obj(queueName="agents"))
+    assert run(plain)[0].success
+    assert "schedulingGates" not in plain.jobs["t1-job-1"]["spec"]["template"]["spec"] and plain.gates == [None]
