@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
-from kubetask.api.base import ApiModel, Duration, LocalObjectReference, ObjectMeta, ObjectName, cel, k8s_extra
+from kubetask.api.base import GROUP, ApiModel, Duration, LocalObjectReference, ObjectMeta, ObjectName, cel, k8s_extra
 from kubetask.api.contexts import NORMALISED_PATH_PATTERN, ContextList, FilePath, LocalSecretRef
 from kubetask.api.result import PeriodBudget, PeriodSpend
 
@@ -143,7 +143,7 @@ class RepositorySettings(ApiModel):
         return f"{(self.base_url or DEFAULT_REPOSITORY_BASE_URL).rstrip('/')}/{org}/{repo}.git"
 
 
-RESERVED_LABEL_PREFIXES = ("kubetask.io/", "kueue.x-k8s.io/queue-name")
+RESERVED_LABEL_PREFIXES = (f"{GROUP}/", "kueue.x-k8s.io/queue-name")
 _RESERVED_KEYS_RULE = cel(
     "self.all(k, !k.startsWith('kubetask.io/') && k != 'kueue.x-k8s.io/queue-name')",
     "kubetask.io/ keys and kueue.x-k8s.io/queue-name are set by kubetask (use queueName for the queue)",
