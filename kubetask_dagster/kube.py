@@ -278,8 +278,10 @@ class Kube:
         huge line cannot make the run worker read it all. A cut line is dropped, so no half of a secret
         escapes redaction."""
         try:
-            text = self.core.read_namespaced_pod_log(
-                pod, namespace, container=container, tail_lines=lines, limit_bytes=max_bytes
+            text = _log_text(
+                self.core.read_namespaced_pod_log(
+                    pod, namespace, container=container, tail_lines=lines, limit_bytes=max_bytes, _preload_content=False
+                )
             )
         except ApiException as e:
             return f"(log unavailable: {e.status} {e.reason})"
@@ -291,7 +293,11 @@ class Kube:
         """The container's log from its start, at most ``max_bytes`` (a cut last line dropped, as in
         ``pod_log_tail``); ``LogUnavailable`` when the API server has none to give (no kubelet, pod gone)."""
         try:
-            text = self.core.read_namespaced_pod_log(pod, namespace, container=container, limit_bytes=max_bytes)
+            text = _log_text(
+                self.core.read_namespaced_pod_log(
+                    pod, namespace, container=container, limit_bytes=max_bytes, _preload_content=False
+                )
+            )
         except ApiException as e:
             raise LogUnavailable(f"{e.status} {e.reason}") from None
         return redact.complete_lines(text, max_bytes)
@@ -425,6 +431,16 @@ class Kube:
     def emit_event(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record a Kubernetes Event on a kubetask object (best effort: never fails the caller)."""
         self._events.emit(obj, reason, message, warning=warning)
+
+
+def _log_text(response: Any) -> str:
+    """A pod log read raw (``_preload_content=False``), as text. The client's own decoding of a log
+    gives ``str(bytes)`` since kubernetes-client 36 ("b'...'", newlines escaped), which no line-based
+    cut or redaction could read. Invalid UTF-8 becomes U+FFFD."""
+    try:
+        return bytes(response.data).decode("utf-8", errors="replace")
+    finally:
+        response.release_conn()
 
 
 def _suspended(job: Any) -> bool:

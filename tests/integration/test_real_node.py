@@ -274,6 +274,8 @@ def test_what_the_agent_prints_of_its_secrets_is_redacted_everywhere(real_node, 
     kubectl("delete", "job", obj["status"]["jobName"], "-n", namespace, "--wait=true")
     kept = dagster.compute_logs(obj["status"]["dagsterRunId"])
     assert "===== agent log of Task" in kept and "key=" in kept, kept[-2000:]
+    # the log's own lines, not a client's repr of its bytes ("b'...\\n...'")
+    assert "\n=== Task Content ===\n" in kept and "\n===== end of the agent log =====" in kept, kept[-2000:]
     for secret_text in (value, encoded, brief):
         assert secret_text not in kept
     assert obj["status"]["agentLog"].startswith(f"Dagster run {obj['status']['dagsterRunId']}, step run_agent")

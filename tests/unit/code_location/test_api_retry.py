@@ -20,7 +20,7 @@ TASK = {"apiVersion": "kubetask.io/v1alpha1", "kind": "Task", "metadata": {"name
 class ScriptedApiServer:
     """Answers each request with the next (status, body) of a script; records the requests."""
 
-    def __init__(self, script: list[tuple[int, dict]], port: int = 0):
+    def __init__(self, script: list[tuple[int, dict | str]], port: int = 0):
         self.script = list(script)
         self.requests: list[tuple[str, str]] = []
         outer = self
@@ -31,9 +31,9 @@ class ScriptedApiServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 code, body = outer.script.pop(0) if outer.script else (500, {})
-                payload = json.dumps(body).encode()
+                payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()  # a str: a log
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 if code == 429:
                     self.send_header("Retry-After", "0")
@@ -173,3 +173,15 @@ def test_the_whole_log_is_read_from_its_start_with_a_byte_limit_and_a_refusal_is
     method, path = server.requests[0]
     assert method == "GET" and path.startswith("/api/v1/namespaces/ns/pods/p/log?")
     assert "limitBytes=1048576" in path and "container=agent" in path and "tailLines" not in path
+
+
+def test_a_log_is_read_as_its_text_not_as_the_clients_repr_of_bytes(tmp_path):
+    # kubernetes-client 36 turns a text/plain body into str(bytes): "b'line one\\nline two\\n'"
+    log = "line one\nline two: caf\u00e9\n"
+    server = ScriptedApiServer([(200, log), (200, log)])
+    try:
+        kube = kube_for(server.url, tmp_path)
+        assert kube.pod_log("ns", "p") == log
+        assert kube.pod_log_tail("ns", "p", lines=50) == log
+    finally:
+        server.close()
