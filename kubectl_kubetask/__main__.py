@@ -1,15 +1,12 @@
-"""Entry point of the ``kubectl-kubetask`` console script (placeholder until the plugin lands)."""
+"""Entry point of the ``kubectl-kubetask`` console script (and ``python -m kubectl_kubetask``)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
+from .cli import main
 
-def main(argv: Sequence[str] | None = None) -> int:
-    print("kubectl kubetask: not implemented yet", file=sys.stderr)
-    return 2
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())
