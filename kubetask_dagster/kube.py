@@ -341,7 +341,9 @@ class Kube:
         while True:
             if interrupted():
                 raise WaitInterrupted(job_name)
-            if _suspended(jobs.get(job_name)) != suspended:
+            cached = jobs.get(job_name)
+            job_seen = job_seen or cached is not None
+            if cached is not None and _suspended(cached) != suspended:  # a Job gone is no admission
                 suspended = not suspended
                 if suspended and on_suspended:
                     on_suspended(last_pod is not None)
@@ -349,10 +351,10 @@ class Kube:
                     started, last_pod, seen_running = time.monotonic(), None, None
                     if on_admitted:
                         on_admitted()
-            if suspended:
+            if suspended and cached is not None:
                 jobs.wait_for_change(jobs.version, WAKE_SECONDS)
                 continue
-            if deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
+            if not suspended and deadline_seconds is not None and time.monotonic() - started > deadline_seconds:
                 return PodOutcome(
                     False, vocabulary.TIMEOUT, f"the attempt ran longer than {int(deadline_seconds)} s", last_pod
                 )

@@ -268,3 +268,73 @@ def test_a_job_not_yet_in_the_cache_is_not_deleted(clock):
     assert outcome.reason == vocabulary.TIMEOUT
     assert k.batch.reads  # asked after the grace
     assert clock.now - started > 40
+
+
+# --- Kueue: a suspended Job waits for admission, and an eviction is no outcome ----------------------
+
+
+def suspended_job(suspend: bool) -> SimpleNamespace:
+    return SimpleNamespace(metadata=V1ObjectMeta(name=JOB), spec=SimpleNamespace(suspend=suspend),
+                           status=V1JobStatus(conditions=[]))
+
+
+def succeeded(name: str = "t1-job-1-abcde") -> V1Pod:
+    return pod("Succeeded", V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=0, reason="Completed")), name)
+
+
+def test_a_suspended_job_waits_for_admission_and_its_deadline_counts_from_then(clock):
+    jobs = FakeInformer(clock, objects={JOB: suspended_job(True)})
+    pods = FakeInformer(clock)
+    started = clock.now
+    calls: list[str] = []
+
+    def on_wait(now):
+        if now - started > 50:  # admitted after 50 s, longer than the deadline
+            jobs.objects[JOB] = suspended_job(False)
+        if now - started > 55:
+            pods.index[JOB] = [succeeded()]
+
+    jobs.on_wait = pods.on_wait = on_wait
+    k = make_kube(clock, pods=pods, jobs=jobs)
+    outcome = wait(k, deadline_seconds=10, on_suspended=lambda evicted: calls.append(f"suspended {evicted}"),
+                   on_admitted=lambda: calls.append("admitted"))
+    assert outcome.succeeded, outcome
+    assert calls == ["suspended False", "admitted"]
+
+
+def test_an_eviction_is_no_outcome_and_the_readmitted_job_goes_on(clock):
+    jobs = FakeInformer(clock, objects={JOB: suspended_job(False)})
+    killed = pod("Failed", V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=137, reason="Error")))
+    pods = FakeInformer(clock, index={JOB: [pod("Running", V1ContainerState(running=V1ContainerStateRunning()))]})
+    started = clock.now
+    calls: list[str] = []
+
+    def on_wait(now):
+        if 10 < now - started <= 30:  # Kueue suspends it; the Job controller kills the pod
+            jobs.objects[JOB] = suspended_job(True)
+            pods.index[JOB] = [killed]
+        elif now - started > 30:  # admitted again: a new pod that succeeds
+            jobs.objects[JOB] = suspended_job(False)
+            pods.index[JOB] = [succeeded("t1-job-1-fghij")]
+
+    jobs.on_wait = pods.on_wait = on_wait
+    k = make_kube(clock, pods=pods, jobs=jobs, api_jobs={JOB: suspended_job(True)})
+    outcome = wait(k, deadline_seconds=600, on_suspended=lambda evicted: calls.append(f"suspended {evicted}"),
+                   on_admitted=lambda: calls.append("admitted"), on_running=lambda p: calls.append(f"running {p}"))
+    assert outcome.succeeded and outcome.pod_name == "t1-job-1-fghij", outcome
+    assert calls == ["running t1-job-1-abcde", "suspended True", "admitted"]
+
+
+def test_a_suspended_job_deleted_is_not_an_admission(clock):
+    jobs = FakeInformer(clock, objects={JOB: suspended_job(True)})
+    started = clock.now
+    admitted: list[bool] = []
+
+    def on_wait(now):
+        if now - started > 5:
+            jobs.objects.clear()
+
+    jobs.on_wait = on_wait
+    k = make_kube(clock, pods=FakeInformer(clock, on_wait=on_wait), jobs=jobs, api_jobs={})
+    outcome = wait(k, no_pod_grace=1e9, on_admitted=lambda: admitted.append(True))
+    assert outcome.reason == vocabulary.JOB_DELETED and admitted == []
