@@ -38,6 +38,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY kubetask ./kubetask
 COPY kubetask_dagster ./kubetask_dagster
 COPY crd_bridge ./crd_bridge
+COPY kubectl_kubetask ./kubectl_kubetask
 # dagster-postgres: the Helm deployment keeps runs, events and schedules in Postgres. constraints.txt:
 # the versions the tests ran with.
 RUN --mount=type=bind,from=wheels,target=/wheels \

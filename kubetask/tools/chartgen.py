@@ -72,15 +72,26 @@ def _parameterize_bridge(deployment: dict[str, Any]) -> dict[str, Any]:
         "resources": container["resources"],
         "dagsterUrl": _env(container, "KUBETASK_BRIDGE_DAGSTER_URL")["value"],
         "dagsterUiUrl": _env(container, "KUBETASK_BRIDGE_DAGSTER_UI_URL")["value"],
+        "pullPolicy": container["imagePullPolicy"],
     }
+    pod = deployment["spec"]["template"]
+    for key in ("nodeSelector", "tolerations"):
+        if key in pod["spec"]:
+            raise ValueError(f"deploy/'s bridge sets {key}: make it the chart's default")
+    pod["spec"]["nodeSelector"] = "__NODE_SELECTOR__"
+    pod["spec"]["tolerations"] = "__TOLERATIONS__"
+    if "annotations" in pod["metadata"]:
+        raise ValueError("deploy/'s bridge pod has annotations: make them the chart's default")
+    pod["metadata"]["annotations"] = "__POD_ANNOTATIONS__"
     deployment["spec"]["replicas"] = "__REPLICAS__"
     container["image"] = "__IMAGE__"
+    container["imagePullPolicy"] = "__PULL_POLICY__"
     container["resources"] = "__RESOURCES__"
     _env(container, "KUBETASK_BRIDGE_DAGSTER_URL")["value"] = "__DAGSTER_URL__"
     _env(container, "KUBETASK_BRIDGE_DAGSTER_UI_URL")["value"] = "__DAGSTER_UI_URL__"
     _env(container, "KUBETASK_BRIDGE_LOG_LEVEL")["value"] = "__LOG_LEVEL__"
     _env(container, "KUBETASK_BRIDGE_LOG_FORMAT")["value"] = "__LOG_FORMAT__"
-    container["env"].append("__NAMESPACES__")
+    container["env"] += ["__NAMESPACES__", "__EXTRA_ENV__"]
     return defaults
 
 
@@ -96,6 +107,7 @@ def _values(bridge: dict[str, Any]) -> str:
 image:
   repository: {IMAGE}
   tag: ""
+  pullPolicy: {bridge["pullPolicy"]}
 
 # Dagster's webserver, from the Dagster Helm release (deploy/dagster/values.yaml): `url` is what the bridge
 # calls, `uiUrl` the base of the run links written to status.dagsterRunUrl (default: url).
@@ -108,7 +120,11 @@ bridge:
   logLevel: {bridge["logLevel"]}
   logFormat: {bridge["logFormat"]}  # json: one object per line; text: for people
   resources:
-{block(bridge["resources"], 4)}
+{block(bridge["resources"], 4)}  nodeSelector: {{}}
+  tolerations: []
+  podAnnotations: {{}}
+  extraEnv: []  # more env vars of the bridge container, e.g. KUBETASK_BRIDGE_WORKERS
+
 # Namespaces the bridge watches (empty: all).
 watchNamespaces: []
 
@@ -136,6 +152,13 @@ def _block(expression: str) -> Callable[[re.Match[str]], str]:
     return lambda m: f"{m['indent']}{m['key']}:\n{{{{- {expression} | nindent {len(m['indent']) + 2} }}}}"
 
 
+def _optional_block(value: str) -> Callable[[re.Match[str]], str]:
+    """A replacement of ``key: SENTINEL`` by ``key:`` and the value's YAML, only when the value is set."""
+    return lambda m: (
+        f"{{{{- with {value} }}}}\n{m['indent']}{m['key']}:{{{{- toYaml . | nindent {len(m['indent']) + 2} }}}}\n{{{{- end }}}}"
+    )
+
+
 _SENTINELS: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"__REPLICAS__", "{{ .Values.bridge.replicas }}"),
     (r"__TENANT__", "{{ $namespace | quote }}"),
@@ -148,6 +171,16 @@ _SENTINELS: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"__LOG_LEVEL__", "{{ .Values.bridge.logLevel | quote }}"),
     (r"__LOG_FORMAT__", "{{ .Values.bridge.logFormat | quote }}"),
     (r"(?P<indent> *)(?P<key>resources): __RESOURCES__", _block("toYaml .Values.bridge.resources")),
+    (r"__PULL_POLICY__", "{{ .Values.image.pullPolicy | quote }}"),
+    (r"(?P<indent> *)(?P<key>nodeSelector): __NODE_SELECTOR__", _optional_block(".Values.bridge.nodeSelector")),
+    (r"(?P<indent> *)(?P<key>tolerations): __TOLERATIONS__", _optional_block(".Values.bridge.tolerations")),
+    (r"(?P<indent> *)(?P<key>annotations): __POD_ANNOTATIONS__", _optional_block(".Values.bridge.podAnnotations")),
+    (
+        r"(?P<indent> *)- __EXTRA_ENV__",
+        lambda m: (
+            f"{{{{- with .Values.bridge.extraEnv }}}}{{{{- toYaml . | nindent {len(m['indent'])} }}}}{{{{- end }}}}"
+        ),
+    ),
     (
         r"(?P<indent> *)- __NAMESPACES__",
         lambda m: (

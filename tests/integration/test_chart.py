@@ -73,11 +73,20 @@ def test_the_chart_renders_what_kustomize_builds(helm, kubectl):
 def test_values_reach_the_bridge_and_the_rendering_passes_the_dry_run(helm, kubectl, crds):
     text = helm("template", RELEASE, str(CHART), "--set", "image.tag=9.9.9", "--set", "bridge.replicas=3",
                 "--set", "watchNamespaces={team-a,team-b}", "--set", "dagster.url=http://dagster.example:3000",
-                "--set", "crds.install=false", "--set", "networkPolicies.enabled=false").stdout
+                "--set", "crds.install=false", "--set", "networkPolicies.enabled=false",
+                "--set", "image.pullPolicy=Always", "--set", "bridge.nodeSelector.pool=platform",
+                "--set", "bridge.tolerations[0].key=dedicated", "--set", "bridge.tolerations[0].operator=Exists",
+                "--set", "bridge.podAnnotations.team=platform",
+                "--set", "bridge.extraEnv[0].name=KUBETASK_BRIDGE_WORKERS", "--set-string", "bridge.extraEnv[0].value=8").stdout
     rendered = objects(text)
     bridge = rendered[("Deployment", "kubetask-system", "kubetask-bridge")]
-    container = bridge["spec"]["template"]["spec"]["containers"][0]
+    pod = bridge["spec"]["template"]
+    container = pod["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["imagePullPolicy"] == "Always" and env["KUBETASK_BRIDGE_WORKERS"] == "8"
+    assert pod["spec"]["nodeSelector"] == {"pool": "platform"}
+    assert pod["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert pod["metadata"]["annotations"] == {"team": "platform"}
     assert container["image"] == "ghcr.io/kubetask-dagster/kubetask-dagster:9.9.9" and bridge["spec"]["replicas"] == 3
     assert env["KUBETASK_BRIDGE_NAMESPACES"] == "team-a,team-b"
     assert env["KUBETASK_BRIDGE_DAGSTER_URL"] == env["KUBETASK_BRIDGE_DAGSTER_UI_URL"] == "http://dagster.example:3000"
