@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kubetask import objects, vocabulary
+from kubetask.domain import kept_logs
 from kubetask.domain.manifests import job_name
 from kubetask.objects import Obj
 
-from . import kept_log, render
+from . import render
 from .cluster import Cluster, LogUnavailable
 from .dagster import ENV_URL, Dagster, base_url
 from .errors import PluginError, no_dagster_url, no_log, not_found
@@ -133,7 +134,7 @@ def _agent_finished(pod: Obj) -> bool:
 def _kept_log(session: Session, task: Obj, attempt: int, why: str) -> int:
     name, ns = objects.meta(task)["name"], session.namespace
     st = objects.status(task)
-    ref = kept_log.parse_agent_log(st.get("agentLog"))
+    ref = kept_logs.parse_agent_log(st.get("agentLog"))
     if ref is None:
         raise no_log(name, ns, attempt, f"{why}, and status.agentLog names no kept copy")
     dagster = session.dagster_for(task)

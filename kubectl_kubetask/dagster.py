@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import kept_log
+from kubetask.domain import kept_logs
+
 from .errors import PluginError, connection_problem, dagster_unreachable
 
 ENV_URL = "KUBETASK_DAGSTER_URL"
@@ -112,12 +113,12 @@ class Dagster:
             cursor = logs["cursor"]
 
     def kept_block(
-        self, ref: kept_log.KeptLogRef, namespace: str, name: str, attempt: int
-    ) -> kept_log.KeptBlock | None:
+        self, ref: kept_logs.KeptLogRef, namespace: str, name: str, attempt: int
+    ) -> kept_logs.KeptBlock | None:
         """The block of attempt ``attempt`` of Task ``namespace/name`` in the stdout of ``ref``'s run and step."""
         found = None
         for key in self.log_keys(ref.run_id, ref.step_key):
-            block = kept_log.find_block(self.stdout_chunks(key), namespace, name, attempt)
+            block = kept_logs.find_block(self.stdout_chunks(key), namespace, name, attempt)
             if block is not None and (found is None or block.complete or not found.complete):
                 found = block
         return found

@@ -33,7 +33,7 @@ from kubetask import vocabulary
 from kubetask.api import GitContext, Task, WorkspaceConfig
 from kubetask.api.result import AgentResult
 from kubetask.api.workspace import DEFAULT_WORKSPACE_CONFIG
-from kubetask.domain import manifests, outcomes, ratelimits, results, status
+from kubetask.domain import kept_logs, manifests, outcomes, ratelimits, results, status
 from kubetask.domain.contexts import ContextFile, aggregate, all_contexts, resolve
 from kubetask.domain.credentials import bind_keys
 from kubetask.domain.errors import TaskError
@@ -487,14 +487,12 @@ def _keep_log(
     if not whole:
         return None
     step = context.get_step_execution_context().step.key
-    header = (
-        f"===== agent log of Task {_namespace(task)}/{_name(task)}, attempt {attempt}, pod {outcome.pod_name} ====="
-    )
+    header = kept_logs.header(_namespace(task), _name(task), attempt, outcome.pod_name or "")
     truncated = "" if len(whole.encode()) < KEPT_LOG_MAX_BYTES else "\n===== (cut at 1 MiB) =====\n"
     with _STDOUT_LOCK:  # the steps of a BatchRun are threads sharing one stdout
-        sys.stdout.write(f"{header}\n{whole.rstrip()}{truncated}\n===== end of the agent log =====\n")
+        sys.stdout.write(f"{header}\n{whole.rstrip()}{truncated}\n{kept_logs.END}\n")
         sys.stdout.flush()
-    return f"Dagster run {context.run_id}, step {step}: its stdout (attempt {attempt})"
+    return kept_logs.location(context.run_id, step, attempt)
 
 
 def _result_metadata(result: AgentResult | None) -> dict[str, Any]:

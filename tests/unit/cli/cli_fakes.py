@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from kubectl_kubetask import kept_log
 from kubectl_kubetask.cluster import LogUnavailable
 from kubectl_kubetask.commands import Session
 from kubectl_kubetask.errors import dagster_unreachable
+from kubetask.domain import kept_logs
 
 
 def task_obj(name="hello", ns="ns", phase="Completed", attempt=1, **status):
@@ -83,7 +83,7 @@ class FakeDagster:
     def kept_block(self, ref, namespace, name, attempt):
         self._check()
         self.asked.append((ref.run_id, ref.step_key, namespace, name, attempt))
-        return kept_log.extract(self.stdout, namespace, name, attempt)
+        return kept_logs.extract(self.stdout, namespace, name, attempt)
 
 
 class TtyBuffer(io.StringIO):

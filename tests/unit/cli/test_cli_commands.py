@@ -8,7 +8,7 @@ import pytest
 from kubectl_kubetask import cli, commands
 from kubectl_kubetask.cluster import LogUnavailable
 from kubectl_kubetask.errors import PluginError
-from kubectl_kubetask.kept_log import END, header
+from kubetask.domain.kept_logs import END, header
 from tests.unit.cli.cli_fakes import FakeCluster, FakeDagster, batchrun_obj, session, task_obj
 
 AGENT_LOG = "Dagster run run-1, step run_agent: its stdout (attempt 1)"

@@ -5,7 +5,7 @@ import requests
 
 from kubectl_kubetask.dagster import Dagster, base_url
 from kubectl_kubetask.errors import PluginError
-from kubectl_kubetask.kept_log import END, KeptLogRef, header
+from kubetask.domain.kept_logs import END, KeptLogRef, header
 
 
 def test_the_url_is_the_flag_else_the_environment_else_what_precedes_runs_in_the_run_url():

@@ -1,6 +1,6 @@
 """Cutting a Task attempt's block out of a compute log, and reading status.agentLog."""
 
-from kubectl_kubetask.kept_log import END, KeptLogRef, extract, find_block, header, parse_agent_log
+from kubetask.domain.kept_logs import END, KeptLogRef, extract, find_block, header, parse_agent_log
 
 
 def block(ns, name, attempt, pod, body):

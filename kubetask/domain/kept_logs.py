@@ -1,10 +1,9 @@
-"""The agent log a Task attempt left in its Dagster step's stdout, cut out of the compute log (pure).
+"""The frame of an agent log kept in its Dagster step's stdout (pure): written by the run's ops
+(``kubetask_dagster/ops/task.py``), read back by ``kubectl kubetask logs``.
 
-The run's ops (``kubetask_dagster/ops/task.py``, ``_keep_log``) write each attempt's whole redacted log
-between ``===== agent log of Task NS/NAME, attempt N, pod POD =====`` and
-``===== end of the agent log =====``, and record ``status.agentLog`` as
-``Dagster run <id>, step <key>: its stdout (attempt N)``. A BatchRun's steps share one compute log, so a
-block is chosen by its header, never by its position.
+Each attempt's whole redacted log sits between ``header(...)`` and ``END``, and ``status.agentLog`` is
+``location(...)``. A BatchRun's steps share one compute log, so a block is chosen by its header, never
+by its position.
 """
 
 from __future__ import annotations
@@ -47,8 +46,13 @@ def parse_agent_log(text: str | None) -> KeptLogRef | None:
 
 
 def header(namespace: str, name: str, attempt: int, pod: str) -> str:
-    """The header line the ops write (for tests and fakes)."""
+    """The line before an attempt's kept log."""
     return f"===== agent log of Task {namespace}/{name}, attempt {attempt}, pod {pod} ====="
+
+
+def location(run_id: str, step_key: str, attempt: int) -> str:
+    """``status.agentLog``: where the attempt's log is kept (``parse_agent_log`` reads it back)."""
+    return f"Dagster run {run_id}, step {step_key}: its stdout (attempt {attempt})"
 
 
 def _lines(chunks: Iterable[str]) -> Iterable[str]:
