@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from kubetask.tools.generated import sync
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DEFAULT_OUT = DEPLOY / "chart" / "kubetask"
@@ -289,19 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--check", action="store_true", help="exit 1 if the chart differs from deploy/")
     args = parser.parse_args(argv)
-    stale = []
-    for name, text in chart_files().items():
-        path = args.out / name
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print("stale (run python -m kubetask.tools.chartgen): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    files = {args.out / name: text for name, text in chart_files().items()}
+    return sync(files, check=args.check, command="kubetask-chart")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from kubetask.tools.generated import sync
+
 PROJECT = "kubetask-dagster"
 IMAGE_EXTRAS = ("dagster-postgres",)
 """What the Dockerfile installs besides the project."""
@@ -60,16 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from what is installed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not args.out.exists() or args.out.read_text() != text:
-            print(
-                f"{args.out} differs from the installed versions: python -m kubetask.tools.constraints", file=sys.stderr
-            )
-            return 1
-        return 0
-    args.out.write_text(text)
-    return 0
+    return sync({args.out: render()}, check=args.check, command="python -m kubetask.tools.constraints")
 
 
 if __name__ == "__main__":

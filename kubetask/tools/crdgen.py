@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from kubetask.api import batch, task, workspace
 from kubetask.api.base import GROUP, VERSION, cel
+from kubetask.tools.generated import sync
 
 _DROP_KEYS = {"title", "default", "$defs"}
 # Above this many possible occurrences of a field in one object, a string rule's CEL cost would
@@ -265,21 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", action="append", help="output folder, repeatable (default: deploy/crds/bases)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a folder differs from the models")
     args = parser.parse_args(argv)
-    stale = []
-    for folder in args.out or [DEFAULT_OUT]:
-        out = Path(folder)
-        for name, text in crd_files().items():
-            path = out / name
-            if args.check:
-                if not path.exists() or path.read_text() != text:
-                    stale.append(str(path))
-            else:
-                out.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-    if stale:
-        print("out of date (run kubetask-crds): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    files = {Path(folder) / name: text for folder in args.out or [DEFAULT_OUT] for name, text in crd_files().items()}
+    return sync(files, check=args.check, command="kubetask-crds")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetask.tools import crdgen
+from kubetask.tools.generated import sync
 
 HEADER = """# API reference: kubetask.io/v1alpha1
 
@@ -93,15 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/api.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the models")
     args = parser.parse_args(argv)
-    path, text = Path(args.out), render()
-    if args.check:
-        if not path.exists() or path.read_text() != text:
-            print(f"{path} is out of date: run kubetask-api-docs", file=sys.stderr)
-            return 1
-        return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return 0
+    return sync({Path(args.out): render()}, check=args.check, command="kubetask-api-docs")
 
 
 if __name__ == "__main__":
