@@ -338,6 +338,7 @@ class Kube:
         job_seen = False
         last_direct_read = float("-inf")
         suspended = False
+        lifted: set[str] = set()
         while True:
             if interrupted():
                 raise WaitInterrupted(job_name)
@@ -361,8 +362,10 @@ class Kube:
             pod_version = pods.version
             for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
-                if lift_gate and any(g.name == lift_gate for g in pod.spec.scheduling_gates or []):
+                gated = any(g.name == lift_gate for g in pod.spec.scheduling_gates or [])
+                if lift_gate and gated and last_pod not in lifted:  # once: the cache may show it a while longer
                     self._lift_gate(namespace, pod, lift_gate)
+                    lifted.add(last_pod)
                 outcome = outcomes.pod_outcome(pod)
                 if outcome is not None:
                     if not outcome.succeeded and _suspended(self.get_job(namespace, job_name)):
