@@ -362,8 +362,12 @@ class Kube:
             pod_version = pods.version
             for pod in pods.by_index(job_name):
                 last_pod = pod.metadata.name
-                gated = any(g.name == lift_gate for g in pod.spec.scheduling_gates or [])
-                if lift_gate and gated and last_pod not in lifted:  # once: the cache may show it a while longer
+                # once per pod: the cache may show the gate a while after it is lifted
+                if (
+                    lift_gate
+                    and last_pod not in lifted
+                    and any(g.name == lift_gate for g in pod.spec.scheduling_gates or [])
+                ):
                     self._lift_gate(namespace, pod, lift_gate)
                     lifted.add(last_pod)
                 outcome = outcomes.pod_outcome(pod)
