@@ -30,6 +30,7 @@ VERSION = "0.1.0"
 IMAGE = "ghcr.io/kubetask-dagster/kubetask-dagster"
 BRIDGE_CONTAINER = "bridge"
 HEADER = "# Generated from deploy/ by `python -m kubetask.tools.chartgen`: edit deploy/ and regenerate.\n"
+POD_SECURITY = "pod-security.kubernetes.io/enforce"
 _KNOWN_KEYS = {"apiVersion", "kind", "resources", "labels"}
 
 
@@ -61,12 +62,17 @@ def _env(container: dict[str, Any], name: str) -> dict[str, Any]:
     return next(e for e in container["env"] if e["name"] == name)
 
 
+_PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
 def _parameterize_bridge(deployment: dict[str, Any]) -> dict[str, Any]:
     """Turn the bridge Deployment's settings into sentinels that ``_SENTINELS`` makes template expressions;
     their values in deploy/ are the chart's defaults (returned)."""
     container = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == BRIDGE_CONTAINER)
     if container["image"] != f"{IMAGE}:{VERSION}":
         raise ValueError(f"the bridge image {container['image']} is not {IMAGE}:{VERSION}: update chartgen")
+    [bind] = [a for a in container["args"] if a.startswith("--health-bind=")]
+    address, port = bind.split("=", 1)[1].rsplit(":", 1)
     defaults = {
         "replicas": deployment["spec"]["replicas"],
         "logLevel": _env(container, "KUBETASK_BRIDGE_LOG_LEVEL")["value"],
@@ -75,13 +81,16 @@ def _parameterize_bridge(deployment: dict[str, Any]) -> dict[str, Any]:
         "dagsterUrl": _env(container, "KUBETASK_BRIDGE_DAGSTER_URL")["value"],
         "dagsterUiUrl": _env(container, "KUBETASK_BRIDGE_DAGSTER_UI_URL")["value"],
         "pullPolicy": container["imagePullPolicy"],
+        "healthAddress": address,
+        "healthPort": int(port),
     }
     pod = deployment["spec"]["template"]
-    for key in ("nodeSelector", "tolerations"):
+    for key in ("nodeSelector", "tolerations", "hostNetwork"):
         if key in pod["spec"]:
             raise ValueError(f"deploy/'s bridge sets {key}: make it the chart's default")
     pod["spec"]["nodeSelector"] = "__NODE_SELECTOR__"
     pod["spec"]["tolerations"] = "__TOLERATIONS__"
+    pod["spec"]["hostNetwork"] = "__HOST_NETWORK__"
     if "annotations" in pod["metadata"]:
         raise ValueError("deploy/'s bridge pod has annotations: make them the chart's default")
     pod["metadata"]["annotations"] = "__POD_ANNOTATIONS__"
@@ -89,6 +98,12 @@ def _parameterize_bridge(deployment: dict[str, Any]) -> dict[str, Any]:
     container["image"] = "__IMAGE__"
     container["imagePullPolicy"] = "__PULL_POLICY__"
     container["resources"] = "__RESOURCES__"
+    container["args"] = [("--health-bind=__HEALTH_BIND__" if a == bind else a) for a in container["args"]]
+    [health] = [p for p in container["ports"] if p["containerPort"] == int(port)]
+    health["containerPort"] = "__HEALTH_PORT__"
+    for probe in _PROBES:  # values: null drops one (a host-network pod's probes would dial the node's address)
+        defaults[probe] = container[probe]
+        container[probe] = f"__{probe.upper()}__"
     _env(container, "KUBETASK_BRIDGE_DAGSTER_URL")["value"] = "__DAGSTER_URL__"
     _env(container, "KUBETASK_BRIDGE_DAGSTER_UI_URL")["value"] = "__DAGSTER_UI_URL__"
     _env(container, "KUBETASK_BRIDGE_LOG_LEVEL")["value"] = "__LOG_LEVEL__"
@@ -126,6 +141,19 @@ bridge:
   tolerations: []
   podAnnotations: {{}}
   extraEnv: []  # more env vars of the bridge container, e.g. KUBETASK_BRIDGE_WORKERS
+  # /metrics, /healthz and /readyz
+  healthAddress: {bridge["healthAddress"]}
+  healthPort: {bridge["healthPort"]}
+  # On the node's network instead of a pod network (a cluster without one, like the local real node):
+  # then set healthAddress 127.0.0.1, the probes to null and podSecurity.enforce to privileged.
+  hostNetwork: false
+  startupProbe:
+{block(bridge["startupProbe"], 4)}  livenessProbe:
+{block(bridge["livenessProbe"], 4)}  readinessProbe:
+{block(bridge["readinessProbe"], 4)}
+# The Pod Security level kubetask-system enforces.
+podSecurity:
+  enforce: {bridge["podSecurity"]}
 
 # Namespaces the bridge watches (empty: all).
 watchNamespaces: []
@@ -174,6 +202,17 @@ _SENTINELS: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"__LOG_FORMAT__", "{{ .Values.bridge.logFormat | quote }}"),
     (r"(?P<indent> *)(?P<key>resources): __RESOURCES__", _block("toYaml .Values.bridge.resources")),
     (r"__PULL_POLICY__", "{{ .Values.image.pullPolicy | quote }}"),
+    (r"__HEALTH_BIND__", "{{ .Values.bridge.healthAddress }}:{{ .Values.bridge.healthPort }}"),
+    (r"__HEALTH_PORT__", "{{ .Values.bridge.healthPort }}"),
+    (r"__POD_SECURITY__", "{{ .Values.podSecurity.enforce | quote }}"),
+    (
+        r"(?P<indent> *)hostNetwork: __HOST_NETWORK__\n",
+        lambda m: f"{{{{- if .Values.bridge.hostNetwork }}}}\n{m['indent']}hostNetwork: true\n{{{{- end }}}}\n",
+    ),
+    *(
+        (rf"(?P<indent> *)(?P<key>{probe}): __{probe.upper()}__", _optional_block(f".Values.bridge.{probe}"))
+        for probe in _PROBES
+    ),
     (r"(?P<indent> *)(?P<key>nodeSelector): __NODE_SELECTOR__", _optional_block(".Values.bridge.nodeSelector")),
     (r"(?P<indent> *)(?P<key>tolerations): __TOLERATIONS__", _optional_block(".Values.bridge.tolerations")),
     (r"(?P<indent> *)(?P<key>annotations): __POD_ANNOTATIONS__", _optional_block(".Values.bridge.podAnnotations")),
@@ -233,6 +272,11 @@ def chart_files() -> dict[str, str]:
     core = [o for o in rest if o["kind"] != "NetworkPolicy"]
     bridge = next(o for o in core if o["kind"] == "Deployment" and o["metadata"]["name"] == "kubetask-bridge")
     defaults = _parameterize_bridge(bridge)
+    system = next(
+        o for o in core if o["kind"] == "Namespace" and o["metadata"]["name"] == bridge["metadata"]["namespace"]
+    )
+    defaults["podSecurity"] = system["metadata"]["labels"][POD_SECURITY]
+    system["metadata"]["labels"][POD_SECURITY] = "__POD_SECURITY__"
     tenant = kustomize(DEPLOY / "tenant")
     if any("namespace" in o["metadata"] for o in tenant):
         raise ValueError("deploy/tenant objects must carry no namespace: they go wherever they are applied")

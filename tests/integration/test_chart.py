@@ -8,9 +8,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import kt_stack
 import pytest
 import yaml
-from kt_helpers import get
+from kt_helpers import ON_THE_REAL_NODE, apply, get, inline, real_workspace, task, wait_phase
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +20,7 @@ CHART = REPO / "deploy" / "chart" / "kubetask"
 CLUSTER_SCRIPT = REPO / "deploy" / "local" / "cluster"
 RELEASE = "kubetask"
 KEEP = "helm.sh/resource-policy"
+SYSTEM_NS, WORKER_NS = "kubetask-system", "dagster"
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,63 @@ def test_install_upgrade_and_uninstall_on_the_local_control_plane(helm, kubectl,
     finally:
         helm("uninstall", RELEASE, "--namespace", "default", "--wait", "--timeout", "180s", check=False)
     assert get(kubectl, namespace, "workspaceconfig", "default") is None
-    wait_for(lambda: get(kubectl, "", "namespace", "kubetask-system") is None, timeout=120,
-             what="the chart's namespaces deleted")
+    for ns in (SYSTEM_NS, WORKER_NS):
+        wait_for(lambda ns=ns: get(kubectl, "", "namespace", ns) is None, timeout=120, what=f"namespace {ns} deleted")
     for crd in crds:  # kept: deleting a CRD would delete every Task
         assert get(kubectl, "", "crd", crd) is not None
+
+
+def real_node_values(cluster, dagster_url: str, tenant: str) -> dict:
+    """What the local real node asks of the chart: the image built here, host networking on 127.0.0.1
+    (no pod network; HTTP probes would dial the node's address), kube-apiserver on loopback."""
+    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
+    return {
+        "image": {"repository": "localhost/kubetask-dagster", "tag": "dev", "pullPolicy": "Never"},
+        "dagster": {"url": dagster_url},
+        "bridge": {
+            "replicas": 1, "hostNetwork": True, "healthAddress": "127.0.0.1", "healthPort": kt_stack._free_port(),
+            "startupProbe": None, "livenessProbe": None, "readinessProbe": None, **ON_THE_REAL_NODE,
+            "extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                         {"name": "KUBERNETES_SERVICE_PORT", "value": server.rsplit(":", 1)[1]}],
+        },
+        "podSecurity": {"enforce": "privileged"},  # hostNetwork is outside the restricted profile
+        "crds": {"install": False},  # the session's CRDs stay the session's
+        "tenants": [tenant],
+    }
+
+
+def test_the_chart_installs_a_bridge_that_runs_a_task_on_the_real_node(helm, kubectl, crds, cluster, dagster,
+                                                                       namespace, wait_for, tmp_path):
+    """`helm install` with real-node values: the bridge pod of the chart's own Deployment, ServiceAccount and
+    RBAC leads and runs a Task of a tenant the chart enabled, whose agent runs on the real node too."""
+    if kubectl("get", "node", "localhost", check=False).returncode != 0:
+        pytest.fail("the session cluster has no real node (see deploy/local/cluster start's log)")
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(real_node_values(cluster, dagster.url, namespace)))
+    paused = kt_stack.running_bridges(cluster)  # the session's bridges would run the Task too
+    for b in paused:
+        b.stop()
+    try:
+        helm("install", RELEASE, str(CHART), "--namespace", "default", "-f", str(values), "--wait", "--timeout", "180s")
+        [pod] = json.loads(kubectl("get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=bridge",
+                                   "-o", "json").stdout)["items"]
+        assert pod["spec"]["nodeName"] == "localhost" and pod["spec"]["hostNetwork"] is True
+        assert pod["spec"]["serviceAccountName"] == "kubetask-bridge"
+        name = pod["metadata"]["name"]
+        wait_for(lambda: ((get(kubectl, SYSTEM_NS, "lease", "kubetask-bridge") or {}).get("spec") or {})
+                 .get("holderIdentity") == name, timeout=90, what="the chart's bridge pod to lead")
+        apply(kubectl, namespace, real_workspace("real"))
+        apply(kubectl, namespace, task("by-the-chart", [inline("/workspace/task.md", "run by the chart's bridge")],
+                                       workspaceConfigRef="real"))
+        obj = wait_phase(kubectl, wait_for, namespace, "by-the-chart", {"Completed", "Failed"}, timeout=180)
+        assert obj["status"]["phase"] == "Completed", obj["status"].get("message")
+        log = kubectl("logs", "-n", namespace, obj["status"]["podName"], "-c", "agent").stdout
+        assert "--- File: /workspace/task.md ---\nrun by the chart's bridge\n" in log, log
+        bridge_log = kubectl("logs", "-n", SYSTEM_NS, name).stdout
+        assert '"level"' in bridge_log and "forbidden" not in bridge_log.lower(), bridge_log[-3000:]  # json, no refusal
+    finally:
+        helm("uninstall", RELEASE, "--namespace", "default", "--wait", "--timeout", "180s", check=False)
+        for ns in (SYSTEM_NS, WORKER_NS):
+            wait_for(lambda ns=ns: get(kubectl, "", "namespace", ns) is None, timeout=120, what=f"namespace {ns} deleted")
+        for b in paused:
+            b.start()
