@@ -3,6 +3,7 @@ as real processes on 127.0.0.1 against the session's control plane."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DAGSTER_SCRIPT = ROOT / "deploy" / "local" / "dagster"
 
 
+@functools.cache  # one directory per session, however many stacks ask
 def _run_root() -> Path:
     root = Path(os.environ.get("KUBETASK_TEST_RUN_ROOT") or tempfile.mkdtemp(prefix="kubetask-test-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -137,9 +139,12 @@ class Bridge:
         """Start ``python -m <module>`` with the bridge's flags: ``crd_bridge``, or a test seam that runs
         it (``CRASH_AFTER_SUBMIT``)."""
         log = open(self.log_path, "a")
+        # beside its log, removed with the test run: the kubernetes client's CA copy outlives a killed bridge
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        tmp.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, *self.args],
-            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**self.env, "TMPDIR": str(tmp), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
