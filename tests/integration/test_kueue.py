@@ -161,13 +161,14 @@ def mount_certificates(kubectl, directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def kueue(cluster, tmp_path_factory):
+def kueue(cluster):
     """Kueue's controller manager on the host, on 127.0.0.1 only, watching batch Jobs; removed at the end."""
     binary, crd_dir = subprocess.run([str(CLUSTER_SCRIPT), "kueue"], check=True, capture_output=True,
                                      text=True).stdout.split()
     assert Path(binary).is_file(), f"{binary} is missing: deploy/local/cluster build makes it"
     kubectl = cluster.kubectl
-    root = tmp_path_factory.mktemp("kueue")
+    root = kt_stack._run_root() / f"kueue-{os.getpid()}"  # its pid file: .ci/run stops it if this session crashes
+    root.mkdir()
     webhook = kt_stack._free_port()
     crds = kueue_crds(Path(crd_dir), webhook)
     kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(crds))
@@ -190,7 +191,8 @@ def kueue(cluster, tmp_path_factory):
     # VisibilityOnDemand would serve its API on every address: off
     proc = subprocess.Popen([binary, f"--config={root / 'config.yaml'}", "--feature-gates=VisibilityOnDemand=false"],
                             env={"PATH": os.environ["PATH"], "KUBECONFIG": cluster.kubeconfig, "HOME": str(root)},
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (root / "pid").write_text(f"{proc.pid} {binary}\n")
     try:
         deadline = time.monotonic() + 120
         while "Starting workers" not in (root / "kueue.log").read_text():
