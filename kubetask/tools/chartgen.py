@@ -1,7 +1,8 @@
 """Generate the Helm chart ``deploy/chart/kubetask`` from the kustomize tree in ``deploy/`` (``kubetask-chart``).
 
 deploy/ stays the one source of truth: the chart's templates are its manifests with a few fields turned
-into values (the bridge's image, Dagster's URLs, watched namespaces, replicas, logging, resources), the
+into values (the bridge's image, Dagster's URLs, watched namespaces, replicas, logging, resources, its
+health address, probes and host networking, kubetask-system's Pod Security level), the
 tenant manifests rendered once per namespace in ``tenants``, and the monitoring manifests behind their
 values. With the default values and ``tenants: [X]`` the chart renders exactly ``kubectl kustomize
 deploy/`` plus ``deploy/tenant`` in X, besides Helm's own labels (tests/integration/test_chart.py).
