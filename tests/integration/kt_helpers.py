@@ -10,6 +10,17 @@ import yaml
 from kubetask_dagster.local.launcher import ZYGOTE_MODULE
 
 
+def api_server_port(kubeconfig: str) -> str:
+    """kube-apiserver's port on 127.0.0.1: what an in-cluster client on the real node's host network dials."""
+    return yaml.safe_load(Path(kubeconfig).read_text())["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1]
+
+
+def lease_holder(kubectl) -> str | None:
+    """Who leads the bridges: the holder of the Lease kubetask-system/kubetask-bridge."""
+    lease = get(kubectl, "kubetask-system", "lease", "kubetask-bridge")
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
 def inline(path: str, text: str) -> dict:
     return {"type": "File", "file": {"filePath": path, "source": {"inline": text}}}
 

@@ -11,7 +11,17 @@ from pathlib import Path
 import kt_stack
 import pytest
 import yaml
-from kt_helpers import ON_THE_REAL_NODE, apply, get, inline, real_workspace, task, wait_phase
+from kt_helpers import (
+    ON_THE_REAL_NODE,
+    api_server_port,
+    apply,
+    get,
+    inline,
+    lease_holder,
+    real_workspace,
+    task,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +148,6 @@ def test_install_upgrade_and_uninstall_on_the_local_control_plane(helm, kubectl,
 def real_node_values(cluster, dagster_url: str, tenant: str) -> dict:
     """What the local real node asks of the chart: the image built here, host networking on 127.0.0.1
     (no pod network; HTTP probes would dial the node's address), kube-apiserver on loopback."""
-    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
     return {
         "image": {"repository": "localhost/kubetask-dagster", "tag": "dev", "pullPolicy": "Never"},
         "dagster": {"url": dagster_url},
@@ -146,7 +155,7 @@ def real_node_values(cluster, dagster_url: str, tenant: str) -> dict:
             "replicas": 1, "hostNetwork": True, "healthAddress": "127.0.0.1", "healthPort": kt_stack._free_port(),
             "startupProbe": None, "livenessProbe": None, "readinessProbe": None, **ON_THE_REAL_NODE,
             "extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
-                         {"name": "KUBERNETES_SERVICE_PORT", "value": server.rsplit(":", 1)[1]}],
+                         {"name": "KUBERNETES_SERVICE_PORT", "value": api_server_port(cluster.kubeconfig)}],
         },
         "podSecurity": {"enforce": "privileged"},  # hostNetwork is outside the restricted profile
         "crds": {"install": False},  # the session's CRDs stay the session's
@@ -172,8 +181,7 @@ def test_the_chart_installs_a_bridge_that_runs_a_task_on_the_real_node(helm, kub
         assert pod["spec"]["nodeName"] == "localhost" and pod["spec"]["hostNetwork"] is True
         assert pod["spec"]["serviceAccountName"] == "kubetask-bridge"
         name = pod["metadata"]["name"]
-        wait_for(lambda: ((get(kubectl, SYSTEM_NS, "lease", "kubetask-bridge") or {}).get("spec") or {})
-                 .get("holderIdentity") == name, timeout=90, what="the chart's bridge pod to lead")
+        wait_for(lambda: lease_holder(kubectl) == name, timeout=90, what="the chart's bridge pod to lead")
         apply(kubectl, namespace, real_workspace("real"))
         apply(kubectl, namespace, task("by-the-chart", [inline("/workspace/task.md", "run by the chart's bridge")],
                                        workspaceConfigRef="real"))

@@ -32,12 +32,14 @@ import requests
 import yaml
 from conftest import wait_for as wait_until
 from kt_helpers import (
+    api_server_port,
     apply,
     condition,
     event_reasons,
     get,
     inline,
     jobs,
+    lease_holder,
     opt_in,
     real_workspace,
     task,
@@ -141,11 +143,6 @@ def kubeconfig_for(cluster, namespace: str, sa: str, path: Path) -> Path:
     path.touch(mode=0o600)
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def lease_holder(kubectl) -> str | None:
-    lease = get(kubectl, BRIDGE_NS, "lease", LEASE)
-    return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
 TEST_NAMESPACE = re.compile(r"\bt-[a-z0-9-]+-[0-9a-f]{6}\b")  # tests/integration/conftest.py names them so
@@ -537,8 +534,7 @@ def test_the_bridge_of_deploy_runs_a_task_on_the_real_node(stack, platform, kube
     agent runs there too."""
     if kubectl("get", "node", "localhost", check=False).returncode != 0:
         pytest.fail("the session cluster has no real node (see deploy/local/cluster start's log)")
-    server = yaml.safe_load(Path(platform.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
-    settings = {"KUBERNETES_SERVICE_PORT": str(server.rsplit(":", 1)[1]), "KUBETASK_BRIDGE_DAGSTER_URL": stack.dagster_url,
+    settings = {"KUBERNETES_SERVICE_PORT": api_server_port(platform.kubeconfig), "KUBETASK_BRIDGE_DAGSTER_URL": stack.dagster_url,
                 "KUBETASK_BRIDGE_DAGSTER_UI_URL": stack.dagster_url}
     objects = [o for o in yaml.safe_load_all(kubectl("kustomize", str(DEPLOY / "local" / "real-node-bridge")).stdout) if o]
     for obj in objects:

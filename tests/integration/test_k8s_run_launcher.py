@@ -22,6 +22,7 @@ import pytest
 import yaml
 from kt_helpers import (
     ON_THE_REAL_NODE,
+    api_server_port,
     condition,
     get,
     inline,
@@ -75,7 +76,6 @@ def production(cluster, crds):
     kubectl("apply", "-k", str(ROOT / "deploy" / "rbac"))
     # not under pytest's 0700 base: the server runs as its own user and must reach its directory
     root = Path(tempfile.mkdtemp(prefix="kubetask-k8s-launcher-"))
-    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"]["server"]
     paused = kt_stack.running_bridges(cluster)
     for b in paused:
         b.stop()
@@ -84,7 +84,7 @@ def production(cluster, crds):
             "telemetry": {"enabled": False},
             "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
                                 "config": {"max_concurrent_runs": 10, "dequeue_interval_seconds": 1}},
-            "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher_config(cluster, server.rsplit(":", 1)[1])},
+            "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": launcher_config(cluster, api_server_port(cluster.kubeconfig))},
             "run_monitoring": {"enabled": True, "poll_interval_seconds": 5},
             **yaml.safe_load(dagster_storage_yaml(url)),
         }
@@ -199,7 +199,7 @@ def test_a_run_tag_cannot_choose_the_run_workers_pod(production, kubectl, wait_f
     run_id = DagsterClient(production.url).submit_run(
         TASK_JOB, {"ops": {"prepare_task": {"config": ref}}}, {k: json.dumps(v) for k, v in tags.items()})
     final = {"FAILURE", "SUCCESS", "CANCELED", "STARTED"}
-    status = wait_for(lambda: production.run(run_id)["status"] in final and production.run(run_id)["status"],
+    status = wait_for(lambda: (s := production.run(run_id)["status"]) in final and s,
                       timeout=90, what="the tagged run to leave the queue")
     assert status == "FAILURE"
     errors = launch_errors(production, run_id)
