@@ -17,12 +17,18 @@ line on stdin, forks, and answers the child's pid on its original stdout. The zy
 daemon closes its stdin; run workers go on. Zygote and workers stay in the daemon's process group, so
 stopping the local stack (``deploy/local/dagster stop``) ends them with it, as it ended the code
 server's spawned workers before.
+
+The zygote also takes the same requests on a Unix socket in DAGSTER_HOME. Another process's launcher
+(the webserver's, when ``PromptRunCoordinator`` launches a run at once) forks through it instead of
+keeping a zygote of its own, so every run worker stays in the daemon's process group: stopping the
+webserver alone ends none of them. ``warm()`` says whether such a zygote answers.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -47,6 +53,10 @@ PID_TAG = "kubetask/run-worker-pid"
 HOST_TAG = "kubetask/run-worker-host"
 ZYGOTE_MODULE = "kubetask_dagster.local.launcher"
 SQLITE_FLAG = "--sqlite-synchronous"
+SOCKET_FLAG = "--socket"
+SOCKET_NAME = "run-worker-zygote.sock"
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+_SOCKET_TIMEOUT_SECONDS = 10.0
 
 # What a run worker imports before its first step; definitions itself is left out because importing
 # it outside a run lists the Batches from the API server.
@@ -106,6 +116,10 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
 
     def _fork(self, line: str) -> int:
         with self._lock:
+            if self._zygote is None or self._zygote.poll() is not None:
+                pid = _fork_through(self._socket_path(), line)  # another process's zygote, if one answers
+                if pid is not None:
+                    return pid
             for _ in range(2):  # a zygote found dead before it read the request is replaced once
                 requests, replies = _pipes(self._running_zygote())
                 try:
@@ -142,7 +156,29 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         return self._zygote
 
     def _zygote_args(self) -> list[str]:
-        return [SQLITE_FLAG, self._sqlite_synchronous] if self._sqlite_synchronous else []
+        args = [SQLITE_FLAG, self._sqlite_synchronous] if self._sqlite_synchronous else []
+        path = self._socket_path()
+        return [*args, SOCKET_FLAG, path] if path else args
+
+    def _socket_path(self) -> str | None:
+        """Where the zygote takes requests from other processes (None: DAGSTER_HOME's path is too long)."""
+        path = os.path.join(self._instance.root_directory, SOCKET_NAME)
+        return path if len(path.encode()) <= _MAX_SOCKET_PATH else None
+
+    def warm(self) -> bool:
+        """Whether a run launched now forks from a running zygote (this process's or another's) at once."""
+        if self._zygote is not None and self._zygote.poll() is None:
+            return True
+        path = self._socket_path()
+        if path is None:
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                return False
+        return True
 
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
@@ -188,6 +224,26 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} exited", run_worker_id=str(pid))
 
 
+def _fork_through(path: str | None, line: str) -> int | None:
+    """Ask the zygote listening on ``path`` to fork a worker; its pid, or None when none listens there."""
+    if path is None:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(_SOCKET_TIMEOUT_SECONDS)
+        try:
+            conn.connect(path)
+        except OSError:
+            return None
+        try:
+            conn.sendall(line.encode() + b"\n")
+            reply = conn.makefile("r").readline()
+        except OSError:
+            reply = ""
+    if not reply.strip().isdigit():  # it may have the request: asking again could start the run twice
+        raise DagsterLaunchFailedError(f"the run worker zygote at {path} did not answer; see the daemon's log")
+    return int(reply)
+
+
 def _pipes(zygote: subprocess.Popen[str]) -> tuple[IO[str], IO[str]]:
     """The zygote's stdin and stdout (always pipes: ``_running_zygote`` opens them)."""
     assert zygote.stdin is not None and zygote.stdout is not None
@@ -217,7 +273,8 @@ def _is_run_worker(pid: int) -> bool:
 
 
 def serve(argv: list[str] | None = None) -> None:
-    """Preload, then fork one run worker per line of stdin; answer each child's pid."""
+    """Preload, then fork one run worker per request (a line of stdin, or a connection to the socket);
+    answer each child's pid. Ends when stdin closes."""
     argv = sys.argv[1:] if argv is None else argv
     if SQLITE_FLAG in argv:
         sqlite_tuning.apply(argv[argv.index(SQLITE_FLAG) + 1])
@@ -225,15 +282,79 @@ def serve(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)  # everything else the zygote and its children print goes to stderr (the daemon's log)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished run workers
     _warm_up()
+    listener = _listen(argv[argv.index(SOCKET_FLAG) + 1]) if SOCKET_FLAG in argv else None
     replies.write("ready\n")
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        pid = os.fork()
-        if pid == 0:
-            replies.close()
-            _run_worker(line.strip())
-        replies.write(f"{pid}\n")
+    # One thread only: a fork copies no lock another thread holds.
+    requests = sys.stdin
+    events = selectors.DefaultSelector()
+    stdin_fd = events.register(requests, selectors.EVENT_READ).fd
+    if listener is not None:
+        events.register(listener, selectors.EVENT_READ)
+    try:
+        while True:
+            for key, _ in events.select():
+                if key.fd == stdin_fd:
+                    line = requests.readline()
+                    if not line:
+                        return
+                    if line.strip():
+                        replies.write(f"{_fork_worker(line.strip(), replies, listener)}\n")
+                elif listener is not None:
+                    _answer(listener, replies)
+    finally:
+        if listener is not None:
+            _unlisten(listener)
+
+
+def _listen(path: str) -> socket.socket | None:
+    try:
+        os.unlink(path)  # left by a zygote that was killed
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(16)
+    except OSError:
+        traceback.print_exc()  # launches from other processes then wait for the queue, as before
+        listener.close()
+        return None
+    return listener
+
+
+def _unlisten(listener: socket.socket) -> None:
+    path = listener.getsockname()
+    listener.close()
+    try:
+        if os.path.exists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _answer(listener: socket.socket, replies: IO[str]) -> None:
+    """One request on the socket: a line to fork for (a probe sends nothing), answered with the pid."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(_SOCKET_TIMEOUT_SECONDS)
+        try:
+            line = conn.makefile("r").readline().strip()
+            if line:
+                conn.sendall(f"{_fork_worker(line, replies, listener, conn)}\n".encode())
+        except OSError:
+            traceback.print_exc()
+
+
+def _fork_worker(line: str, replies: IO[str], *inherited: socket.socket | None) -> int:
+    pid = os.fork()
+    if pid == 0:
+        replies.close()
+        for sock in inherited:
+            if sock is not None:
+                sock.close()
+        _run_worker(line)
+    return pid
 
 
 def _warm_up() -> None:
@@ -242,6 +363,7 @@ def _warm_up() -> None:
     instance is closed again so no connection crosses the fork."""
     for module in PRELOAD:
         importlib.import_module(module)
+    _share_migration_scripts()
     try:
         from dagster import DagsterInstance
 
@@ -249,6 +371,28 @@ def _warm_up() -> None:
             instance.get_runs(limit=1)
     except Exception:  # noqa: BLE001 - only an optimisation: workers import what is missing themselves
         traceback.print_exc()
+
+
+def _share_migration_scripts() -> None:
+    """Every storage a worker opens (three, plus on SQLite each run's own event-log file) checks its
+    schema against alembic's migration scripts and reads all of them to do so: ~60 ms of CPU each,
+    a quarter of a second before a run's first step. The scripts do not change while the zygote
+    lives, so its workers share the zygote's one reading of each directory."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage import sql
+
+    read: dict[str, ScriptDirectory] = {}
+
+    class SharedScriptDirectory:
+        @staticmethod
+        def from_config(config: Any) -> ScriptDirectory:
+            location = config.get_main_option("script_location")
+            if location not in read:
+                read[location] = ScriptDirectory.from_config(config)
+            return read[location]
+
+    # check_alembic_revision, the only reader, looks the name up in its module when called.
+    sql.ScriptDirectory = SharedScriptDirectory  # type: ignore[misc,assignment]
 
 
 def _run_worker(serialized_args: str) -> None:

@@ -108,3 +108,33 @@ def test_a_zygote_that_took_the_request_and_died_is_not_asked_again(instance, tm
     with pytest.raises(DagsterLaunchFailedError):
         launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
     assert len(requests.read_text().splitlines()) == 1
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+
+
+def test_another_process_launches_through_the_running_zygote(instance, tmp_path):
+    """The webserver's launcher forks through the daemon's zygote: its workers stay in the daemon's tree."""
+    other = DagsterInstance.from_ref(instance.get_ref())  # a second process's view of the same instance
+    try:
+        assert not other.run_launcher.warm()  # no zygote yet: its runs go to the queue
+        first = launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
+        wait_until(lambda: instance.get_run_by_id(first).is_finished)
+        zygote = instance.run_launcher._zygote
+        assert other.run_launcher.warm()
+
+        marker = tmp_path / "pid2"
+        run_id = launch(other, launcher_jobs.slow_job, marker)
+        worker = int(wait_until(lambda: marker.exists() and marker.read_text()))
+        assert other.run_launcher._zygote is None  # it started none of its own
+        assert parent_of(worker) == zygote.pid
+        assert other.run_launcher.check_run_worker_health(other.get_run_by_id(run_id)).status == WorkerStatus.RUNNING
+        assert other.run_launcher.terminate(run_id)
+        assert wait_until(lambda: (r := instance.get_run_by_id(run_id)).is_finished and r, timeout=30).status == DagsterRunStatus.CANCELED
+
+        instance.run_launcher.dispose()  # the zygote ends with its owner and takes its socket along
+        assert not other.run_launcher.warm()
+        assert not (Path(instance.root_directory) / "run-worker-zygote.sock").exists()
+    finally:
+        other.dispose()
