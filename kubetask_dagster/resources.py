@@ -1,7 +1,7 @@
 """The resources of the code location: the run worker's Kubernetes access, and an IO manager.
 
 ``KubeResource`` gives every op of a run worker one ``Kube`` adapter (one connection pool, one
-informer per namespace).
+informer per namespace), and keeps the worker's database connections open (``execution.connections``).
 
 ``RunStorageIOManager`` keeps step outputs in Dagster's own run storage, so that any run worker can read them.
 
@@ -17,11 +17,19 @@ import os
 from functools import cached_property
 from typing import Any
 
-from dagster import ConfigurableIOManager, ConfigurableResource, Failure, InputContext, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableResource,
+    Failure,
+    InitResourceContext,
+    InputContext,
+    OutputContext,
+)
 
 from kubetask.domain import batches, manifests
 from kubetask.domain.addresses import AddressPolicy
 from kubetask.kube.http import HttpFetcher
+from kubetask_dagster.execution.connections import keep_connections_open
 from kubetask_dagster.kube import Kube
 
 KEY_PREFIX = "kubetask/io/"
@@ -42,6 +50,10 @@ class KubeResource(ConfigurableResource):
     # The most Tasks, and bytes of Tasks, one BatchRun may create.
     batch_max_tasks: int = batches.DEFAULT_MAX_TASKS
     batch_max_bytes: int = batches.DEFAULT_MAX_BYTES
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # every op uses this resource, so it is set up once in each run worker, before the first step
+        keep_connections_open(context.instance)
 
     @cached_property
     def api(self) -> Kube:

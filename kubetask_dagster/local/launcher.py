@@ -161,7 +161,9 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         return [*args, SOCKET_FLAG, path] if path else args
 
     def _socket_path(self) -> str | None:
-        """Where the zygote takes requests from other processes (None: DAGSTER_HOME's path is too long)."""
+        """Where the zygote takes requests from other processes (None: no instance, or DAGSTER_HOME's path is too long)."""
+        if not self.has_instance:
+            return None
         path = os.path.join(self._instance.root_directory, SOCKET_NAME)
         return path if len(path.encode()) <= _MAX_SOCKET_PATH else None
 

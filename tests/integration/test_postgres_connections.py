@@ -1,0 +1,73 @@
+"""A run on Postgres storage keeps its database connections open: the server counts the sessions a
+run opens, with the code location's resource (pooled) and without it (Dagster's NullPool)."""
+
+import tempfile
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+from dagster import OpExecutionContext, in_process_executor, job, op
+from dagster._core.instance_for_test import instance_for_test
+
+from benchmarks.postgres import dagster_storage_yaml, postgres_server
+from kubetask_dagster.resources import KubeResource
+
+pytestmark = pytest.mark.integration
+
+LOG_LINES = 20  # each one an event row
+
+
+def log_lines(context: OpExecutionContext) -> None:
+    for i in range(LOG_LINES):
+        context.log.info(f"line {i}")
+
+
+@op
+def chatty(context: OpExecutionContext) -> None:
+    log_lines(context)
+
+
+@op
+def chatty_with_kube(context: OpExecutionContext, kube: KubeResource) -> None:
+    log_lines(context)
+
+
+@job(executor_def=in_process_executor)
+def plain_job():
+    chatty()
+
+
+@job(executor_def=in_process_executor, resource_defs={"kube": KubeResource()})
+def kube_job():
+    chatty_with_kube()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    root = Path(tempfile.mkdtemp(prefix="kubetask-pg-connections-"))  # the server's user must reach it
+    with postgres_server(root) as url:
+        yield url
+
+
+def sessions(url: str) -> int:
+    """Sessions the server has established to its database so far (PostgreSQL 14+)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        (count,) = cur.fetchone()
+    return count
+
+
+def sessions_of_a_run(url: str, job_def) -> int:
+    with instance_for_test(overrides=yaml.safe_load(dagster_storage_yaml(url))) as instance:
+        before = sessions(url)
+        assert job_def.execute_in_process(instance=instance).success
+        return sessions(url) - before - 1  # the count's own session
+
+
+def test_a_run_with_the_kube_resource_reuses_its_connections(postgres_url):
+    dagster_default = sessions_of_a_run(postgres_url, plain_job)
+    ours = sessions_of_a_run(postgres_url, kube_job)
+    assert dagster_default > LOG_LINES  # a session per event row, and more
+    # the log lines' rows cost no session now; what is left opens before the resource is set up
+    assert dagster_default - ours >= LOG_LINES, (ours, dagster_default)
