@@ -3,7 +3,7 @@ terminal, for N Tasks applied one after another; median and 95th percentile, sid
 baseline that does the same Kubernetes work (ConfigMap, Job, status patches) directly with the
 kubernetes client, without Dagster and the bridge.
 
-    python benchmarks/task_latency.py [--tasks 30]
+    python benchmarks/task_latency.py [--tasks 30] [--storage sqlite|postgres]
 
 It starts a control plane, Dagster and bridge of its own (and stops them).
 Every time is taken on this process's clock when a watch event arrives.
@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from local_stack import local_stack  # noqa: E402
+from local_stack import STORAGES, local_stack  # noqa: E402
 
 from kubetask.api import Task, WorkspaceConfig  # noqa: E402
 from kubetask.domain import manifests, status  # noqa: E402
@@ -200,9 +200,10 @@ def measure(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=30)
+    parser.add_argument("--storage", choices=STORAGES, default="sqlite", help="Dagster's storage")
     args = parser.parse_args()
 
-    with local_stack() as stack:
+    with local_stack(storage=args.storage) as stack:
         api, kubectl = stack.api(), stack.kubectl
         results = {}
         for label in ("system", "baseline"):
@@ -230,7 +231,9 @@ def main() -> int:
                 time.sleep(1)
                 results[label] = measure(api, kubectl, ns, args.tasks, "b", executed_by="baseline")
                 baseline.stop.set()
-        print(f"Task latency over {args.tasks} Tasks applied one after another (seconds)")
+        print(
+            f"Task latency over {args.tasks} Tasks applied one after another (seconds), Dagster storage {args.storage}"
+        )
         print(
             f"{'measure':<22} {'system p50':>11} {'system p95':>11} {'baseline p50':>13} {'baseline p95':>13} {'ratio p50':>10}"
         )

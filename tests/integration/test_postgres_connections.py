@@ -1,6 +1,7 @@
 """A run on Postgres storage keeps its database connections open: the server counts the sessions a
 run opens, with the code location's resource (pooled) and without it (Dagster's NullPool)."""
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,9 +46,13 @@ def kube_job():
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    root = Path(tempfile.mkdtemp(prefix="kubetask-pg-connections-"))  # the server's user must reach it
-    with postgres_server(root) as url:
-        yield url
+    # not under pytest's 0700 base: the server runs as its own user (.ci/run's cleanup knows the prefix)
+    root = Path(tempfile.mkdtemp(prefix="kubetask-pg-connections-"))
+    try:
+        with postgres_server(root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def sessions(url: str) -> int:
