@@ -1,32 +1,46 @@
-"""Run workers keep their event log's database connection open.
+"""Run workers keep their event log's database connections open.
 
-Dagster's Postgres storages open a new connection for every statement, except in the webserver
-(``NullPool``, "to prevent accumulating connections per DagsterInstance"). A run worker writes about
-fifteen event rows per Task, and each one paid a TCP connect, an authentication and a server backend
-forked for it: the per-event round trips that made a 1,000-Task fan-out 2.17x its floor on Postgres
-against 1.53x on SQLite (BENCHMARKS.md). A run worker is one long-lived instance, so its event log
-takes the webserver's setting: one pooled connection, overflow for the steps' threads, recycled hourly.
-The run and schedule storages keep Dagster's default: they see a few statements per run, and each
-pooled connection is held for the run's whole life (an agent's hours), so a deployment needs
-``max_connections`` above ``maxConcurrentRuns`` plus what the webserver and daemon hold
-(docs/operations.md). SQLite's event log ignores it (its base class's no-op).
+Dagster's Postgres storages open a new connection for every statement (``NullPool``, "to prevent
+accumulating connections per DagsterInstance"); only the webserver pools, and with one connection.
+A run worker writes about fifteen event rows per Task, from each step's own thread, and each row
+paid a TCP connect, an authentication and a server backend forked for it: the per-event round trips
+behind a 1,000-Task fan-out at 2.17x its floor on Postgres against 1.53x on SQLite (BENCHMARKS.md).
+
+A run worker is one long-lived instance, so its event log gets a pool of ``POOL_SIZE`` connections
+(a pool of one, the webserver's, closes every connection a second thread returns). The run and
+schedule storages keep Dagster's default: they see a few statements per run. The pooled connections
+live as long as the run (an agent's hours), so a deployment sizes Postgres's ``max_connections`` for
+them (docs/operations.md). Other storages (SQLite) are left as they are.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+POOL_SIZE = 4  # connections kept per run worker: steps' threads write events at the same time
+MAX_OVERFLOW = 16  # opened beyond them under a burst of writes, closed when returned
 POOL_RECYCLE_SECONDS = 3600
-MAX_OVERFLOW = 10  # connections beyond the pooled one, while step threads write at the same time
-NO_STATEMENT_TIMEOUT = 0  # the webserver's 15 s guards interactive queries; a run's writes must not fail for it
-_DONE_FLAG = "_kubetask_connections_kept_open"
 
 
 def keep_connections_open(instance: Any) -> None:
-    """Pool the event log's connection of this process's instance (once; ``None`` is ignored)."""
-    if instance is None or getattr(instance, _DONE_FLAG, False):
+    """Pool the event log's connections of this process's instance when it is Postgres (once)."""
+    storage: Any = getattr(instance, "event_log_storage", None)
+    if storage is None or type(storage).__module__.split(".")[0] != "dagster_postgres":
         return
-    instance.event_log_storage.optimize_for_webserver(
-        statement_timeout=NO_STATEMENT_TIMEOUT, pool_recycle=POOL_RECYCLE_SECONDS, max_overflow=MAX_OVERFLOW
+    from sqlalchemy.pool import NullPool
+
+    engine = storage._engine  # dagster-postgres 0.29's engine attribute (pinned with dagster 1.13)
+    if not isinstance(engine.pool, NullPool):
+        return  # pooled already (a second run in this process, or the webserver's own setting)
+    from dagster_postgres.utils import create_pg_engine
+
+    storage._engine = create_pg_engine(
+        storage.postgres_url,
+        getattr(storage, "_token_provider", None),
+        isolation_level="AUTOCOMMIT",
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_pre_ping=True,  # a connection the server closed while an agent ran is replaced, not an error
     )
-    setattr(instance, _DONE_FLAG, True)
+    engine.dispose()
