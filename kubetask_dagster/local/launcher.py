@@ -315,8 +315,11 @@ def _listen(path: str) -> socket.socket | None:
         pass
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        listener.bind(path)
-        os.chmod(path, 0o600)
+        previous = os.umask(0o177)  # the socket exists with mode 0600 from its first instant
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(previous)
         listener.listen(16)
     except OSError:
         traceback.print_exc()  # launches from other processes then wait for the queue, as before

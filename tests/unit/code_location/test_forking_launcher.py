@@ -138,3 +138,10 @@ def test_another_process_launches_through_the_running_zygote(instance, tmp_path)
         assert not (Path(instance.root_directory) / "run-worker-zygote.sock").exists()
     finally:
         other.dispose()
+
+
+def test_only_the_owner_may_ask_the_zygote_for_a_worker(instance, tmp_path):
+    run_id = launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
+    wait_until(lambda: instance.get_run_by_id(run_id).is_finished)
+    sock = Path(instance.root_directory) / "run-worker-zygote.sock"
+    assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
