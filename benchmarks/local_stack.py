@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def local_stack(*, dagster: bool = True, bridge_args: tuple[str, ...] = (), stor
 
 def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: tuple[str, ...], storage: str):
     run_root = Path(tempfile.mkdtemp(prefix="kubetask-bench-"))
+    if not os.environ.get("KUBETASK_BENCH_KEEP"):  # set it to keep a run's logs
+        servers.callback(shutil.rmtree, run_root, True)  # registered first, so it runs after the database stopped
     env = {**os.environ, "KUBETASK_CLUSTER_RUN": str(run_root / "cluster")}
     cluster, dagster_script = str(ROOT / "deploy/local/cluster"), str(ROOT / "deploy/local/dagster")
     stops: list[list[str]] = []
