@@ -171,15 +171,10 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         """Whether a run launched now forks from a running zygote (this process's or another's) at once."""
         if self._zygote is not None and self._zygote.poll() is None:
             return True
-        path = self._socket_path()
-        if path is None:
+        probe = _connect(self._socket_path(), timeout=1.0)
+        if probe is None:
             return False
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(path)
-            except OSError:
-                return False
+        probe.close()  # a connection that sends nothing is a probe to the zygote
         return True
 
     def _stop_zygote(self) -> None:
@@ -226,16 +221,26 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} exited", run_worker_id=str(pid))
 
 
-def _fork_through(path: str | None, line: str) -> int | None:
-    """Ask the zygote listening on ``path`` to fork a worker; its pid, or None when none listens there."""
+def _connect(path: str | None, *, timeout: float) -> socket.socket | None:
+    """A connection to the zygote listening on ``path``; None when none listens there."""
     if path is None:
         return None
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(_SOCKET_TIMEOUT_SECONDS)
-        try:
-            conn.connect(path)
-        except OSError:
-            return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        conn.connect(path)
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+def _fork_through(path: str | None, line: str) -> int | None:
+    """Ask the zygote listening on ``path`` to fork a worker; its pid, or None when none listens there."""
+    conn = _connect(path, timeout=_SOCKET_TIMEOUT_SECONDS)
+    if conn is None:
+        return None
+    with conn:
         try:
             conn.sendall(line.encode() + b"\n")
             reply = conn.makefile("r").readline()
@@ -332,9 +337,8 @@ def _unlisten(listener: socket.socket) -> None:
     path = listener.getsockname()
     listener.close()
     try:
-        if os.path.exists(path):
-            os.unlink(path)
-    except OSError:
+        os.unlink(path)
+    except OSError:  # gone already
         pass
 
 

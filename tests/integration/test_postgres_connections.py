@@ -1,6 +1,7 @@
 """A run on Postgres storage keeps its database connections open: the server counts the sessions a
 run opens, with the code location's resource (pooled) and without it (Dagster's NullPool)."""
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,7 +58,8 @@ def postgres_url():
 
 def sessions(url: str) -> int:
     """Sessions the server has established to its database so far (PostgreSQL 14+)."""
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+    # psycopg2's own context manager ends the transaction, not the connection
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
         cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
         (count,) = cur.fetchone()
     return count
