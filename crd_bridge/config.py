@@ -46,6 +46,12 @@ class BridgeConfig:
     """Threads reconciling BatchRuns."""
     batchrun_debounce: float = 1.0
     """Minimum seconds between two progress writes of one BatchRun's status."""
+    pool_max_tasks: int = 200
+    """The most standalone Tasks one pooled Dagster run takes (1: every Task gets a run of its own)."""
+    pool_window: float = 0.1
+    """Seconds a pool gathers the Tasks of a burst before its run is launched."""
+    pool_min_waiting: int = 4
+    """Tasks of one WorkspaceConfig waiting for a run at once that make a burst (fewer: a run each)."""
     dagster_timeout: float = 10.0
     """HTTP timeout of one GraphQL request."""
     log_level: str = "INFO"
@@ -200,6 +206,25 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help="minimum seconds between progress writes of one BatchRun [BATCHRUN_DEBOUNCE] (default %(default)s)",
     )
     p.add_argument(
+        "--pool-max-tasks",
+        type=int,
+        default=e("POOL_MAX_TASKS", "200"),
+        help="the most standalone Tasks in one pooled Dagster run; 1 turns pooling off [POOL_MAX_TASKS] (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-window",
+        type=float,
+        default=e("POOL_WINDOW", "0.1"),
+        help="seconds a pool gathers a burst's Tasks before its run is launched [POOL_WINDOW] (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-min-waiting",
+        type=int,
+        default=e("POOL_MIN_WAITING", "4"),
+        help="Tasks of one WorkspaceConfig waiting at once that make a burst worth a pooled run [POOL_MIN_WAITING] "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--dagster-timeout",
         type=_positive_float,
         default=e("DAGSTER_TIMEOUT", "10"),
@@ -266,6 +291,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         batch_job=args.batch_job,
         batchrun_workers=max(1, int(args.batchrun_workers)),
         batchrun_debounce=max(0.0, float(args.batchrun_debounce)),
+        pool_max_tasks=max(1, int(args.pool_max_tasks)),
+        pool_window=max(0.0, float(args.pool_window)),
+        pool_min_waiting=max(1, int(args.pool_min_waiting)),
         dagster_timeout=float(args.dagster_timeout),
         log_level=str(args.log_level).upper(),
         log_format=str(args.log_format),

@@ -78,7 +78,7 @@ class ReconcileLoop:
         self._deleted: dict[Key, list[Obj]] = {}  # key -> deleted objects whose runs are still to terminate
         self._ended: dict[str, float] = {}  # run id -> when the bridge first saw it finished (no endTime)
         self._terminated: dict[str, float] = {}  # run id -> when the bridge last asked to terminate it
-        self._stop_announced: dict[str, float] = {}  # run id -> when StopRequested was recorded
+        self._stop_announced: dict[str, float] = {}  # run id/uid -> when StopRequested was recorded
 
     def _not_enabled(self, obj: Obj) -> str | None:
         """Why ``obj``'s namespace cannot run it (the run worker has no rights there), or None."""
@@ -252,11 +252,16 @@ class ReconcileLoop:
     def _request_stop(self, obj: Obj, run_id: str) -> None:
         """Terminate the run on ``kubetask.io/stop`` (rate-limited); record StopRequested once per run."""
         self._terminate(obj, run_id, "stop")
+        self._announce_stop(obj, run_id, f"stop requested: terminating Dagster run {run_id}")
+
+    def _announce_stop(self, obj: Obj, run_id: str, message: str) -> None:
+        """Record StopRequested once per object and run."""
+        key = f"{run_id}/{objects.uid_of(obj)}"
         with self._lock:
-            first = run_id not in self._stop_announced
-            self._stop_announced.setdefault(run_id, self.clock())
+            first = key not in self._stop_announced
+            self._stop_announced.setdefault(key, self.clock())
         if first:
-            self._event(obj, vocabulary.STOP_REQUESTED, f"stop requested: terminating Dagster run {run_id}")
+            self._event(obj, vocabulary.STOP_REQUESTED, message)
 
     def _handle_deleted(self, obj: Obj) -> float | None:
         """The object is gone: terminate its active run (its Tasks and Jobs go through owner references)."""

@@ -29,6 +29,7 @@ from .cache import ObjectStore, WorkQueue, WorkspaceLimits, decided_fields
 from .config import BridgeConfig
 from .dagster.client import DagsterClient
 from .kube import KubernetesApi
+from .pools import PoolPolicy
 from .reconcile import ReconcileLoop
 from .tasks import Reconciler
 from .tenancy import TenantGate
@@ -75,6 +76,7 @@ class Runtime:
             namespaces=config.namespaces,
             enqueue=self.queue.add_after,
             tenancy=tenancy,
+            pooling=PoolPolicy(config.pool_max_tasks, config.pool_window, config.pool_min_waiting),
         )
         self.batch_queue = WorkQueue()
         self.batchruns = BatchRunReconciler(

@@ -12,6 +12,9 @@ WorkspaceConfig, FIFO order of the waiting ones) are answered from the cache's w
 
 Tasks carrying ``kubetask.io/executed-by`` belong to a BatchRun's run: the bridge never submits, stops
 or repairs them (they still count against their WorkspaceConfig's limit when active).
+
+Tasks that arrive in a burst share a pooled run (``crd_bridge.pools``): the bridge never terminates a
+pooled run for one of its Tasks; the Task's own step sees its stop annotation or its deletion.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from kubetask.objects import Key, Obj
 from . import metrics
 from .cache import ObjectStore, WorkspaceLimits
 from .dagster.client import DagsterError, DagsterRejected, DagsterUnavailable, RunInfo, RunNotFound
-from .kube import TASKS, WORKSPACE_CONFIGS, KubeApi
+from .kube import TASKS, WORKSPACE_CONFIGS, Conflict, KubeApi
+from .pools import PoolPolicy, TaskPools, pool_of, run_url_of_step
 from .reconcile import ReconcileLoop
 from .tenancy import TenantGate
 
@@ -127,8 +131,10 @@ class Reconciler(ReconcileLoop):
         clock: Callable[[], float] = time.time,
         terminate_every: float = 30.0,
         tenancy: TenantGate | None = None,
+        pooling: PoolPolicy | None = None,
     ):
-        """``store`` is the Task cache, with the ``BY_WORKSPACE`` index."""
+        """``store`` is the Task cache, with the ``BY_WORKSPACE`` index; ``pooling``: when Tasks share a
+        run (None: never)."""
         super().__init__(
             vocabulary.KIND_TASK, TASKS, kube, dagster, store, namespaces, enqueue, clock, terminate_every, tenancy
         )
@@ -138,6 +144,7 @@ class Reconciler(ReconcileLoop):
         self.grace = grace
         self._ws_locks: dict[Key, threading.Lock] = {}
         self._dagster_failing = False
+        self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1))
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -222,7 +229,7 @@ class Reconciler(ReconcileLoop):
             return None
         run_id = objects.run_id_of(task)
         if objects.being_deleted(task):
-            if run_id:
+            if run_id and not pool_of(task):  # a pooled Task's step sees the deletion itself
                 self._terminate(task, run_id, "deleted")
             return None
         if stop_requested(task):
@@ -242,7 +249,11 @@ class Reconciler(ReconcileLoop):
         workspace = workspace_of(task)
         limit = self.limits.get(ns, workspace)
         try:
+            if pool_of(task):
+                return self._recover_claim(task)
             if limit is None:
+                if self.pools.policy.enabled and self._burst(ns, workspace):
+                    return self._pool(task, (ns, workspace))
                 return self._submit(task)
             with self._ws_lock(ns, workspace):
                 task = self.store.get(objects.key_of(task)) or task  # our own writes land in the store
@@ -323,6 +334,102 @@ class Reconciler(ReconcileLoop):
         log.info("Task %s: Dagster run %s %s", objects.name_of(task), run_id, verb)
         return None
 
+    # --- pooled runs (crd_bridge.pools) -----------------------------------------------------------
+
+    def _burst(self, namespace: str, workspace: str) -> bool:
+        """Whether Tasks of this WorkspaceConfig arrive together: a pool gathers them, or enough wait."""
+        if self.pools.gathering((namespace, workspace)):
+            return True
+        waiting = sum(1 for t in self.in_workspace(namespace, workspace) if is_waiting(t) and not pool_of(t))
+        return waiting >= self.pools.policy.min_waiting
+
+    def _pool(self, task: Obj, group: Key) -> float | None:
+        """Gather the waiting Tasks of ``group`` for a moment, then launch one run for all of them. A worker
+        that finds a pool already gathering leaves its Task to it."""
+        if not self.pools.open(group):
+            return None
+        claimed: list[Obj] = []
+        try:
+            self.pools.sleep(self.pools.policy.window)
+            members = [t for t in self.waiting(*group) if not pool_of(t)][: self.pools.policy.max_tasks]
+            if not members:
+                return None
+            if len(members) == 1:
+                return self._submit(members[0])
+            pool = self.pools.new_id()
+            claimed = self.pools.claim(members, pool)
+            for t in claimed:
+                self.store.put(t)
+            if not claimed:
+                return None
+            try:
+                run_id = self.pools.launch(group[0], pool, claimed)
+            except DagsterRejected as e:
+                metrics.SUBMISSION_ERRORS.labels("rejected").inc()
+                message = f"Dagster refused to run job {contract.POOL_JOB}: {e}"
+                self.pools.each(claimed, lambda t: self._fail_unsubmitted(t, vocabulary.RUN_SUBMISSION_FAILED, message))
+                return None
+            metrics.SUBMISSIONS.inc()
+            log.info("pooled %d Tasks of %s/%s in Dagster run %s (pool %s)", len(claimed), *group, run_id, pool)
+            self.pools.each(claimed, lambda t: self._record_run(t, run_id, pooled_with=len(claimed)))
+            return None
+        finally:
+            self.pools.release(claimed)
+            self.pools.close(group)
+            for t in self.waiting(*group):  # what this pool left (it was full, or a claim lost a race)
+                if not pool_of(t):
+                    self.enqueue(objects.key_of(t))
+
+    def _recover_claim(self, task: Obj) -> float | None:
+        """A claimed Task without a run: record its pool's run, or drop the claim of a pool never launched."""
+        if self.pools.busy(task):
+            return None  # its pool is being launched by this process
+        pool = pool_of(task) or ""
+        ns, _ = objects.key_of(task)
+        found = self.pools.find_run(ns, pool)
+        if found is not None:
+            metrics.ADOPTED.inc()
+            log.info(
+                "Task %s: found its pool's run %s (%s); not submitting again",
+                objects.name_of(task),
+                found.run_id,
+                found.status,
+            )
+            self._record_run(task, found.run_id, found=True)
+            return None
+        log.info("Task %s: pool %s was never launched; submitting the Task anew", objects.name_of(task), pool)
+        self.store.put(self.pools.unclaim(task))  # its watch event brings it back, unclaimed
+        return None
+
+    def _record_run(self, task: Obj, run_id: str, *, found: bool = False, pooled_with: int = 0) -> None:
+        """Write a pooled Task's run to its status (and say so in an Event); a Task whose step moved on
+        first keeps its phase."""
+        url = run_url_of_step(self.run_url(run_id), task)
+        for _ in range(self.MAX_CONFLICTS):
+            try:
+                if objects.phase_of(task) in (None, PENDING, QUEUED):
+                    patch = task_status.submitted(
+                        objects.status(task),
+                        run_id=run_id,
+                        run_url=url,
+                        generation=objects.generation_of(task),
+                        now=self._now(),
+                    )
+                else:
+                    patch = {"dagsterRunId": run_id, "dagsterRunUrl": url}
+                task = self._patch(task, patch)
+                break
+            except Conflict:
+                fresh = self._fetch(objects.key_of(task))
+                if fresh is None or pool_of(fresh) != pool_of(task):
+                    return
+                task = fresh
+        else:
+            return
+        with_others = f" (pooled with {pooled_with - 1} other Tasks)" if pooled_with > 1 else ""
+        verb = "found" if found else "submitted"
+        self._event(task, vocabulary.RUN_SUBMITTED, f"Dagster run {run_id} {verb}{with_others}: {url}")
+
     def _fail_unsubmitted(self, task: Obj, reason: str, message: str) -> None:
         """End a Task that gets no run: Failed with ``reason``, a warning Event, a log line."""
         self._patch(task, task_status.failed(objects.status(task), reason=reason, message=message, now=self._now()))
@@ -356,6 +463,11 @@ class Reconciler(ReconcileLoop):
     # --- stop ----------------------------------------------------------------------------------
 
     def _stop(self, task: Obj, run_id: str | None) -> float | None:
+        if run_id is not None and pool_of(task):
+            self._announce_stop(task, run_id, f"stop requested: its step in Dagster run {run_id} stops it")
+            return self._follow(task, run_id)
+        if run_id is None and self.pools.busy(task):
+            return 0.5  # its pool is being launched: the step will see the annotation
         if run_id is not None:
             self._request_stop(task, run_id)
             # The run's ops record Stopped; if the run ends without doing so, _follow writes it.
@@ -436,8 +548,8 @@ class Reconciler(ReconcileLoop):
             message = f"Job {job} was deleted and Dagster run {run_id} ended ({run.status})"
         elif run.status == "FAILURE":
             phase, reason = FAILED, vocabulary.RUN_FAILED
-            try:
-                detail = self.dagster.failure_message(run_id)
+            try:  # a pooled run's failure message is one of its other Tasks'
+                detail = None if pool_of(fresh) else self.dagster.failure_message(run_id)
             except DagsterError as e:
                 detail = None
                 log.info("Task %s: no failure message for run %s: %s", objects.name_of(fresh), run_id, e)
@@ -530,3 +642,8 @@ class Reconciler(ReconcileLoop):
         for key in self.limits.replace(self.kube.list(WORKSPACE_CONFIGS, self.namespaces)):
             self.release(*key)
         return items
+
+    def _handle_deleted(self, obj: Obj) -> float | None:
+        if pool_of(obj) and objects.run_id_of(obj):
+            return None  # its step in the pooled run sees the deletion; the run's other Tasks go on
+        return super()._handle_deleted(obj)

@@ -21,7 +21,7 @@ from kubetask.domain import catalog as catalog_entries
 from kubetask.domain.catalog import BatchEntry
 from kubetask_dagster import catalog
 from kubetask_dagster.assets import batch_assets
-from kubetask_dagster.jobs import batch_job, task_job
+from kubetask_dagster.jobs import batch_job, pool_job, task_job
 from kubetask_dagster.resources import RunStorageIOManager, kube_resource_from_env
 from kubetask_dagster.schedules import batch_schedules
 
@@ -39,7 +39,7 @@ def build_definitions(entries: list[BatchEntry]) -> Definitions:
         except Exception as e:  # one odd Batch must not take the whole location down
             log.warning("Batch %s/%s: no asset (%s)", entry.namespace, entry.name, e)
     return Definitions(
-        jobs=[task_job, batch_job],
+        jobs=[task_job, batch_job, pool_job],
         assets=assets,
         schedules=batch_schedules(entries),
         resources={"kube": kube_resource_from_env(), "io_manager": RunStorageIOManager()},

@@ -217,12 +217,15 @@ def run_attempt(
     prepared: dict[str, Any],
     lineage: tuple[AssetKey, str] | None = None,
     task_obj: dict[str, Any] | None = None,
+    stop_check: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run one attempt: create its Job, wait for the pod to end, record the outcome; retry per the Task.
 
     ``lineage`` is the asset and partition the outcome is recorded under (default: the namespace's
     task asset, partition = Task name). Raises RetryRequested while the Task's retries last, and
-    Failure when the Task failed for good. ``task_obj`` is the Task as just read by the caller, if any."""
+    Failure when the Task failed for good. ``task_obj`` is the Task as just read by the caller, if any.
+    ``stop_check`` says why the Task must stop although its run goes on (a pooled Task stopped or
+    deleted on its own), or None: the attempt then ends Stopped, its Job deleted, with a ``Failure``."""
     config = TaskRef(**prepared["task"])
     api = kube.api
     obj = task_obj or load_task(api, config)
@@ -262,6 +265,9 @@ def run_attempt(
     slots = _workspace_slots(context, task, workspace)
     queue = workspace.spec.queue_name
 
+    def interrupted() -> bool:
+        return step_interrupted() or (stop_check is not None and stop_check() is not None)
+
     def take_slot() -> None:
         if slots is not None:
             slots.acquire(
@@ -272,7 +278,7 @@ def run_attempt(
                         message=f"waiting for one of the {slots.limit} slots of maxConcurrentTasks (Dagster pool {slots.key})",
                     )
                 ),
-                interrupted=step_interrupted,
+                interrupted=interrupted,
             )
 
     if not queue:  # with Kueue the slot is taken at admission (the pod waits behind a scheduling gate)
@@ -291,6 +297,7 @@ def run_attempt(
             queue,
             take_slot=take_slot if queue and slots is not None else None,
             free_slot=slots.release if queue and slots is not None else None,
+            stop_check=stop_check,
         )
     finally:
         if slots is not None:
@@ -383,6 +390,7 @@ def _run_job(
     queue: str | None = None,
     take_slot: Callable[[], None] | None = None,
     free_slot: Callable[[], None] | None = None,
+    stop_check: Callable[[], str | None] | None = None,
 ) -> tuple[PodOutcome, float]:
     """Mark the Task Running (Queued for Kueue's admission with a ``queue``), create its Job (unless
     resuming one) and wait for the pod's end. ``take_slot``/``free_slot``: the maxConcurrentTasks slot of
@@ -437,7 +445,7 @@ def _run_job(
             label_selector=manifests.watch_selector(task),
             deadline_seconds=None if timeout is None else timeout + 60,
             on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
-            interrupted=step_interrupted,
+            interrupted=lambda: step_interrupted() or (stop_check is not None and stop_check() is not None),
             # the first suspension is the one just written; another one follows an eviction
             on_suspended=(lambda evicted: wait_for_admission(evicted) if evicted else None) if queue else None,
             on_admitted=admitted if queue else None,
@@ -445,6 +453,13 @@ def _run_job(
         )
     except (DagsterExecutionInterruptedError, WaitInterrupted):
         api.delete_job(config.namespace, job_name)
+        why = None if step_interrupted() or stop_check is None else stop_check()
+        if why is not None:  # the Task, not its run: the run's other steps go on
+            reporter.patch(
+                status.stopped(reporter.current, vocabulary.STOP_REQUESTED, f"{why}; Job {job_name} deleted")
+            )
+            reporter.event(vocabulary.STOP_REQUESTED, f"{why}; Job {job_name} deleted")
+            raise Failure(description=f"{why}; Job {job_name} deleted", allow_retries=False) from None
         reporter.patch(
             status.stopped(
                 reporter.current, vocabulary.RUN_TERMINATED, f"the Dagster run was terminated; Job {job_name} deleted"

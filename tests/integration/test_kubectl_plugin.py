@@ -95,12 +95,14 @@ def test_describe_logs_and_open_of_a_completed_task_then_the_kept_log_once_its_p
 
     def described():
         seen.append(plugin(cluster, namespace, "describe", "hello"))
-        return seen[-1].returncode == 0 and "status:     SUCCESS" in seen[-1].stdout and seen[-1]
+        # The Task is Completed once its pod terminates; the Job controller counts the pod a moment later.
+        done = ("status:     SUCCESS", "pods:       active 0, succeeded 1, failed 0")
+        return seen[-1].returncode == 0 and all(d in seen[-1].stdout for d in done) and seen[-1]
 
     try:
-        text = wait_for(described, timeout=60, what="describe showing the run's SUCCESS").stdout
+        text = wait_for(described, timeout=60, what="describe showing the run's SUCCESS and the Job's count").stdout
     except TimeoutError:
-        raise AssertionError(f"describe never showed SUCCESS: {seen[-1]}") from None
+        raise AssertionError(f"describe never showed SUCCESS and the counted pod: {seen[-1]}") from None
     for expected in (f"Task {namespace}/hello", "phase:      Completed (attempt 1)", "Ready:      True  Completed",
                      "Job hello-job-1", "pods:       active 0, succeeded 1, failed 0", "suspended:  no",
                      f"Pod {pod}", "agent:      terminated: exit code 0", f"Dagster run {run_id}", st["dagsterRunUrl"]):

@@ -1,0 +1,161 @@
+"""Pooled runs: standalone Tasks that arrive together share one Dagster run (``pool_job``), a step each.
+
+A Dagster run has a fixed cost (queue, run worker, planning, a dozen event rows) that a burst of Tasks
+would otherwise pay once per Task. When at least ``PoolPolicy.min_waiting`` Tasks of one WorkspaceConfig
+(without a bridge-side limit) wait for a run, the worker that sees it gathers for ``window`` seconds,
+then claims up to ``max_tasks`` of them and launches one run for all. A Task that arrives alone goes
+on running in a ``task_job`` of its own, as before.
+
+Crash safety, in three writes: (1) each Task is claimed with the pool's id in its ``kubetask.io/pool``
+label (guarded by its resourceVersion); (2) the run is launched with the same id in its
+``kubetask.io/pool`` tag; (3) each Task's status records the run. A bridge that dies after (1) finds
+on restart a claimed Task without a run: it looks the pool's run up by its tag and records it, or, when
+there is none, removes the claim and the Task is pooled (or run alone) anew. The step of a pool runs its
+Task only while the Task still carries its pool's id, so a run that shows up late runs nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubetask import objects, vocabulary
+from kubetask.domain import runs as contract
+from kubetask.objects import Key, Obj
+
+from .kube import TASKS, Conflict, Gone, KubeApi
+
+log = logging.getLogger(__name__)
+
+CLAIM_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class PoolPolicy:
+    """When standalone Tasks share a run."""
+
+    max_tasks: int = 200
+    """The most Tasks in one pooled run (1: never pool)."""
+    window: float = 0.1
+    """Seconds a pool gathers Tasks after it opens."""
+    min_waiting: int = 4
+    """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_tasks > 1
+
+
+def pool_of(obj: Mapping[str, Any]) -> str | None:
+    """The id of the pool that claimed this Task, if any."""
+    return objects.labels_of(obj).get(vocabulary.LABEL_POOL) or None
+
+
+def run_url_of_step(run_url: str, obj: Mapping[str, Any]) -> str:
+    """``status.dagsterRunUrl`` of a pooled Task: its run, opened on its own step."""
+    ns, name = objects.key_of(obj)
+    return contract.step_url(run_url, contract.pool_step_key(name, objects.uid_of(obj)))
+
+
+class TaskPools:
+    """The pools being gathered and launched by this bridge (thread-safe)."""
+
+    def __init__(self, kube: KubeApi, dagster: Any, policy: PoolPolicy, sleep: Callable[[float], None] = time.sleep):
+        self.kube = kube
+        self.dagster = dagster
+        self.policy = policy
+        self.sleep = sleep
+        self._lock = threading.Lock()
+        self._gathering: set[Key] = set()  # (namespace, WorkspaceConfig) with a pool being gathered
+        self._in_flight: set[str] = set()  # uids claimed by a pool of this process not yet recorded
+
+    def busy(self, obj: Mapping[str, Any]) -> bool:
+        """Whether a pool of this process is taking care of this Task right now."""
+        with self._lock:
+            return objects.uid_of(obj) in self._in_flight
+
+    def gathering(self, group: Key) -> bool:
+        with self._lock:
+            return group in self._gathering
+
+    def open(self, group: Key) -> bool:
+        """Become the gatherer of ``group``'s pool; False when another worker already is."""
+        with self._lock:
+            if group in self._gathering:
+                return False
+            self._gathering.add(group)
+            return True
+
+    def close(self, group: Key) -> None:
+        with self._lock:
+            self._gathering.discard(group)
+
+    def claim(self, tasks: Sequence[Obj], pool: str) -> list[Obj]:
+        """Label each Task with ``pool`` (on the version it was read at); the Tasks claimed, as written."""
+
+        def one(task: Obj) -> Obj | None:
+            ns, name = objects.key_of(task)
+            try:
+                return self.kube.patch_metadata(
+                    TASKS,
+                    ns,
+                    name,
+                    objects.meta(task).get("resourceVersion"),
+                    {"labels": {vocabulary.LABEL_POOL: pool}},
+                )
+            except (Conflict, Gone):
+                return None  # changed meanwhile (or deleted): decided again on its own
+
+        with self._lock:
+            self._in_flight.update(objects.uid_of(t) for t in tasks)
+        with ThreadPoolExecutor(max_workers=CLAIM_WORKERS, thread_name_prefix="pool-claim") as pool_threads:
+            claimed = [t for t in pool_threads.map(one, tasks) if t is not None]
+        kept = {objects.uid_of(t) for t in claimed}
+        self.release([t for t in tasks if objects.uid_of(t) not in kept])
+        return claimed
+
+    def release(self, tasks: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._in_flight.difference_update(objects.uid_of(t) for t in tasks)
+
+    def launch(self, namespace: str, pool: str, tasks: Sequence[Obj]) -> str:
+        """Launch the pooled run of ``tasks`` (claimed for ``pool``); its run id."""
+        return str(
+            self.dagster.submit_run(
+                contract.POOL_JOB,
+                contract.pool_run_config(namespace, pool, tasks),
+                contract.pool_tags(namespace, pool),
+            )
+        )
+
+    def find_run(self, namespace: str, pool: str) -> Any:
+        """The run launched for ``pool`` (a restart between the launch and the status writes), or None."""
+        tags = {
+            vocabulary.TAG_KIND: vocabulary.KIND_TASK_POOL,
+            vocabulary.TAG_NAMESPACE: namespace,
+            vocabulary.TAG_POOL: pool,
+        }
+        found = self.dagster.find_runs(tags)
+        return found[0] if found else None
+
+    def unclaim(self, task: Obj) -> Obj:
+        """Remove a claim whose pool never got a run (guarded by the Task's version)."""
+        ns, name = objects.key_of(task)
+        return self.kube.patch_metadata(
+            TASKS, ns, name, objects.meta(task).get("resourceVersion"), {"labels": {vocabulary.LABEL_POOL: None}}
+        )
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    def each(self, tasks: Sequence[Obj], write: Callable[[Obj], None]) -> None:
+        """Run ``write`` for every Task, a few at a time (a pool of 200 would otherwise wait 200 round trips)."""
+        with ThreadPoolExecutor(max_workers=CLAIM_WORKERS, thread_name_prefix="pool-write") as pool_threads:
+            list(pool_threads.map(write, tasks))
