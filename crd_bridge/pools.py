@@ -20,8 +20,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +74,31 @@ class TaskPools:
         self.sleep = sleep
         self._lock = threading.Lock()
         self._gathering: set[Key] = set()  # (namespace, WorkspaceConfig) with a pool being gathered
-        self._in_flight: set[str] = set()  # uids claimed by a pool of this process not yet recorded
+        self._in_flight: set[str] = set()  # uids this process is submitting or pooling, not yet recorded
 
     def busy(self, obj: Mapping[str, Any]) -> bool:
-        """Whether a pool of this process is taking care of this Task right now."""
+        """Whether this process is submitting or pooling this Task right now."""
         with self._lock:
             return objects.uid_of(obj) in self._in_flight
+
+    @contextmanager
+    def holding(self, obj: Mapping[str, Any]) -> Iterator[None]:
+        """Mark a Task as being submitted alone, so that no pool claims it meanwhile."""
+        uid = objects.uid_of(obj)
+        with self._lock:
+            self._in_flight.add(uid)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight.discard(uid)
+
+    def with_runs(self, namespace: str, tasks: Sequence[Obj]) -> set[str]:
+        """The uids among ``tasks`` that already have a run of their own (a bridge that died between
+        submitting it and writing the status): one query for the namespace's Task runs."""
+        uids = {objects.uid_of(t) for t in tasks}
+        tags = {vocabulary.TAG_KIND: vocabulary.KIND_TASK, vocabulary.TAG_NAMESPACE: namespace}
+        return {r.tags.get(vocabulary.TAG_UID) for r in self.dagster.find_runs(tags, limit=1000)} & uids
 
     def gathering(self, group: Key) -> bool:
         with self._lock:

@@ -254,7 +254,8 @@ class Reconciler(ReconcileLoop):
             if limit is None:
                 if self.pools.policy.enabled and self._burst(ns, workspace):
                     return self._pool(task, (ns, workspace))
-                return self._submit(task)
+                with self.pools.holding(task):
+                    return self._submit(task)
             with self._ws_lock(ns, workspace):
                 task = self.store.get(objects.key_of(task)) or task  # our own writes land in the store
                 if objects.run_id_of(task) or is_terminal(task):
@@ -351,11 +352,19 @@ class Reconciler(ReconcileLoop):
         claimed: list[Obj] = []
         try:
             self.pools.sleep(self.pools.policy.window)
-            members = [t for t in self.waiting(*group) if not pool_of(t)][: self.pools.policy.max_tasks]
+            members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
+            members = members[: self.pools.policy.max_tasks]
+            if members:
+                submitted = self.pools.with_runs(group[0], members)
+                for t in (t for t in members if objects.uid_of(t) in submitted):
+                    with self.pools.holding(t):
+                        self._submit(t)  # finds its own run by its tags and records it
+                members = [t for t in members if objects.uid_of(t) not in submitted]
             if not members:
                 return None
             if len(members) == 1:
-                return self._submit(members[0])
+                with self.pools.holding(members[0]):
+                    return self._submit(members[0])
             pool = self.pools.new_id()
             claimed = self.pools.claim(members, pool)
             for t in claimed:

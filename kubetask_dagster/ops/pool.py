@@ -20,7 +20,9 @@ from dagster import (
     DynamicOut,
     DynamicOutput,
     Failure,
+    Nothing,
     OpExecutionContext,
+    Out,
     op,
 )
 
@@ -84,9 +86,11 @@ def expand_pool(context: OpExecutionContext, config: PoolRef):
         )
 
 
-@op
+@op(out=Out(Nothing))
 def run_pooled_task(context: OpExecutionContext, item: dict[str, Any], kube: KubeResource) -> None:
-    """Run one pooled Task exactly like ``task_job`` would; each retry of this step is one attempt."""
+    """Run one pooled Task exactly like ``task_job`` would; each retry of this step is one attempt.
+
+    Its outcome lives on the Task CR and the step's materialization: no output to store."""
     with logs.task_logging(item["namespace"], item["name"]):
         _run_pooled_task(context, item, kube)
 
