@@ -48,6 +48,8 @@ RUNNING = TaskPhase.RUNNING.value
 FAILED = TaskPhase.FAILED.value
 STOPPED = TaskPhase.STOPPED.value
 
+POOLED_RUN_MAX_AGE = 1.0  # seconds a pooled run's status, read for one of its Tasks, serves the others
+
 BY_WORKSPACE = "workspace"
 """Index of the Task cache: (namespace, WorkspaceConfig name)."""
 
@@ -145,6 +147,7 @@ class Reconciler(ReconcileLoop):
         self._ws_locks: dict[Key, threading.Lock] = {}
         self._dagster_failing = False
         self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1))
+        self._pooled_runs: dict[str, tuple[float, RunInfo]] = {}  # run id -> (read at, the run)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -504,7 +507,7 @@ class Reconciler(ReconcileLoop):
     def _follow(self, task: Obj, run_id: str) -> float | None:
         """Drift check: a finished run whose Task is not terminal gets its terminal status after a grace."""
         try:
-            run: RunInfo | None = self.dagster.get_run(run_id)
+            run: RunInfo | None = self._pooled_run(run_id) if pool_of(task) else self.dagster.get_run(run_id)
         except RunNotFound:
             run = None
         if run is not None and not run.finished:
@@ -522,6 +525,21 @@ class Reconciler(ReconcileLoop):
             if successor is not None:
                 return self._adopt(task, successor)
         return self._settle(objects.key_of(task), run_id, run)
+
+    def _pooled_run(self, run_id: str) -> RunInfo:
+        """A pooled run as read at most POOLED_RUN_MAX_AGE seconds ago: each status write of each of its
+        Tasks brings the Task back here, and one read serves them all."""
+        now = self.clock()
+        with self._lock:
+            read_at, run = self._pooled_runs.get(run_id, (float("-inf"), None))
+        if run is not None and now - read_at <= POOLED_RUN_MAX_AGE:
+            return run
+        run = self.dagster.get_run(run_id)
+        with self._lock:
+            self._pooled_runs[run_id] = (now, run)
+            for stale in [k for k, (at, _) in self._pooled_runs.items() if now - at > 60 * POOLED_RUN_MAX_AGE]:
+                del self._pooled_runs[stale]
+        return run
 
     def _successor_run(self, task: Obj, run_id: str) -> RunInfo | None:
         """An active run of the same Task other than ``run_id`` (a re-execution from Dagster's UI)."""

@@ -43,6 +43,7 @@ from kubetask.vocabulary import (
     LABEL_ATTEMPT,
     LABEL_BATCH,
     LABEL_BATCH_RUN,
+    LABEL_POOL,
     LABEL_TASK,
     MOUNT_PATH_CONFLICT,
     MOUNT_PATH_REFUSED,
@@ -174,9 +175,13 @@ def ownership(existing_owners: Sequence[Mapping[str, Any]] | None, ours: Mapping
 
 
 def watch_selector(task: Task) -> str:
-    """The label selector of the objects a run worker watches for this Task: its BatchRun's, else its own."""
-    batch_run = (task.metadata.labels or {}).get(LABEL_BATCH_RUN)
-    return f"{LABEL_BATCH_RUN}={batch_run}" if batch_run else f"{LABEL_TASK}={_name(task)}"
+    """The label selector of the objects a run worker watches for this Task: its BatchRun's, else its
+    pool's, else its own (the steps of one run share one watch)."""
+    labels = task.metadata.labels or {}
+    for shared in (LABEL_BATCH_RUN, LABEL_POOL):
+        if labels.get(shared):
+            return f"{shared}={labels[shared]}"
+    return f"{LABEL_TASK}={_name(task)}"
 
 
 def _base_labels(task: Task) -> dict[str, str]:
@@ -275,12 +280,14 @@ def build_job(
     path, ``TaskError(MountPathRefused)`` for a mount in a system directory or under /tools.
 
     Job and pod carry the labels ``app``, ``kubetask.io/task``, ``kubetask.io/attempt`` (and the Task's
-    ``kubetask.io/batch``/``batch-run`` labels), and the annotations of the Dagster run id and Task uid.
+    ``kubetask.io/batch``/``batch-run``/``pool`` labels), and the annotations of the Dagster run id and Task uid.
     ``host_network`` is the operator's choice (a single-node local cluster), never a tenant's.
     """
     _check_mount_paths(workspace, files, git)
     name = _name(task)
-    inherited = {k: v for k, v in (task.metadata.labels or {}).items() if k in (LABEL_BATCH, LABEL_BATCH_RUN)}
+    inherited = {
+        k: v for k, v in (task.metadata.labels or {}).items() if k in (LABEL_BATCH, LABEL_BATCH_RUN, LABEL_POOL)
+    }
     labels = {**_base_labels(task), **inherited, LABEL_ATTEMPT: str(attempt)}
     annotations = {vocabulary.DAGSTER_RUN_ID: dagster_run_id, vocabulary.TASK_UID: owner_reference(task)["uid"]}
     # podLabels are merged over ours (as in the original), except the kubetask.io/ labels we select on.

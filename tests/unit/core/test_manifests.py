@@ -20,6 +20,7 @@ from kubetask.domain.manifests import (
     job_name,
     owner_reference,
     secret_name,
+    watch_selector,
 )
 from tests.fakes import StaticReader
 
@@ -176,6 +177,21 @@ def test_batch_labels_of_the_task_are_passed_on():
     for labels in (manifest["metadata"]["labels"], manifest["spec"]["template"]["metadata"]["labels"]):
         assert labels["kubetask.io/batch-run"] == "b" and labels["kubetask.io/batch"] == "nightly"
         assert "other" not in labels
+
+
+def test_a_pooled_tasks_job_carries_its_pool_and_is_watched_by_it():
+    """The steps of a pooled run share one watch of their Jobs and pods, as a BatchRun's do."""
+    pooled = Task.model_validate({"metadata": {"name": "solo", "namespace": NS, "uid": "u",
+                                               "labels": {"kubetask.io/pool": "p1"}}, "spec": {"contexts": []}})
+    manifest = job(task=pooled)
+    for labels in (manifest["metadata"]["labels"], manifest["spec"]["template"]["metadata"]["labels"]):
+        assert labels["kubetask.io/pool"] == "p1" and labels["kubetask.io/task"] == "solo"
+    assert watch_selector(pooled) == "kubetask.io/pool=p1"
+    alone = Task.model_validate({"metadata": {"name": "solo", "namespace": NS, "uid": "u"}, "spec": {"contexts": []}})
+    assert watch_selector(alone) == "kubetask.io/task=solo"
+    in_batch = Task.model_validate({"metadata": {"name": "b-task-0", "namespace": NS, "uid": "u",
+                                                 "labels": {"kubetask.io/batch-run": "b"}}, "spec": {"contexts": []}})
+    assert watch_selector(in_batch) == "kubetask.io/batch-run=b"
 
 
 def test_task_labels_do_not_reach_the_pod_and_pod_labels_merge_under_the_protected_ones():
