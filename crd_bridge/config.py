@@ -50,7 +50,7 @@ class BridgeConfig:
     """The most standalone Tasks one pooled Dagster run takes (1: every Task gets a run of its own)."""
     pool_window: float = 0.1
     """Seconds a pool gathers the Tasks of a burst before its run is launched."""
-    pool_min_waiting: int = 4
+    pool_min_waiting: int = 8
     """Tasks of one WorkspaceConfig waiting for a run at once that make a burst (fewer: a run each)."""
     dagster_timeout: float = 10.0
     """HTTP timeout of one GraphQL request."""
@@ -220,7 +220,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument(
         "--pool-min-waiting",
         type=int,
-        default=e("POOL_MIN_WAITING", "4"),
+        default=e("POOL_MIN_WAITING", "8"),
         help="Tasks of one WorkspaceConfig waiting at once that make a burst worth a pooled run [POOL_MIN_WAITING] "
         "(default %(default)s)",
     )

@@ -45,8 +45,9 @@ class PoolPolicy:
     """The most Tasks in one pooled run (1: never pool)."""
     window: float = 0.1
     """Seconds a pool gathers Tasks after it opens."""
-    min_waiting: int = 4
-    """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run."""
+    min_waiting: int = 8
+    """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run. Below it a run
+    each costs little and starts sooner (no gathering window), and a Task keeps a run of its own."""
 
     @property
     def enabled(self) -> bool:

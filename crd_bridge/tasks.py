@@ -353,6 +353,8 @@ class Reconciler(ReconcileLoop):
         if not self.pools.open(group):
             return None
         claimed: list[Obj] = []
+        members: list[Obj] = []
+        dagster_away = False
         try:
             self.pools.sleep(self.pools.policy.window)
             members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
@@ -385,12 +387,20 @@ class Reconciler(ReconcileLoop):
             log.info("pooled %d Tasks of %s/%s in Dagster run %s (pool %s)", len(claimed), *group, run_id, pool)
             self.pools.each(claimed, lambda t: self._record_run(t, run_id, pooled_with=len(claimed)))
             return None
+        except DagsterUnavailable as e:
+            # every member waits for Dagster, not only the Task this worker was given; the periodic pass
+            # retries them (a claim without a run is recovered then: its run is found, or it is dropped)
+            dagster_away = True
+            error: Exception = e
+            self.pools.each(members, lambda t: self._note_unavailable(self.store.get(objects.key_of(t)) or t, error))
+            raise
         finally:
             self.pools.release(claimed)
             self.pools.close(group)
-            for t in self.waiting(*group):  # what this pool left (it was full, or a claim lost a race)
-                if not pool_of(t):
-                    self.enqueue(objects.key_of(t))
+            if not dagster_away:
+                for t in self.waiting(*group):  # what this pool left (it was full, or a claim lost a race)
+                    if not pool_of(t):
+                        self.enqueue(objects.key_of(t))
 
     def _recover_claim(self, task: Obj) -> float | None:
         """A claimed Task without a run: record its pool's run, or drop the claim of a pool never launched."""

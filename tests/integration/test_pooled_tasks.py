@@ -1,10 +1,14 @@
 """Pooled runs on the real stack: standalone Tasks applied together run as the steps of one ``pool_job``
 run, and each keeps its own step, status, stop, deletion, retries and rerun. The bridge here pools
 from the first waiting Task and gathers for a second, so a burst applied in one ``kubectl apply`` is
-one pool for certain (the default opens a pool at four waiting Tasks and gathers for 0.1 s)."""
+one pool for certain (by default a pool opens at eight waiting Tasks and gathers for 0.1 s: fewer
+Tasks get a run each, which starts sooner)."""
 
 from __future__ import annotations
 
+import subprocess
+
+import kt_stack
 import pytest
 from kt_helpers import apply, condition, event_reasons, get, jobs, task, wait_phase, workspace
 
@@ -183,4 +187,31 @@ def test_bridge_killed_mid_pool_loses_no_task_and_runs_none_twice(
         assert runs[0]["runId"] == launched[0]["runId"]
     else:  # the claims of a pool never launched were dropped, and the Tasks pooled anew
         assert {o["metadata"]["labels"][vocabulary.LABEL_POOL] for o in done.values()} != set(claims.values())
+    assert sorted(j["metadata"]["name"] for j in jobs(kubectl, namespace)) == [f"{n}-job-1" for n in names]
+
+
+def test_a_burst_applied_while_dagster_is_away_waits_then_runs_as_one_pool(
+    kubectl, wait_for, namespace, pooling, dagster
+):
+    def webserver(action: str) -> None:
+        subprocess.run([str(kt_stack.DAGSTER_SCRIPT), action, "webserver"], env=dagster.env, check=True,
+                       capture_output=True, timeout=300)
+
+    names = [f"patient-{i}" for i in range(4)]
+    webserver("stop")
+    try:
+        apply(kubectl, namespace, workspace(), *(task(n) for n in names))
+        wait_for(lambda: all(vocabulary.DAGSTER_UNAVAILABLE in event_reasons(kubectl, namespace, n) for n in names),
+                 timeout=60, interval=0.5, what="every pooled Task saying Dagster is unreachable")
+        for n in names:
+            obj = get(kubectl, namespace, "task", n)
+            assert obj["status"]["phase"] == "Pending", obj["status"]
+            assert condition(obj, "Ready")["reason"] == vocabulary.DAGSTER_UNAVAILABLE
+        assert pooling.proc.poll() is None
+    finally:
+        webserver("start")
+    done = wait_all(kubectl, wait_for, namespace, names, TERMINAL, timeout=180)
+    assert {o["status"]["phase"] for o in done.values()} == {"Completed"}, {n: o["status"] for n, o in done.items()}
+    runs = pool_runs(dagster, namespace)
+    assert len(runs) == 1 and {o["status"]["dagsterRunId"] for o in done.values()} == {runs[0]["runId"]}, runs
     assert sorted(j["metadata"]["name"] for j in jobs(kubectl, namespace)) == [f"{n}-job-1" for n in names]
