@@ -1,0 +1,158 @@
+"""The bridge's pooling decisions (crd_bridge.pools) against a fake Kubernetes API and a fake Dagster.
+The same behaviours on the real stack: tests/integration/test_pooled_tasks.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crd_bridge.pools import PoolPolicy
+from crd_bridge.tasks import Reconciler
+from crd_bridge.tenancy import TenantGate
+from kubetask import vocabulary
+from kubetask.domain import runs as contract
+from tests.unit.bridge.bridge_fakes import NS
+from tests.unit.bridge.test_bridge_tasks import World, run_tags
+
+
+class PoolWorld(World):
+    """A World whose bridge pools from ``min_waiting`` waiting Tasks, without a gathering window."""
+
+    def __init__(self, min_waiting: int = 3, max_tasks: int = 10) -> None:
+        super().__init__()
+        self.r = Reconciler(
+            self.kube,
+            self.dagster,
+            self.store,
+            self.limits,
+            run_url=lambda run_id: f"http://dagster.test/runs/{run_id}",
+            enqueue=lambda key, delay: self.enqueued.append((key, delay)),
+            clock=self.clock,
+            tenancy=TenantGate(self.kube, None, clock=self.clock),
+            pooling=PoolPolicy(max_tasks=max_tasks, window=0.0, min_waiting=min_waiting),
+        )
+
+    def tasks(self, *names: str) -> list[dict[str, Any]]:
+        return [self.task(n) for n in names]
+
+    def label(self, name: str) -> str | None:
+        return (self.kube.obj("tasks", name)["metadata"].get("labels") or {}).get(vocabulary.LABEL_POOL)
+
+    def pool_submissions(self) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+        return [s for s in self.dagster.submitted if s[0] == contract.POOL_JOB]
+
+
+def test_a_burst_is_claimed_launched_as_one_pool_and_recorded_on_each_task():
+    w = PoolWorld()
+    made = w.tasks("a", "b", "c")
+    assert w.reconcile("a") is None
+    (job, config, tags), = w.dagster.submitted
+    pool = tags[vocabulary.TAG_POOL]
+    assert job == contract.POOL_JOB and tags[vocabulary.TAG_KIND] == vocabulary.KIND_TASK_POOL
+    refs = config["ops"]["expand_pool"]["config"]
+    assert refs["namespace"] == NS and refs["pool"] == pool
+    assert [r["uid"] for r in refs["tasks"]] == [t["metadata"]["uid"] for t in made]
+    run_id = w.dagster.order[0]
+    for t in made:
+        name = t["metadata"]["name"]
+        assert w.label(name) == pool
+        st = w.status(name)
+        assert st["phase"] == "Pending" and st["dagsterRunId"] == run_id
+        assert st["dagsterRunUrl"] == contract.step_url(
+            f"http://dagster.test/runs/{run_id}", contract.pool_step_key(name, t["metadata"]["uid"]))
+        assert vocabulary.RUN_SUBMITTED in w.kube.reasons(name)
+    for name in ("b", "c"):  # their own turns find them recorded
+        w.sync(name)
+        w.reconcile(name)
+    assert len(w.dagster.submitted) == 1
+
+
+def test_fewer_waiting_tasks_than_the_threshold_get_a_run_each():
+    w = PoolWorld(min_waiting=3)
+    w.tasks("a", "b")
+    w.reconcile("a")
+    w.reconcile("b")
+    assert [s[0] for s in w.dagster.submitted] == [contract.TASK_JOB, contract.TASK_JOB]
+    assert w.label("a") is None
+
+
+def test_a_full_pool_leaves_the_rest_to_the_next_one():
+    w = PoolWorld(max_tasks=2)
+    w.tasks("a", "b", "c", "d", "e")
+    w.reconcile("a")
+    (_, config, _), = w.pool_submissions()
+    assert [r["name"] for r in config["ops"]["expand_pool"]["config"]["tasks"]] == ["a", "b"]
+    assert ((NS, "c"), 0.0) in w.enqueued
+    w.reconcile("c")
+    assert [[r["name"] for r in s[1]["ops"]["expand_pool"]["config"]["tasks"]] for s in w.pool_submissions()] == [
+        ["a", "b"], ["c", "d"]]
+
+
+def test_a_task_with_a_run_of_its_own_is_not_pooled_and_gets_that_run_recorded():
+    """A bridge that died after submitting a Task alone, before writing its status."""
+    w = PoolWorld()
+    a, _, _ = w.tasks("a", "b", "c")
+    own = w.dagster.add_run("STARTED", run_tags(a))
+    w.reconcile("b")
+    (_, config, _), = w.pool_submissions()
+    assert [r["name"] for r in config["ops"]["expand_pool"]["config"]["tasks"]] == ["b", "c"]
+    assert w.status("a")["dagsterRunId"] == own and w.label("a") is None
+
+
+def test_a_claim_whose_run_was_launched_gets_that_run_recorded():
+    w = PoolWorld()
+    w.task("a")
+    w.kube.patch_metadata("tasks", NS, "a", None, {"labels": {vocabulary.LABEL_POOL: "p1"}})
+    run_id = w.dagster.add_run("STARTED", contract.pool_tags(NS, "p1"))
+    w.sync("a")
+    w.reconcile("a")
+    assert w.dagster.submitted == []
+    assert w.status("a")["dagsterRunId"] == run_id and w.label("a") == "p1"
+
+
+def test_a_claim_whose_pool_never_ran_is_dropped_and_the_task_submitted_anew():
+    w = PoolWorld(min_waiting=5)
+    w.task("a")
+    w.kube.patch_metadata("tasks", NS, "a", None, {"labels": {vocabulary.LABEL_POOL: "p1"}})
+    w.sync("a")
+    w.reconcile("a")
+    assert w.label("a") is None and "dagsterRunId" not in w.status("a")
+    w.sync("a")
+    w.reconcile("a")
+    assert [s[0] for s in w.dagster.submitted] == [contract.TASK_JOB]
+
+
+def test_stopping_or_deleting_a_pooled_task_never_terminates_the_shared_run():
+    w = PoolWorld()
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    run_id = w.status("a")["dagsterRunId"]
+    w.dagster.finish(run_id, "STARTED")
+    w.kube.patch_metadata("tasks", NS, "a", None, {"annotations": {vocabulary.STOP: "true"}})
+    w.sync("a")
+    w.reconcile("a")
+    assert w.dagster.terminated == []
+    assert vocabulary.STOP_REQUESTED in w.kube.reasons("a")
+    gone = w.kube.obj("tasks", "b")
+    w.kube.delete("tasks", NS, "b")
+    w.r.observe("DELETED", gone)
+    w.reconcile("b")
+    assert w.dagster.terminated == []
+    assert vocabulary.RUN_NOT_OWNED not in w.kube.reasons("b")
+
+
+def test_dagster_away_while_pooling_is_said_on_every_gathered_task():
+    w = PoolWorld()
+    w.tasks("a", "b", "c")
+    w.dagster.unavailable = True
+    w.enqueued.clear()
+    delay = w.reconcile("a")
+    assert delay is not None and delay > 0
+    for name in ("a", "b", "c"):
+        assert w.condition(name)["reason"] == vocabulary.DAGSTER_UNAVAILABLE
+        assert w.label(name) is None
+    assert ((NS, "b"), 0.0) not in w.enqueued  # the periodic pass retries, with its backoff
+    w.dagster.unavailable = False
+    for name in ("a", "b", "c"):
+        w.sync(name)
+    w.reconcile("a")
+    assert len(w.pool_submissions()) == 1
