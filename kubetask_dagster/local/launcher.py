@@ -71,6 +71,10 @@ PRELOAD = (
     "kubetask_dagster.schedules",
     "kubetask_dagster.resources",
     "kubetask_dagster.catalog",
+    # the instance's own classes, which a worker's instance imports when it first touches them
+    "kubetask_dagster.local.compute_logs",
+    "kubetask_dagster.execution.run_coordinator",
+    "kubetask_dagster.ops.pool",
 )
 
 

@@ -105,7 +105,10 @@ def production(cluster, crds):
             dagster = kt_stack.Dagster(url=values["DAGSTER_URL"], home=str(home), env=env)
             bridge = kt_stack.Bridge(env={**os.environ, "KUBECONFIG": cluster.kubeconfig}, log_path=home / "bridge.log",
                                      args=["--dagster-url", dagster.url, "--health-bind", f"127.0.0.1:{kt_stack._free_port()}",
-                                           "--drift-interval", "2", "--run-worker", f"system:serviceaccount:{WORKER_NS}:{WORKER_SA}"])
+                                           "--drift-interval", "2", "--run-worker", f"system:serviceaccount:{WORKER_NS}:{WORKER_SA}",
+                                           # a burst applied in one kubectl apply is one pool for certain
+                                           # (a lone Task still gets a run of its own, a second later)
+                                           "--pool-min-waiting", "1", "--pool-window", "1"])
             bridge.start()
             yield dagster
         finally:
@@ -164,6 +167,23 @@ def test_a_batchrun_runs_in_one_run_worker_pod(production, kubectl, wait_for, te
     assert worker["spec"]["nodeName"] == "localhost"
     wait_for(lambda: condition(get(kubectl, namespace, "batchrun", "prod-batch"), "Succeeded")["status"] == "True",
              timeout=30, what="the BatchRun finalized")
+
+
+def test_a_burst_of_standalone_tasks_runs_in_one_run_worker_pod(production, kubectl, wait_for, tenant):
+    namespace = tenant
+    names = [f"pooled-{i}" for i in range(3)]
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all([
+        real_workspace(), *(task(n, [inline("/workspace/task.md", f"pooled {n}")]) for n in names)]))
+    done = {n: wait_phase(kubectl, wait_for, namespace, n, {"Completed", "Failed"}, timeout=300) for n in names}
+    assert {o["status"]["phase"] for o in done.values()} == {"Completed"}, {n: o["status"] for n, o in done.items()}
+    (run_id,) = {o["status"]["dagsterRunId"] for o in done.values()}
+    tags = {t["key"]: t["value"] for t in production.run(run_id)["tags"]}
+    assert tags["kubetask.io/kind"] == "TaskPool"
+    worker = run_worker_pod(kubectl, run_id)  # one pod for the three agents
+    assert worker["spec"]["nodeName"] == "localhost" and worker["spec"]["serviceAccountName"] == WORKER_SA
+    for name, obj in done.items():
+        log = kubectl("logs", "-n", namespace, obj["status"]["podName"], "-c", "agent").stdout
+        assert f"--- File: /workspace/task.md ---\npooled {name}\n" in log
 
 
 # What anyone who reaches a webserver could ask of the run launcher, each the field that gives a pod
