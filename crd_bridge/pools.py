@@ -177,6 +177,15 @@ class TaskPools:
         return uuid.uuid4().hex[:16]
 
     def each(self, tasks: Sequence[Obj], write: Callable[[Obj], None]) -> None:
-        """Run ``write`` for every Task, a few at a time (a pool of 200 would otherwise wait 200 round trips)."""
+        """Run ``write`` for every Task, a few at a time (a pool of 200 would otherwise wait 200 round
+        trips). A write that fails for one Task (deleted meanwhile, the API server away) leaves the others
+        done; that Task keeps its claim and is decided again on its own."""
+
+        def one(task: Obj) -> None:
+            try:
+                write(task)
+            except Exception as e:  # noqa: BLE001 - logged; the Task's next reconcile repairs it
+                log.warning("Task %s/%s: %s", *objects.key_of(task), e or type(e).__name__)
+
         with ThreadPoolExecutor(max_workers=CLAIM_WORKERS, thread_name_prefix="pool-write") as pool_threads:
-            list(pool_threads.map(write, tasks))
+            list(pool_threads.map(one, tasks))

@@ -65,8 +65,13 @@ class PoolWatch:
         return {t["metadata"]["uid"]: t for t in self.api.list_custom("tasks", self.namespace, selector, max_age)}
 
     def why_stop(self) -> str | None:
-        """Why the Task must stop now (stopped on request, deleted, taken by another pool), or None."""
-        task = self.members().get(self.uid)
+        """Why the Task must stop now (stopped on request, deleted, taken by another pool), or None.
+        A listing that fails says None: the Task goes on, and the next look asks again."""
+        try:
+            members = self.members()
+        except Exception:  # noqa: BLE001 - an API server away must not end a running agent's step
+            return None
+        task = members.get(self.uid)
         if task is None:
             return "the Task was deleted or taken out of its pool"
         if (task["metadata"].get("deletionTimestamp")) is not None:

@@ -156,3 +156,20 @@ def test_dagster_away_while_pooling_is_said_on_every_gathered_task():
         w.sync(name)
     w.reconcile("a")
     assert len(w.pool_submissions()) == 1
+
+
+def test_a_task_deleted_while_its_pool_launches_leaves_the_others_recorded():
+    w = PoolWorld()
+    w.tasks("a", "b", "c")
+    real_launch = w.r.pools.launch
+
+    def launch_then_delete(namespace, pool, tasks):
+        run_id = real_launch(namespace, pool, tasks)
+        w.kube.delete("tasks", NS, "b")  # between the launch and the status writes
+        return run_id
+
+    w.r.pools.launch = launch_then_delete
+    assert w.reconcile("a") is None
+    run_id = w.dagster.order[0]
+    assert w.status("a")["dagsterRunId"] == run_id and w.status("c")["dagsterRunId"] == run_id
+    assert w.store.get((NS, "a")) is not None  # the Task reconciled stays cached
