@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fanout import ProcessSampler  # noqa: E402
 from local_stack import STORAGES, local_stack  # noqa: E402
 
 from kubetask.api import Task, WorkspaceConfig  # noqa: E402
@@ -206,6 +207,7 @@ def main() -> int:
     with local_stack(storage=args.storage) as stack:
         api, kubectl = stack.api(), stack.kubectl
         results = {}
+        cpu: dict[str, dict[str, float]] = {}
         for label in ("system", "baseline"):
             ns = f"bench-{label}-{int(time.time())}"
             subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True)
@@ -225,12 +227,16 @@ def main() -> int:
                     capture_output=True,
                 )
                 time.sleep(8)  # the first run imports everything once
+                sampler = ProcessSampler(stack.pids)
                 results[label] = measure(api, kubectl, ns, args.tasks, "t")
             else:
                 baseline = Baseline(api, ns)
                 time.sleep(1)
+                sampler = ProcessSampler(stack.pids)
                 results[label] = measure(api, kubectl, ns, args.tasks, "b", executed_by="baseline")
                 baseline.stop.set()
+            sampler.finish()
+            cpu[label] = sampler.cpu_seconds()
         print(
             f"Task latency over {args.tasks} Tasks applied one after another (seconds), Dagster storage {args.storage}"
         )
@@ -243,7 +249,11 @@ def main() -> int:
             print(
                 f"{key:<22} {p50s:>11.2f} {p95s:>11.2f} {p50b:>13.2f} {p95b:>13.2f} {p50s / p50b if p50b else float('inf'):>9.1f}x"
             )
-        print(json.dumps(results))
+        print("CPU seconds per Task by component (system, baseline; the baseline's client is this process):")
+        for name in cpu["system"]:
+            per_task = [cpu[label].get(name, 0.0) / args.tasks for label in ("system", "baseline")]
+            print(f"  {name:<26} {per_task[0]:>8.3f} {per_task[1]:>8.3f}")
+        print(json.dumps({**results, "cpu_s": cpu}))
     return 0
 
 
