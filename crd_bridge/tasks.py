@@ -321,18 +321,8 @@ class Reconciler(ReconcileLoop):
             if created is not None:
                 metrics.TASK_TO_RUN.observe(max(0.0, self.clock() - created))
         url = self.run_url(run_id)
-        if objects.phase_of(task) in (None, PENDING, QUEUED):
-            patch = task_status.submitted(
-                objects.status(task),
-                run_id=run_id,
-                run_url=url,
-                generation=objects.generation_of(task),
-                now=self._now(),
-            )
-        else:  # the run already moved the Task on (e.g. Running): only record the run
-            patch = {"dagsterRunId": run_id, "dagsterRunUrl": url}
         # A Conflict here propagates: the next decision finds this run by its tags; nothing is submitted twice.
-        self._patch(task, patch)
+        self._patch(task, self._run_recorded(task, run_id, url))
         verb = "found" if adopted is not None else "submitted"
         self._event(task, vocabulary.RUN_SUBMITTED, f"Dagster run {run_id} {verb}: {url}")
         log.info("Task %s: Dagster run %s %s", objects.name_of(task), run_id, verb)
@@ -429,17 +419,7 @@ class Reconciler(ReconcileLoop):
         url = run_url_of_step(self.run_url(run_id), task)
         for _ in range(self.MAX_CONFLICTS):
             try:
-                if objects.phase_of(task) in (None, PENDING, QUEUED):
-                    patch = task_status.submitted(
-                        objects.status(task),
-                        run_id=run_id,
-                        run_url=url,
-                        generation=objects.generation_of(task),
-                        now=self._now(),
-                    )
-                else:
-                    patch = {"dagsterRunId": run_id, "dagsterRunUrl": url}
-                task = self._patch(task, patch)
+                task = self._patch(task, self._run_recorded(task, run_id, url))
                 break
             except Conflict:
                 fresh = self._fetch(objects.key_of(task))
@@ -451,6 +431,19 @@ class Reconciler(ReconcileLoop):
         with_others = f" (pooled with {pooled_with - 1} other Tasks)" if pooled_with > 1 else ""
         verb = "found" if found else "submitted"
         self._event(task, vocabulary.RUN_SUBMITTED, f"Dagster run {run_id} {verb}{with_others}: {url}")
+
+    def _run_recorded(self, task: Obj, run_id: str, url: str) -> dict[str, Any]:
+        """The status patch that records a Task's run: Pending with the run, or, when the run already moved
+        the Task on (e.g. Running), only the run's id and URL."""
+        if objects.phase_of(task) in (None, PENDING, QUEUED):
+            return task_status.submitted(
+                objects.status(task),
+                run_id=run_id,
+                run_url=url,
+                generation=objects.generation_of(task),
+                now=self._now(),
+            )
+        return {"dagsterRunId": run_id, "dagsterRunUrl": url}
 
     def _fail_unsubmitted(self, task: Obj, reason: str, message: str) -> None:
         """End a Task that gets no run: Failed with ``reason``, a warning Event, a log line."""

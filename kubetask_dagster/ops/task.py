@@ -265,8 +265,7 @@ def run_attempt(
     slots = _workspace_slots(context, task, workspace)
     queue = workspace.spec.queue_name
 
-    def interrupted() -> bool:
-        return step_interrupted() or (stop_check is not None and stop_check() is not None)
+    interrupted = _interruption(stop_check)
 
     def take_slot() -> None:
         if slots is not None:
@@ -368,6 +367,13 @@ def run_attempt(
     raise Failure(description=f"{outcome.reason}: {outcome.message}", allow_retries=False)
 
 
+def _interruption(stop_check: Callable[[], str | None] | None) -> Callable[[], bool]:
+    """When a wait of the attempt ends early: the run is terminated, or ``stop_check`` gives a reason."""
+    if stop_check is None:
+        return step_interrupted
+    return lambda: step_interrupted() or stop_check() is not None
+
+
 def _workspace_slots(context: OpExecutionContext, task: Task, workspace: WorkspaceConfig) -> WorkspaceSlots | None:
     """The step's claim on its WorkspaceConfig's pool, when ``maxConcurrentTasks`` is set."""
     limit = workspace.spec.max_concurrent_tasks
@@ -445,7 +451,7 @@ def _run_job(
             label_selector=manifests.watch_selector(task),
             deadline_seconds=None if timeout is None else timeout + 60,
             on_running=lambda pod: reporter.patch(status.pod_started(reporter.current, pod_name=pod)),
-            interrupted=lambda: step_interrupted() or (stop_check is not None and stop_check() is not None),
+            interrupted=_interruption(stop_check),
             # the first suspension is the one just written; another one follows an eviction
             on_suspended=(lambda evicted: wait_for_admission(evicted) if evicted else None) if queue else None,
             on_admitted=admitted if queue else None,
