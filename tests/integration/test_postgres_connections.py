@@ -9,40 +9,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 import yaml
-from dagster import OpExecutionContext, in_process_executor, job, op
 from dagster._core.instance_for_test import instance_for_test
 
 from benchmarks.postgres import dagster_storage_yaml, postgres_server
-from kubetask_dagster.resources import KubeResource
+from tests.chatty_jobs import LOG_LINES, kube_job, plain_job
 
 pytestmark = pytest.mark.integration
-
-LOG_LINES = 20  # each one an event row
-
-
-def log_lines(context: OpExecutionContext) -> None:
-    for i in range(LOG_LINES):
-        context.log.info(f"line {i}")
-
-
-@op
-def chatty(context: OpExecutionContext) -> None:
-    log_lines(context)
-
-
-@op
-def chatty_with_kube(context: OpExecutionContext, kube: KubeResource) -> None:
-    log_lines(context)
-
-
-@job(executor_def=in_process_executor)
-def plain_job():
-    chatty()
-
-
-@job(executor_def=in_process_executor, resource_defs={"kube": KubeResource()})
-def kube_job():
-    chatty_with_kube()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from crd_bridge.pools import PoolPolicy
-from crd_bridge.tasks import Reconciler
-from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
 from kubetask.domain import runs as contract
 from tests.unit.bridge.bridge_fakes import NS
@@ -18,18 +16,7 @@ class PoolWorld(World):
     """A World whose bridge pools from ``min_waiting`` waiting Tasks, without a gathering window."""
 
     def __init__(self, min_waiting: int = 3, max_tasks: int = 10) -> None:
-        super().__init__()
-        self.r = Reconciler(
-            self.kube,
-            self.dagster,
-            self.store,
-            self.limits,
-            run_url=lambda run_id: f"http://dagster.test/runs/{run_id}",
-            enqueue=lambda key, delay: self.enqueued.append((key, delay)),
-            clock=self.clock,
-            tenancy=TenantGate(self.kube, None, clock=self.clock),
-            pooling=PoolPolicy(max_tasks=max_tasks, window=0.0, min_waiting=min_waiting),
-        )
+        super().__init__(pooling=PoolPolicy(max_tasks=max_tasks, window=0.0, min_waiting=min_waiting))
 
     def tasks(self, *names: str) -> list[dict[str, Any]]:
         return [self.task(n) for n in names]

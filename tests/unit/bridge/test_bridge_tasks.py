@@ -11,6 +11,7 @@ import pytest
 from crd_bridge import metrics
 from crd_bridge.cache import WorkspaceLimits
 from crd_bridge.dagster.client import DagsterRejected
+from crd_bridge.pools import PoolPolicy
 from crd_bridge.tasks import Reconciler, count_reported_usage
 from crd_bridge.tenancy import TenantGate
 from kubetask import vocabulary
@@ -26,7 +27,7 @@ def run_tags(task: dict[str, Any]) -> dict[str, str]:
 class World:
     """A reconciler over fakes, plus shortcuts."""
 
-    def __init__(self, grace: float = 5.0, run_worker: str | None = None) -> None:
+    def __init__(self, grace: float = 5.0, run_worker: str | None = None, pooling: PoolPolicy | None = None) -> None:
         self.clock = Clock()
         self.kube = FakeKube()
         self.dagster = FakeDagster(self.clock)
@@ -43,6 +44,7 @@ class World:
             enqueue=lambda key, delay: self.enqueued.append((key, delay)),
             clock=self.clock,
             tenancy=TenantGate(self.kube, run_worker, clock=self.clock),
+            pooling=pooling,
         )
         self._uid = 0
 

@@ -2,35 +2,11 @@
 tests/integration/test_postgres_connections.py)."""
 
 import sqlalchemy
-from dagster import DagsterEventType, OpExecutionContext, in_process_executor, job, op
+from dagster import DagsterEventType
 from dagster._core.instance_for_test import instance_for_test
 from dagster._core.storage.event_log.base import EventRecordsFilter
 
-from kubetask_dagster.resources import KubeResource
-
-LOG_LINES = 20  # each one an event row
-
-
-@op
-def chatty(context: OpExecutionContext) -> None:
-    for i in range(LOG_LINES):
-        context.log.info(f"line {i}")
-
-
-@op
-def chatty_with_kube(context: OpExecutionContext, kube: KubeResource) -> None:
-    for i in range(LOG_LINES):
-        context.log.info(f"line {i}")
-
-
-@job(executor_def=in_process_executor)
-def plain_job():
-    chatty()
-
-
-@job(executor_def=in_process_executor, resource_defs={"kube": KubeResource()})
-def kube_job():
-    chatty_with_kube()
+from tests.chatty_jobs import LOG_LINES, kube_job, plain_job
 
 
 def connections_of_a_run(tmp_path, job_def) -> tuple[int, list[str]]:
