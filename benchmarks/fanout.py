@@ -16,6 +16,7 @@ import argparse
 import collections
 import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -51,15 +52,24 @@ def inline(text: str) -> dict:
     return {"type": "File", "file": {"filePath": "/workspace/task.md", "source": {"inline": text}}}
 
 
-def api_requests(stack: Stack) -> collections.Counter:
-    """kube-apiserver's own request counters, by verb."""
+def api_requests(stack: Stack, by_resource: bool = False) -> collections.Counter:
+    """kube-apiserver's own request counters, by verb (or by "verb resource[/subresource]")."""
     counts: collections.Counter = collections.Counter()
     for line in stack.run("get", "--raw", "/metrics").splitlines():
         if line.startswith("apiserver_request_total{"):
             labels, value = line.rsplit(" ", 1)
-            verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-            counts[verb] += float(value)
+            key = _label(labels, "verb")
+            if by_resource:
+                sub = _label(labels, "subresource")
+                key = f"{key} {_label(labels, 'resource')}{'/' + sub if sub else ''}"
+            counts[key] += float(value)
     return counts
+
+
+def _label(labels: str, name: str) -> str:
+    """One label's value out of a Prometheus sample's ``{...}`` ("" when it has none)."""
+    found = re.search(rf'[{{,]{name}="([^"]*)"', labels)
+    return found.group(1) if found else ""
 
 
 class JobCounter:

@@ -1,16 +1,19 @@
-"""Run workers keep their event log's database connections open.
+"""Run workers keep their storages' database connections open.
 
 Dagster's Postgres storages open a new connection for every statement (``NullPool``, "to prevent
 accumulating connections per DagsterInstance"); only the webserver pools, and with one connection.
 A run worker writes about fifteen event rows per Task, from each step's own thread, and each row
 paid a TCP connect, an authentication and a server backend forked for it: the per-event round trips
 behind a 1,000-Task fan-out at 2.17x its floor on Postgres against 1.53x on SQLite (BENCHMARKS.md).
+The run storage is no quieter in a run of many steps: each step's output goes through it
+(``RunStorageIOManager``), and Dagster looks the run up at each step's start and end; in a burst of
+pooled Tasks its connects were a fifth of the run workers' CPU (py-spy, BENCHMARKS.md).
 
-A run worker is one long-lived instance, so its event log gets a pool of ``POOL_SIZE`` connections
-(a pool of one, the webserver's, closes every connection a second thread returns). The run and
-schedule storages keep Dagster's default: they see a few statements per run. The pooled connections
-live as long as the run (an agent's hours), so a deployment sizes Postgres's ``max_connections`` for
-them (docs/operations.md).
+A run worker is one long-lived instance, so its event log and its run storage get a pool each
+(``POOLS``): a few connections kept, a few more opened beyond them only while many steps' threads
+write at once. The schedule storage keeps Dagster's default: a run barely uses it. The pooled
+connections live as long as the run (an agent's hours), so a deployment sizes Postgres's
+``max_connections`` for them (docs/operations.md).
 
 The local stack's SQLite event log is worse off: for every event row it creates an engine, connects,
 runs the connect-time PRAGMAs, commits and disposes of the engine, all under one lock of the storage.
@@ -20,26 +23,39 @@ so one thread at a time, as before).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-POOL_SIZE = 4  # connections kept per run worker: steps' threads write events at the same time
-MAX_OVERFLOW = 16  # opened beyond them under a burst of writes, closed when returned
+POOLS = {  # storage attribute of the instance: (connections kept, more opened while threads queue for them)
+    "event_log_storage": (8, 8),  # a pooled run's or a BatchRun's steps write events at the same time
+    "run_storage": (2, 4),  # step outputs and run lookups: a statement or two per step
+}
 POOL_RECYCLE_SECONDS = 3600
 
 
 def keep_connections_open(instance: Any) -> None:
-    """Pool the event log's connections of this process's instance, Postgres or SQLite (once)."""
-    storage: Any = getattr(instance, "event_log_storage", None)
-    if storage is None:
-        return
-    if type(storage).__name__ == "SqliteEventLogStorage":
-        _keep_sqlite_connections_open(storage)
-        return
-    if type(storage).__module__.split(".")[0] != "dagster_postgres":
-        return
+    """Pool the Postgres storages of this process's instance (``POOLS``), or give its SQLite event log
+    one open connection per file (once per storage)."""
+    for attribute, (size, overflow) in POOLS.items():
+        storage: Any = getattr(instance, attribute, None)
+        if storage is None:
+            continue
+        if type(storage).__name__ == "SqliteEventLogStorage":
+            _keep_sqlite_connections_open(storage)
+        elif type(storage).__module__.split(".")[0] == "dagster_postgres":
+            _pool_postgres(storage, size, overflow)
+    run_storage: Any = getattr(instance, "run_storage", None)
+    if hasattr(run_storage, "has_run_stats_index_cols") and "has_run_stats_index_cols" not in vars(run_storage):
+        # Dagster reflects the runs table's columns at every run lookup (a step's start, its events);
+        # the schema does not change under a running run: ask once
+        run_storage.has_run_stats_index_cols = functools.cache(run_storage.has_run_stats_index_cols)
+
+
+def _pool_postgres(storage: Any, size: int, overflow: int) -> None:
+    """Swap a dagster-postgres storage's per-statement engine for a pooled one (same URL and options)."""
     from sqlalchemy.pool import NullPool
 
     engine = storage._engine  # dagster-postgres 0.29's engine attribute (pinned with dagster 1.13)
@@ -51,8 +67,8 @@ def keep_connections_open(instance: Any) -> None:
         storage.postgres_url,
         getattr(storage, "_token_provider", None),
         isolation_level="AUTOCOMMIT",
-        pool_size=POOL_SIZE,
-        max_overflow=MAX_OVERFLOW,
+        pool_size=size,
+        max_overflow=overflow,
         pool_recycle=POOL_RECYCLE_SECONDS,
         pool_pre_ping=True,  # a connection the server closed while an agent ran is replaced, not an error
     )
