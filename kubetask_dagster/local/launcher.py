@@ -26,6 +26,7 @@ webserver alone ends none of them. ``warm()`` says whether such a zygote answers
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import selectors
@@ -384,6 +385,10 @@ def _warm_up() -> None:
             instance.get_runs(limit=1)
     except Exception:  # noqa: BLE001 - only an optimisation: workers import what is missing themselves
         traceback.print_exc()
+    # What is warm now stays shared with the workers: a collection in a child no longer walks (and so
+    # copies) every page of these objects (Python's advice for fork without exec, gc.freeze)
+    gc.collect()
+    gc.freeze()
 
 
 def _share_migration_scripts() -> None:

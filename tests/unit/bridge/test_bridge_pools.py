@@ -160,3 +160,50 @@ def test_a_task_deleted_while_its_pool_launches_leaves_the_others_recorded():
     run_id = w.dagster.order[0]
     assert w.status("a")["dagsterRunId"] == run_id and w.status("c")["dagsterRunId"] == run_id
     assert w.store.get((NS, "a")) is not None  # the Task reconciled stays cached
+
+
+def gathering_world(max_gather: float, arrivals: list[str]) -> PoolWorld:
+    """A PoolWorld whose gathering window is 0.1 s of its clock, one Task of ``arrivals`` applied per window."""
+    w = PoolWorld(max_tasks=10)
+    w.r.pools.policy = PoolPolicy(max_tasks=10, window=0.1, max_gather=max_gather, min_waiting=3)
+    pending = list(arrivals)
+
+    def sleep(seconds: float) -> None:
+        w.clock.t += seconds
+        if pending:
+            w.task(pending.pop(0))
+
+    w.r.pools.sleep = sleep
+    return w
+
+
+def pooled_names(w: PoolWorld) -> list[list[str]]:
+    return [[r["name"] for r in s[1]["ops"]["expand_pool"]["config"]["tasks"]] for s in w.pool_submissions()]
+
+
+def test_a_pool_gathers_while_its_burst_keeps_coming():
+    w = gathering_world(max_gather=1.0, arrivals=["d", "e", "f"])
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    assert pooled_names(w) == [["a", "b", "c", "d", "e", "f"]]  # launched one window after "f"
+
+
+def test_a_pool_stops_gathering_after_max_gather():
+    w = gathering_world(max_gather=0.25, arrivals=[f"late-{i}" for i in range(20)])
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    assert pooled_names(w) == [["a", "b", "c", "late-0", "late-1", "late-2"]]
+
+
+def test_tasks_just_after_a_pool_make_the_next_pool_then_run_alone_once_the_burst_is_over():
+    w = PoolWorld(min_waiting=3)
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    w.tasks("d", "e")  # fewer than min_waiting, but the burst goes on
+    w.reconcile("d")
+    assert pooled_names(w) == [["a", "b", "c"], ["d", "e"]]
+    w.clock.t += w.r.pools.policy.max_gather
+    w.tasks("f", "g")
+    w.reconcile("f")
+    w.reconcile("g")
+    assert [s[0] for s in w.dagster.submitted[2:]] == [contract.TASK_JOB, contract.TASK_JOB]
