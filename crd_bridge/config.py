@@ -49,9 +49,7 @@ class BridgeConfig:
     pool_max_tasks: int = 200
     """The most standalone Tasks one pooled Dagster run takes (1: every Task gets a run of its own)."""
     pool_window: float = 0.1
-    """A pool's run is launched once this many seconds passed without a new Task of its burst."""
-    pool_max_gather: float = 1.0
-    """The most seconds a pool gathers while its burst's Tasks keep coming."""
+    """Seconds a pool gathers the Tasks of a burst before its run is launched."""
     pool_min_waiting: int = 8
     """Tasks of one WorkspaceConfig waiting for a run at once that make a burst (fewer: a run each)."""
     dagster_timeout: float = 10.0
@@ -217,14 +215,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         "--pool-window",
         type=float,
         default=e("POOL_WINDOW", "0.1"),
-        help="a pool's run is launched once this many seconds passed without a new Task [POOL_WINDOW] "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--pool-max-gather",
-        type=float,
-        default=e("POOL_MAX_GATHER", "1"),
-        help="the most seconds a pool gathers while Tasks keep coming [POOL_MAX_GATHER] (default %(default)s)",
+        help="seconds a pool gathers a burst's Tasks before its run is launched [POOL_WINDOW] (default %(default)s)",
     )
     p.add_argument(
         "--pool-min-waiting",
@@ -302,7 +293,6 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         batchrun_debounce=max(0.0, float(args.batchrun_debounce)),
         pool_max_tasks=max(1, int(args.pool_max_tasks)),
         pool_window=max(0.0, float(args.pool_window)),
-        pool_max_gather=max(0.0, float(args.pool_max_gather)),
         pool_min_waiting=max(1, int(args.pool_min_waiting)),
         dagster_timeout=float(args.dagster_timeout),
         log_level=str(args.log_level).upper(),

@@ -2,9 +2,8 @@
 
 A Dagster run has a fixed cost (queue, run worker, planning, a dozen event rows) that a burst of Tasks
 would otherwise pay once per Task. When at least ``PoolPolicy.min_waiting`` Tasks of one WorkspaceConfig
-(without a bridge-side limit) wait for a run, the worker that sees it gathers them while they keep
-coming (until ``window`` seconds pass without a new one, ``max_tasks`` wait or ``max_gather`` seconds
-passed), then claims up to ``max_tasks`` of them and launches one run for all. A Task that arrives alone goes
+(without a bridge-side limit) wait for a run, the worker that sees it gathers for ``window`` seconds,
+then claims up to ``max_tasks`` of them and launches one run for all. A Task that arrives alone goes
 on running in a ``task_job`` of its own, as before.
 
 Crash safety, in three writes: (1) each Task is claimed with the pool's id in its ``kubetask.io/pool``
@@ -45,11 +44,7 @@ class PoolPolicy:
     max_tasks: int = 200
     """The most Tasks in one pooled run (1: never pool)."""
     window: float = 0.1
-    """A pool stops gathering once this many seconds passed without a new Task."""
-    max_gather: float = 1.0
-    """The most seconds a pool gathers while Tasks keep coming. A burst applied over a few seconds then
-    makes a few large pools rather than many small ones: each pool is a run worker (~60 MB of its own,
-    a run's fixed cost in CPU), each Task of it only a thread."""
+    """Seconds a pool gathers Tasks after it opens."""
     min_waiting: int = 8
     """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run. Below it a run
     each costs little and starts sooner (no gathering window), and a Task keeps a run of its own."""
@@ -73,20 +68,11 @@ def run_url_of_step(run_url: str, obj: Mapping[str, Any]) -> str:
 class TaskPools:
     """The pools being gathered and launched by this bridge (thread-safe)."""
 
-    def __init__(
-        self,
-        kube: KubeApi,
-        dagster: Any,
-        policy: PoolPolicy,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
+    def __init__(self, kube: KubeApi, dagster: Any, policy: PoolPolicy, sleep: Callable[[float], None] = time.sleep):
         self.kube = kube
         self.dagster = dagster
         self.policy = policy
         self.sleep = sleep
-        self.clock = clock
-        self._closed_at: dict[Key, float] = {}  # when each group's last pool stopped gathering
         self._lock = threading.Lock()
         self._gathering: set[Key] = set()  # (namespace, WorkspaceConfig) with a pool being gathered
         self._in_flight: set[str] = set()  # uids this process is submitting or pooling, not yet recorded
@@ -115,15 +101,9 @@ class TaskPools:
         tags = {vocabulary.TAG_KIND: vocabulary.KIND_TASK, vocabulary.TAG_NAMESPACE: namespace}
         return {r.tags.get(vocabulary.TAG_UID) for r in self.dagster.find_runs(tags, limit=1000)} & uids
 
-    def bursting(self, group: Key) -> bool:
-        """Whether ``group``'s Tasks come as a burst: a pool gathers them, or one stopped gathering less
-        than ``max_gather`` seconds ago. The Tasks that arrive just after a pool launched then make the
-        next pool instead of a run each (in a 1,000-Task burst they were one Task in eight)."""
+    def gathering(self, group: Key) -> bool:
         with self._lock:
-            if group in self._gathering:
-                return True
-            closed = self._closed_at.get(group)
-        return closed is not None and self.clock() - closed < self.policy.max_gather
+            return group in self._gathering
 
     def open(self, group: Key) -> bool:
         """Become the gatherer of ``group``'s pool; False when another worker already is."""
@@ -136,7 +116,6 @@ class TaskPools:
     def close(self, group: Key) -> None:
         with self._lock:
             self._gathering.discard(group)
-            self._closed_at[group] = self.clock()
 
     def claim(self, tasks: Sequence[Obj], pool: str) -> list[Obj]:
         """Label each Task with ``pool`` (on the version it was read at); the Tasks claimed, as written."""

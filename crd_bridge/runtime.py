@@ -76,12 +76,7 @@ class Runtime:
             namespaces=config.namespaces,
             enqueue=self.queue.add_after,
             tenancy=tenancy,
-            pooling=PoolPolicy(
-                max_tasks=config.pool_max_tasks,
-                window=config.pool_window,
-                max_gather=config.pool_max_gather,
-                min_waiting=config.pool_min_waiting,
-            ),
+            pooling=PoolPolicy(config.pool_max_tasks, config.pool_window, config.pool_min_waiting),
         )
         self.batch_queue = WorkQueue()
         self.batchruns = BatchRunReconciler(

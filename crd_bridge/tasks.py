@@ -146,7 +146,7 @@ class Reconciler(ReconcileLoop):
         self.grace = grace
         self._ws_locks: dict[Key, threading.Lock] = {}
         self._dagster_failing = False
-        self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1), clock=self.clock)
+        self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1))
         self._pooled_runs: dict[str, tuple[float, RunInfo]] = {}  # run id -> (read at, the run)
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -332,23 +332,10 @@ class Reconciler(ReconcileLoop):
 
     def _burst(self, namespace: str, workspace: str) -> bool:
         """Whether Tasks of this WorkspaceConfig arrive together: a pool gathers them, or enough wait."""
-        if self.pools.bursting((namespace, workspace)):
+        if self.pools.gathering((namespace, workspace)):
             return True
         waiting = sum(1 for t in self.in_workspace(namespace, workspace) if is_waiting(t) and not pool_of(t))
         return waiting >= self.pools.policy.min_waiting
-
-    def _gather(self, group: Key) -> list[Obj]:
-        """The waiting Tasks of ``group`` once they stop coming: after a window without a new one, at
-        ``max_tasks``, or after ``max_gather`` seconds of gathering."""
-        policy = self.pools.policy
-        started, count = self.clock(), -1
-        while True:
-            self.pools.sleep(policy.window)
-            members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
-            none_arrived = len(members) <= count
-            if none_arrived or len(members) >= policy.max_tasks or self.clock() - started >= policy.max_gather:
-                return members[: policy.max_tasks]
-            count = len(members)
 
     def _pool(self, task: Obj, group: Key) -> float | None:
         """Gather the waiting Tasks of ``group`` for a moment, then launch one run for all of them. A worker
@@ -359,7 +346,9 @@ class Reconciler(ReconcileLoop):
         members: list[Obj] = []
         dagster_away = False
         try:
-            members = self._gather(group)
+            self.pools.sleep(self.pools.policy.window)
+            members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
+            members = members[: self.pools.policy.max_tasks]
             if members:
                 submitted = self.pools.with_runs(group[0], members)
                 for t in (t for t in members if objects.uid_of(t) in submitted):
