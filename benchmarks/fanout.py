@@ -16,7 +16,6 @@ import argparse
 import collections
 import functools
 import json
-import re
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import kubernetes
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,21 +55,17 @@ def inline(text: str) -> dict:
 def api_requests(stack: Stack, by_resource: bool = False) -> collections.Counter:
     """kube-apiserver's own request counters, by verb (or by "verb resource[/subresource]")."""
     counts: collections.Counter = collections.Counter()
-    for line in stack.run("get", "--raw", "/metrics").splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels, value = line.rsplit(" ", 1)
-            key = _label(labels, "verb")
+    for family in text_string_to_metric_families(stack.run("get", "--raw", "/metrics")):
+        for sample in family.samples:
+            if sample.name != "apiserver_request_total":
+                continue
+            labels = sample.labels
+            key = labels.get("verb", "")
             if by_resource:
-                sub = _label(labels, "subresource")
-                key = f"{key} {_label(labels, 'resource')}{'/' + sub if sub else ''}"
-            counts[key] += float(value)
+                sub = labels.get("subresource")
+                key = f"{key} {labels.get('resource', '')}{'/' + sub if sub else ''}"
+            counts[key] += sample.value
     return counts
-
-
-def _label(labels: str, name: str) -> str:
-    """One label's value out of a Prometheus sample's ``{...}`` ("" when it has none)."""
-    found = re.search(rf'[{{,]{name}="([^"]*)"', labels)
-    return found.group(1) if found else ""
 
 
 class JobCounter:

@@ -6,7 +6,8 @@ A run worker writes about fifteen event rows per Task, from each step's own thre
 paid a TCP connect, an authentication and a server backend forked for it: the per-event round trips
 behind a 1,000-Task fan-out at 2.17x its floor on Postgres against 1.53x on SQLite (BENCHMARKS.md).
 The run storage is no quieter in a run of many steps: each step's output goes through it
-(``RunStorageIOManager``), and Dagster looks the run up at each step's start and end; in a burst of
+(``RunStorageIOManager``), and Dagster looks the run up on run events, each time reflecting the runs
+table's columns on a connection of its own (``has_run_stats_index_cols``); in a burst of
 pooled Tasks its connects were a fifth of the run workers' CPU (py-spy, BENCHMARKS.md).
 
 A run worker is one long-lived instance, so its event log and its run storage get a pool each
@@ -39,13 +40,12 @@ POOL_RECYCLE_SECONDS = 3600
 def keep_connections_open(instance: Any) -> None:
     """Pool the Postgres storages of this process's instance (``POOLS``), or give its SQLite event log
     one open connection per file (once per storage)."""
+    event_log: Any = getattr(instance, "event_log_storage", None)
+    if type(event_log).__name__ == "SqliteEventLogStorage":
+        _keep_sqlite_connections_open(event_log)
     for attribute, (size, overflow) in POOLS.items():
         storage: Any = getattr(instance, attribute, None)
-        if storage is None:
-            continue
-        if type(storage).__name__ == "SqliteEventLogStorage":
-            _keep_sqlite_connections_open(storage)
-        elif type(storage).__module__.split(".")[0] == "dagster_postgres":
+        if type(storage).__module__.split(".")[0] == "dagster_postgres":
             _pool_postgres(storage, size, overflow)
     run_storage: Any = getattr(instance, "run_storage", None)
     if hasattr(run_storage, "has_run_stats_index_cols") and "has_run_stats_index_cols" not in vars(run_storage):

@@ -12,6 +12,7 @@ import yaml
 from dagster._core.instance_for_test import instance_for_test
 
 from benchmarks.postgres import dagster_storage_yaml, postgres_server
+from kubetask_dagster.execution.connections import keep_connections_open
 from tests.chatty_jobs import LOG_LINES, kube_job, plain_job
 
 pytestmark = pytest.mark.integration
@@ -50,3 +51,18 @@ def test_a_run_with_the_kube_resource_reuses_its_connections(postgres_url):
     assert dagster_default > LOG_LINES  # a session per event row, and more
     # the log lines' rows cost no session now; what is left opens before the resource is set up
     assert dagster_default - ours >= LOG_LINES, (ours, dagster_default)
+
+
+def test_a_run_workers_run_lookups_reuse_their_connections(postgres_url):
+    with instance_for_test(overrides=yaml.safe_load(dagster_storage_yaml(postgres_url))) as instance:
+        before = sessions(postgres_url)
+        for _ in range(10):
+            instance.get_run_by_id("no-such-run")
+        dagster_default = sessions(postgres_url) - before - 1
+        keep_connections_open(instance)
+        before = sessions(postgres_url)
+        for _ in range(10):
+            instance.get_run_by_id("no-such-run")
+        ours = sessions(postgres_url) - before - 1
+    assert dagster_default >= 10  # a session per statement: the lookup, and the runs table's reflection
+    assert ours <= 2, ours  # the pool's connections, opened once
