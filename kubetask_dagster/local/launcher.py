@@ -203,7 +203,12 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
             return False
         self._instance.report_run_canceling(run)
         pid = worker_pid(run)
-        if pid is None or not _is_run_worker(pid):
+        if pid is not None and not _is_run_worker(pid):
+            # Its worker has exited (often just now, after recording the end that this read missed): no
+            # process is left to record the cancellation, which run monitoring would only do minutes later.
+            self._instance.report_run_canceled(run, f"Run worker {pid} had already exited")
+            return False
+        if pid is None:
             self._instance.report_engine_event(
                 f"No run worker of this host to interrupt (pid {run.tags.get(PID_TAG)!r} on {run.tags.get(HOST_TAG)!r})",
                 run,

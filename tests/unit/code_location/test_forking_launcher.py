@@ -145,3 +145,15 @@ def test_only_the_owner_may_ask_the_zygote_for_a_worker(instance, tmp_path):
     wait_until(lambda: instance.get_run_by_id(run_id).is_finished)
     sock = Path(instance.root_directory) / "run-worker-zygote.sock"
     assert sock.is_socket() and sock.stat().st_mode & 0o777 == 0o600
+
+
+def test_terminating_a_run_whose_worker_has_exited_cancels_it_at_once(instance, tmp_path):
+    """The bridge's terminate can read a run just before its worker records the end and exits: nobody
+    is left to turn CANCELING into CANCELED, so terminate does."""
+    marker = tmp_path / "pid"
+    run_id = launch(instance, launcher_jobs.slow_job, marker)
+    worker = int(wait_until(lambda: marker.exists() and marker.read_text()))
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2])
+    assert not instance.run_launcher.terminate(run_id)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
