@@ -70,8 +70,8 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
     stack_pids: dict[str, int] = {}
     bridge = None
     try:
-        out = subprocess.run([cluster, "start"], env=env, check=True, capture_output=True, text=True).stdout
-        stops.append([cluster, "stop"])
+        stops.append([cluster, "stop"])  # before start: a start that fails half-way stops what it started
+        out = _start(cluster, env)
         env["KUBECONFIG"] = kubeconfig = _exports(out)["KUBECONFIG"]
         for name in CONTROL_PLANE:
             pid_file = run_root / "cluster" / f"{name}.pid"
@@ -88,8 +88,8 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             if storage == "postgres":
                 stack.postgres_url = servers.enter_context(postgres_server(run_root))
                 env["KUBETASK_DAGSTER_POSTGRES_URL"] = sqlalchemy_url(stack.postgres_url)
-            out = subprocess.run([dagster_script, "start"], env=env, check=True, capture_output=True, text=True).stdout
             stops.append([dagster_script, "stop"])
+            out = _start(dagster_script, env)
             stack.dagster_url = _exports(out)["DAGSTER_URL"]
             for name in ("code-server", "webserver", "daemon"):
                 stack.pids[name] = int((run_root / "dagster" / "run" / f"{name}.pid").read_text())
@@ -120,6 +120,14 @@ def _local_stack(servers: contextlib.ExitStack, *, dagster: bool, bridge_args: t
             bridge.wait(15)
         for cmd in reversed(stops):
             subprocess.run(cmd, env=env, capture_output=True)
+
+
+def _start(script: str, env: dict[str, str]) -> str:
+    """Run `script start`; its exports on success, its own error output in the exception otherwise."""
+    done = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{script} start failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done.stdout
 
 
 def _wait_for_startup_reload(log: Path, timeout: float = 60.0) -> None:
