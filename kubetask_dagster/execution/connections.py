@@ -24,11 +24,12 @@ so one thread at a time, as before).
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from kubetask_dagster.execution.schema_checks import remember_run_table_columns
 
 POOLS = {  # storage attribute of the instance: (connections kept, more opened while threads queue for them)
     "event_log_storage": (8, 8),  # a pooled run's or a BatchRun's steps write events at the same time
@@ -47,11 +48,7 @@ def keep_connections_open(instance: Any) -> None:
         storage: Any = getattr(instance, attribute, None)
         if type(storage).__module__.split(".")[0] == "dagster_postgres":
             _pool_postgres(storage, size, overflow)
-    run_storage: Any = getattr(instance, "run_storage", None)
-    if hasattr(run_storage, "has_run_stats_index_cols") and "has_run_stats_index_cols" not in vars(run_storage):
-        # Dagster reflects the runs table's columns at every run lookup (a step's start, its events);
-        # the schema does not change under a running run: ask once
-        run_storage.has_run_stats_index_cols = functools.cache(run_storage.has_run_stats_index_cols)
+    remember_run_table_columns(getattr(instance, "run_storage", None))  # a step's start and its events look the run up
 
 
 def _pool_postgres(storage: Any, size: int, overflow: int) -> None:

@@ -48,6 +48,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
+from kubetask_dagster.execution import schema_checks
 from kubetask_dagster.local import sqlite_tuning
 
 PID_TAG = "kubetask/run-worker-pid"
@@ -89,6 +90,13 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         self._zygote: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
         super().__init__()
+
+    def register_instance(self, instance: Any) -> None:
+        """Also spare this process's instance (the webserver's, the daemon's) the schema checks it
+        repeats for every run (``kubetask_dagster.execution.schema_checks``)."""
+        super().register_instance(instance)
+        schema_checks.share_migration_scripts()
+        schema_checks.remember_run_table_columns(instance.run_storage)
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
@@ -382,7 +390,7 @@ def _warm_up() -> None:
     instance is closed again so no connection crosses the fork."""
     for module in PRELOAD:
         importlib.import_module(module)
-    _share_migration_scripts()
+    schema_checks.share_migration_scripts()
     try:
         from dagster import DagsterInstance
 
@@ -394,28 +402,6 @@ def _warm_up() -> None:
     # copies) every page of these objects (Python's advice for fork without exec, gc.freeze)
     gc.collect()
     gc.freeze()
-
-
-def _share_migration_scripts() -> None:
-    """Every storage a worker opens (three, plus on SQLite each run's own event-log file) checks its
-    schema against alembic's migration scripts and reads all of them to do so: ~60 ms of CPU each,
-    a quarter of a second before a run's first step. The scripts do not change while the zygote
-    lives, so its workers share the zygote's one reading of each directory."""
-    from alembic.script import ScriptDirectory
-    from dagster._core.storage import sql
-
-    read: dict[str, ScriptDirectory] = {}
-
-    class SharedScriptDirectory:
-        @staticmethod
-        def from_config(config: Any) -> ScriptDirectory:
-            location = config.get_main_option("script_location")
-            if location not in read:
-                read[location] = ScriptDirectory.from_config(config)
-            return read[location]
-
-    # check_alembic_revision, the only reader, looks the name up in its module when called.
-    sql.ScriptDirectory = SharedScriptDirectory  # type: ignore[misc,assignment]
 
 
 def _run_worker(serialized_args: str) -> None:
