@@ -48,7 +48,11 @@ RUNNING = TaskPhase.RUNNING.value
 FAILED = TaskPhase.FAILED.value
 STOPPED = TaskPhase.STOPPED.value
 
-POOLED_RUN_MAX_AGE = 1.0  # seconds a pooled run's status, read for one of its Tasks, serves the others
+SUBMITTED_RUN_STATUS = "QUEUED"  # what a run just submitted is taken to be until it is read
+RUN_READ_MAX_AGE = 1.0
+"""Seconds a run's status, once read (or just submitted), serves the next watch events of its Tasks: each
+status write brings a Task back to ``_follow``, whose drift check only matters once the run ended; the
+periodic pass reads every run afresh."""
 
 BY_WORKSPACE = "workspace"
 """Index of the Task cache: (namespace, WorkspaceConfig name)."""
@@ -147,7 +151,7 @@ class Reconciler(ReconcileLoop):
         self._ws_locks: dict[Key, threading.Lock] = {}
         self._dagster_failing = False
         self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1))
-        self._pooled_runs: dict[str, tuple[float, RunInfo]] = {}  # run id -> (read at, the run)
+        self._runs_read: dict[str, tuple[float, RunInfo]] = {}  # run id -> (read at, the run)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -317,6 +321,7 @@ class Reconciler(ReconcileLoop):
                 return None
             metrics.SUBMIT_LATENCY.observe(time.monotonic() - started)
             metrics.SUBMISSIONS.inc()
+            self._remember_runs({run_id: RunInfo(run_id, SUBMITTED_RUN_STATUS)})
             created = objects.created_at(task)
             if created is not None:
                 metrics.TASK_TO_RUN.observe(max(0.0, self.clock() - created))
@@ -374,6 +379,7 @@ class Reconciler(ReconcileLoop):
                 self.pools.each(claimed, lambda t: self._fail_unsubmitted(t, vocabulary.RUN_SUBMISSION_FAILED, message))
                 return None
             metrics.SUBMISSIONS.inc()
+            self._remember_runs({run_id: RunInfo(run_id, SUBMITTED_RUN_STATUS)})
             log.info("pooled %d Tasks of %s/%s in Dagster run %s (pool %s)", len(claimed), *group, run_id, pool)
             self.pools.each(claimed, lambda t: self._record_run(t, run_id, pooled_with=len(claimed)))
             return None
@@ -478,6 +484,9 @@ class Reconciler(ReconcileLoop):
     # --- stop ----------------------------------------------------------------------------------
 
     def _stop(self, task: Obj, run_id: str | None) -> float | None:
+        if run_id is not None:
+            with self._lock:  # a stop changes the run: follow it on fresh reads
+                self._runs_read.pop(run_id, None)
         if run_id is not None and pool_of(task):
             self._announce_stop(task, run_id, f"stop requested: its step in Dagster run {run_id} stops it")
             return self._follow(task, run_id)
@@ -510,7 +519,7 @@ class Reconciler(ReconcileLoop):
     def _follow(self, task: Obj, run_id: str) -> float | None:
         """Drift check: a finished run whose Task is not terminal gets its terminal status after a grace."""
         try:
-            run: RunInfo | None = self._pooled_run(run_id) if pool_of(task) else self.dagster.get_run(run_id)
+            run: RunInfo | None = self._recent_run(run_id)
         except RunNotFound:
             run = None
         if run is not None and not run.finished:
@@ -529,20 +538,25 @@ class Reconciler(ReconcileLoop):
                 return self._adopt(task, successor)
         return self._settle(objects.key_of(task), run_id, run)
 
-    def _pooled_run(self, run_id: str) -> RunInfo:
-        """A pooled run as read at most POOLED_RUN_MAX_AGE seconds ago: each status write of each of its
-        Tasks brings the Task back here, and one read serves them all."""
+    def _recent_run(self, run_id: str) -> RunInfo:
+        """A run as read at most RUN_READ_MAX_AGE seconds ago: the status writes of a Task (of all the Tasks
+        of a pooled run) come in quick succession, and one read serves them all."""
         now = self.clock()
         with self._lock:
-            read_at, run = self._pooled_runs.get(run_id, (float("-inf"), None))
-        if run is not None and now - read_at <= POOLED_RUN_MAX_AGE:
+            read_at, run = self._runs_read.get(run_id, (float("-inf"), None))
+        if run is not None and now - read_at <= RUN_READ_MAX_AGE:
             return run
         run = self.dagster.get_run(run_id)
-        with self._lock:
-            self._pooled_runs[run_id] = (now, run)
-            for stale in [k for k, (at, _) in self._pooled_runs.items() if now - at > 60 * POOLED_RUN_MAX_AGE]:
-                del self._pooled_runs[stale]
+        self._remember_runs({run_id: run})
         return run
+
+    def _remember_runs(self, runs: Mapping[str, RunInfo]) -> None:
+        now = self.clock()
+        with self._lock:
+            for run_id, run in runs.items():
+                self._runs_read[run_id] = (now, run)
+            for stale in [k for k, (at, _) in self._runs_read.items() if now - at > 60 * RUN_READ_MAX_AGE]:
+                del self._runs_read[stale]
 
     def _successor_run(self, task: Obj, run_id: str) -> RunInfo | None:
         """An active run of the same Task other than ``run_id`` (a re-execution from Dagster's UI)."""
@@ -615,6 +629,7 @@ class Reconciler(ReconcileLoop):
         if with_run:
             try:
                 runs: dict[str, RunInfo] | None = self.dagster.get_runs(objects.run_id_of(t) for t in with_run)
+                self._remember_runs(runs or {})
             except DagsterError as e:
                 log.debug("periodic pass: no run statuses from Dagster: %s", e)
                 runs = None

@@ -665,6 +665,29 @@ def test_a_reexecution_started_in_dagster_is_adopted_not_failed():
     assert "RunAdopted" in w.kube.reasons("a")
 
 
+def test_status_writes_in_quick_succession_read_the_run_once_and_the_periodic_pass_reads_it_afresh():
+    w = World(grace=0)
+    w.task("a")
+    w.reconcile("a")  # submitted: known to be active without asking Dagster
+    run_id = w.status("a")["dagsterRunId"]
+    for phase in ("Pending", "Running", "Running"):  # the run's own status writes, each a watch event
+        w.kube.write_status("tasks", "a", {"phase": phase})
+        w.sync("a")
+        assert w.reconcile("a") is None
+    assert w.dagster.get_run_calls == 0
+    w.clock.t += 2
+    w.sync("a")
+    w.reconcile("a")
+    assert w.dagster.get_run_calls == 1
+    # The run ends without the Task's terminal write: the next periodic pass sees it, and the Task
+    # settles on that read, within the cache's age
+    w.dagster.finish(run_id, "FAILURE", end_time=w.clock.t)
+    w.r.periodic()
+    assert w.reconcile("a") is None
+    assert w.status("a")["phase"] == "Failed"
+    assert w.dagster.get_run_calls == 1
+
+
 def test_periodic_pass_enqueues_tasks_whose_run_finished_or_vanished():
     w = World()
     t1 = w.task("live", status=running_status("r1"))
