@@ -190,6 +190,16 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         probe.close()  # a connection that sends nothing is a probe to the zygote
         return True
 
+    def start_zygote(self) -> bool:
+        """Start this launcher's zygote now rather than at its first launch; whether one answers."""
+        with self._lock:
+            try:
+                self._running_zygote()
+            except DagsterLaunchFailedError:
+                traceback.print_exc()  # the first launch tries again and fails the run with this error
+                return False
+        return True
+
     def _stop_zygote(self) -> None:
         if self._zygote is not None:
             try:

@@ -140,6 +140,35 @@ def test_another_process_launches_through_the_running_zygote(instance, tmp_path)
         other.dispose()
 
 
+def test_the_local_daemon_starts_the_zygote_before_the_first_launch(instance, tmp_path):
+    """kubetask_dagster.local.daemon: a zygote answers before any run is launched (the webserver launches
+    at once), and the daemon's own launcher forks through it instead of starting a second one."""
+    from kubetask_dagster.local import daemon
+
+    early = DagsterInstance.from_ref(instance.get_ref())  # the daemon process's early instance
+    try:
+        assert not instance.run_launcher.warm()
+        assert daemon.start_zygote(early) == daemon.READY
+        assert instance.run_launcher.warm()
+        marker = tmp_path / "pid"
+        run_id = launch(instance, launcher_jobs.slow_job, marker)
+        worker = int(wait_until(lambda: marker.exists() and marker.read_text()))
+        assert instance.run_launcher._zygote is None
+        assert parent_of(worker) == early.run_launcher._zygote.pid
+        assert instance.run_launcher.terminate(run_id)
+        assert wait_until(lambda: (r := instance.get_run_by_id(run_id)).is_finished and r, timeout=30).status == DagsterRunStatus.CANCELED
+    finally:
+        early.run_launcher.dispose()
+        early.dispose()
+
+
+def test_the_local_daemon_starts_no_zygote_for_another_launcher():
+    from kubetask_dagster.local import daemon
+
+    with instance_for_test() as other:
+        assert daemon.start_zygote(other) == daemon.NO_ZYGOTE
+
+
 def test_only_the_owner_may_ask_the_zygote_for_a_worker(instance, tmp_path):
     run_id = launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
     wait_until(lambda: instance.get_run_by_id(run_id).is_finished)
