@@ -48,10 +48,16 @@ class BridgeConfig:
     """Minimum seconds between two progress writes of one BatchRun's status."""
     pool_max_tasks: int = 200
     """The most standalone Tasks one pooled Dagster run takes (1: every Task gets a run of its own)."""
-    pool_window: float = 0.1
-    """Seconds a pool gathers the Tasks of a burst before its run is launched."""
+    pool_window: float = 0.25
+    """A pool's run is launched once this many seconds passed without a new Task of its burst."""
+    pool_max_gather: float = 1.0
+    """The most seconds a pool gathers while its burst's Tasks keep coming."""
+    pool_linger: float = 5.0
+    """Seconds a burst is taken to go on after its last pool: Tasks arriving meanwhile wait (up to this
+    long) for ``pool_min_waiting`` of them to share the next pool."""
     pool_min_waiting: int = 8
-    """Tasks of one WorkspaceConfig waiting for a run at once that make a burst (fewer: a run each)."""
+    """Tasks of one WorkspaceConfig waiting for a run at once, or arriving within ``pool_max_gather`` seconds,
+    that make a burst (fewer: a run each)."""
     dagster_timeout: float = 10.0
     """HTTP timeout of one GraphQL request."""
     log_level: str = "INFO"
@@ -214,14 +220,29 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     p.add_argument(
         "--pool-window",
         type=float,
-        default=e("POOL_WINDOW", "0.1"),
-        help="seconds a pool gathers a burst's Tasks before its run is launched [POOL_WINDOW] (default %(default)s)",
+        default=e("POOL_WINDOW", "0.25"),
+        help="a pool's run is launched once this many seconds passed without a new Task [POOL_WINDOW] "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-max-gather",
+        type=float,
+        default=e("POOL_MAX_GATHER", "1"),
+        help="the most seconds a pool gathers while Tasks keep coming [POOL_MAX_GATHER] (default %(default)s)",
+    )
+    p.add_argument(
+        "--pool-linger",
+        type=float,
+        default=e("POOL_LINGER", "5"),
+        help="seconds a burst is taken to go on after its last pool: Tasks arriving meanwhile wait up to this "
+        "long to share the next one [POOL_LINGER] (default %(default)s)",
     )
     p.add_argument(
         "--pool-min-waiting",
         type=int,
         default=e("POOL_MIN_WAITING", "8"),
-        help="Tasks of one WorkspaceConfig waiting at once that make a burst worth a pooled run [POOL_MIN_WAITING] "
+        help="Tasks of one WorkspaceConfig waiting at once, or arriving within --pool-max-gather seconds, that make "
+        "a burst worth a pooled run [POOL_MIN_WAITING] "
         "(default %(default)s)",
     )
     p.add_argument(
@@ -293,6 +314,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         batchrun_debounce=max(0.0, float(args.batchrun_debounce)),
         pool_max_tasks=max(1, int(args.pool_max_tasks)),
         pool_window=max(0.0, float(args.pool_window)),
+        pool_max_gather=max(0.0, float(args.pool_max_gather)),
+        pool_linger=max(0.0, float(args.pool_linger)),
         pool_min_waiting=max(1, int(args.pool_min_waiting)),
         dagster_timeout=float(args.dagster_timeout),
         log_level=str(args.log_level).upper(),

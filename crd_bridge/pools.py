@@ -2,8 +2,9 @@
 
 A Dagster run has a fixed cost (queue, run worker, planning, a dozen event rows) that a burst of Tasks
 would otherwise pay once per Task. When at least ``PoolPolicy.min_waiting`` Tasks of one WorkspaceConfig
-(without a bridge-side limit) wait for a run, the worker that sees it gathers for ``window`` seconds,
-then claims up to ``max_tasks`` of them and launches one run for all. A Task that arrives alone goes
+(without a bridge-side limit) wait for a run, the worker that sees it gathers them while they keep
+coming (until ``window`` seconds pass without a new one, ``max_tasks`` wait or ``max_gather`` seconds
+passed), then claims up to ``max_tasks`` of them and launches one run for all. A Task that arrives alone goes
 on running in a ``task_job`` of its own, as before.
 
 Crash safety, in three writes: (1) each Task is claimed with the pool's id in its ``kubetask.io/pool``
@@ -20,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from .kube import TASKS, Conflict, Gone, KubeApi
 log = logging.getLogger(__name__)
 
 CLAIM_WORKERS = 8
+CLOCK_SKEW_SECONDS = 300.0  # between the API server's creation timestamps and Dagster's run creation times
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,21 @@ class PoolPolicy:
 
     max_tasks: int = 200
     """The most Tasks in one pooled run (1: never pool)."""
-    window: float = 0.1
-    """Seconds a pool gathers Tasks after it opens."""
+    window: float = 0.25
+    """A pool stops gathering once this many seconds passed without a new Task."""
+    max_gather: float = 1.0
+    """The most seconds a pool gathers while Tasks keep coming. A burst applied over a few seconds then
+    makes a few large pools rather than many small ones: each pool is a run worker (~60 MB of its own,
+    a run's fixed cost in CPU), each Task of it only a thread."""
+    linger: float = 5.0
+    """Seconds a burst is taken to go on after its last pool stopped gathering. A Task that arrives
+    meanwhile, while fewer than ``min_waiting`` arrive together, waits up to this long for that many to
+    share the next pool instead of taking a run of its own: under load a burst's Tasks arrive slowly
+    (``kubectl apply`` waits on a busy API server), and a run each made that load worse."""
     min_waiting: int = 8
-    """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run. Below it a run
-    each costs little and starts sooner (no gathering window), and a Task keeps a run of its own."""
+    """A pool opens when at least this many Tasks of one WorkspaceConfig wait for a run, or arrived
+    within the last ``max_gather`` seconds. Below it a run each costs little and starts sooner (no
+    gathering window), and a Task keeps a run of its own."""
 
     @property
     def enabled(self) -> bool:
@@ -68,11 +81,21 @@ def run_url_of_step(run_url: str, obj: Mapping[str, Any]) -> str:
 class TaskPools:
     """The pools being gathered and launched by this bridge (thread-safe)."""
 
-    def __init__(self, kube: KubeApi, dagster: Any, policy: PoolPolicy, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        kube: KubeApi,
+        dagster: Any,
+        policy: PoolPolicy,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.kube = kube
         self.dagster = dagster
         self.policy = policy
         self.sleep = sleep
+        self.clock = clock
+        self._closed_at: dict[Key, float] = {}  # when each group's last pool stopped gathering
+        self._arrivals: dict[Key, deque[float]] = {}  # when each group's recent new Tasks were seen
         self._lock = threading.Lock()
         self._gathering: set[Key] = set()  # (namespace, WorkspaceConfig) with a pool being gathered
         self._in_flight: set[str] = set()  # uids this process is submitting or pooling, not yet recorded
@@ -96,14 +119,48 @@ class TaskPools:
 
     def with_runs(self, namespace: str, tasks: Sequence[Obj]) -> set[str]:
         """The uids among ``tasks`` that already have a run of their own (a bridge that died between
-        submitting it and writing the status): one query for the namespace's Task runs."""
+        submitting it and writing the status): one query for the namespace's Task runs created since the
+        oldest of them (every earlier run of the namespace would otherwise come back with each pool)."""
         uids = {objects.uid_of(t) for t in tasks}
         tags = {vocabulary.TAG_KIND: vocabulary.KIND_TASK, vocabulary.TAG_NAMESPACE: namespace}
-        return {r.tags.get(vocabulary.TAG_UID) for r in self.dagster.find_runs(tags, limit=1000)} & uids
+        created = [c for c in (objects.created_at(t) for t in tasks) if c is not None]
+        since = min(created) - CLOCK_SKEW_SECONDS if len(created) == len(tasks) else None
+        return {
+            r.tags.get(vocabulary.TAG_UID) for r in self.dagster.find_runs(tags, limit=1000, created_after=since)
+        } & uids
 
-    def gathering(self, group: Key) -> bool:
+    def arrived(self, group: Key) -> None:
+        """A new Task of ``group`` waits for a run."""
+        now = self.clock()
         with self._lock:
-            return group in self._gathering
+            seen = self._arrivals.setdefault(group, deque())
+            seen.append(now)
+            while seen and now - seen[0] >= self.policy.max_gather:
+                seen.popleft()
+
+    def bursting(self, group: Key) -> bool:
+        """Whether ``group``'s Tasks come as a burst: a pool gathers them, ``min_waiting`` of them arrived
+        within ``max_gather`` seconds, or a pool stopped gathering less than ``linger`` seconds ago. A burst applied
+        while the API server is busy arrives over many seconds, a few Tasks at a time, each decided at
+        once: counting only those waiting at one instant ran most of a 1,000-Task burst alone or in pools
+        of two or three, a run worker each."""
+        with self._lock:
+            if group in self._gathering:
+                return True
+        return self.surging(group) or self.lingering(group)
+
+    def surging(self, group: Key) -> bool:
+        """Whether ``min_waiting`` Tasks of ``group`` arrived within the last ``max_gather`` seconds."""
+        now = self.clock()
+        with self._lock:
+            seen = list(self._arrivals.get(group) or ())
+        return sum(1 for t in seen if now - t < self.policy.max_gather) >= self.policy.min_waiting
+
+    def lingering(self, group: Key) -> bool:
+        """Whether ``group``'s last pool stopped gathering less than ``linger`` seconds ago."""
+        with self._lock:
+            closed = self._closed_at.get(group)
+        return closed is not None and self.clock() - closed < self.policy.linger
 
     def open(self, group: Key) -> bool:
         """Become the gatherer of ``group``'s pool; False when another worker already is."""
@@ -116,6 +173,7 @@ class TaskPools:
     def close(self, group: Key) -> None:
         with self._lock:
             self._gathering.discard(group)
+            self._closed_at[group] = self.clock()
 
     def claim(self, tasks: Sequence[Obj], pool: str) -> list[Obj]:
         """Label each Task with ``pool`` (on the version it was read at); the Tasks claimed, as written."""

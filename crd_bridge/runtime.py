@@ -76,7 +76,13 @@ class Runtime:
             namespaces=config.namespaces,
             enqueue=self.queue.add_after,
             tenancy=tenancy,
-            pooling=PoolPolicy(config.pool_max_tasks, config.pool_window, config.pool_min_waiting),
+            pooling=PoolPolicy(
+                max_tasks=config.pool_max_tasks,
+                window=config.pool_window,
+                max_gather=config.pool_max_gather,
+                linger=config.pool_linger,
+                min_waiting=config.pool_min_waiting,
+            ),
         )
         self.batch_queue = WorkQueue()
         self.batchruns = BatchRunReconciler(

@@ -48,6 +48,7 @@ RUNNING = TaskPhase.RUNNING.value
 FAILED = TaskPhase.FAILED.value
 STOPPED = TaskPhase.STOPPED.value
 
+TRICKLE_LOOK_SECONDS = 0.1  # how often a pool waiting for a slow burst looks for its Tasks
 SUBMITTED_RUN_STATUS = "QUEUED"  # what a run just submitted is taken to be until it is read
 RUN_READ_MAX_AGE = 1.0
 """Seconds a run's status, once read (or just submitted), serves the next watch events of its Tasks: each
@@ -150,7 +151,7 @@ class Reconciler(ReconcileLoop):
         self.grace = grace
         self._ws_locks: dict[Key, threading.Lock] = {}
         self._dagster_failing = False
-        self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1))
+        self.pools = TaskPools(kube, dagster, pooling or PoolPolicy(max_tasks=1), clock=self.clock)
         self._runs_read: dict[str, tuple[float, RunInfo]] = {}  # run id -> (read at, the run)
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -195,6 +196,8 @@ class Reconciler(ReconcileLoop):
             return
         old = self.store.put(obj)
         current = self.store.get(key) or obj
+        if old is None and is_waiting(current) and not executed_elsewhere(current):
+            self.pools.arrived((key[0], workspace_of(current)))
         if old is not None:
             count_reported_usage(old, current)
         if old is not None and is_active(old) and not is_active(current):
@@ -337,10 +340,30 @@ class Reconciler(ReconcileLoop):
 
     def _burst(self, namespace: str, workspace: str) -> bool:
         """Whether Tasks of this WorkspaceConfig arrive together: a pool gathers them, or enough wait."""
-        if self.pools.gathering((namespace, workspace)):
+        if self.pools.bursting((namespace, workspace)):
             return True
         waiting = sum(1 for t in self.in_workspace(namespace, workspace) if is_waiting(t) and not pool_of(t))
         return waiting >= self.pools.policy.min_waiting
+
+    def _gather(self, group: Key) -> list[Obj]:
+        """The waiting Tasks of ``group`` once they stop coming: after a window without a new one, at
+        ``max_tasks``, or after ``max_gather`` seconds of gathering. A burst that goes on slowly (its last
+        pool launched less than ``linger`` seconds ago, too few arrive together) is waited for until
+        ``min_waiting`` Tasks wait, for at most ``linger`` seconds."""
+        policy = self.pools.policy
+        trickle = self.pools.lingering(group) and not self.pools.surging(group)
+        deadline = policy.linger if trickle else policy.max_gather
+        started, count = self.clock(), -1
+        while True:
+            self.pools.sleep(max(policy.window, TRICKLE_LOOK_SECONDS) if trickle else policy.window)
+            members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
+            if len(members) >= policy.max_tasks or self.clock() - started >= deadline:
+                return members[: policy.max_tasks]
+            if trickle and len(members) < policy.min_waiting:
+                continue
+            if len(members) <= count:  # none arrived in the last window
+                return members
+            count = len(members)
 
     def _pool(self, task: Obj, group: Key) -> float | None:
         """Gather the waiting Tasks of ``group`` for a moment, then launch one run for all of them. A worker
@@ -349,11 +372,9 @@ class Reconciler(ReconcileLoop):
             return None
         claimed: list[Obj] = []
         members: list[Obj] = []
-        dagster_away = False
+        dagster_away = handed_over = False
         try:
-            self.pools.sleep(self.pools.policy.window)
-            members = [t for t in self.waiting(*group) if not pool_of(t) and not self.pools.busy(t)]
-            members = members[: self.pools.policy.max_tasks]
+            members = self._gather(group)
             if members:
                 submitted = self.pools.with_runs(group[0], members)
                 for t in (t for t in members if objects.uid_of(t) in submitted):
@@ -369,6 +390,7 @@ class Reconciler(ReconcileLoop):
             claimed = self.pools.claim(members, pool)
             for t in claimed:
                 self.store.put(t)
+            handed_over = self._hand_over(group)  # the next pool gathers while this one launches
             if not claimed:
                 return None
             try:
@@ -392,11 +414,18 @@ class Reconciler(ReconcileLoop):
             raise
         finally:
             self.pools.release(claimed)
-            self.pools.close(group)
-            if not dagster_away:
-                for t in self.waiting(*group):  # what this pool left (it was full, or a claim lost a race)
-                    if not pool_of(t):
-                        self.enqueue(objects.key_of(t))
+            if not handed_over:
+                self._hand_over(group, enqueue=not dagster_away)
+
+    def _hand_over(self, group: Key, *, enqueue: bool = True) -> bool:
+        """Stop gathering for ``group`` and give what this pool left (it was full, a claim lost a race, or
+        they came after it) to the next decision."""
+        self.pools.close(group)
+        if enqueue:
+            for t in self.waiting(*group):
+                if not pool_of(t):
+                    self.enqueue(objects.key_of(t))
+        return True
 
     def _recover_claim(self, task: Obj) -> float | None:
         """A claimed Task without a run: record its pool's run, or drop the claim of a pool never launched."""

@@ -316,11 +316,15 @@ class DagsterClient:
         *,
         statuses: Iterable[str] | None = None,
         limit: int | None = 100,
+        created_after: float | None = None,
     ) -> list[RunInfo]:
-        """Runs carrying all ``tags`` (newest first), optionally only in ``statuses``."""
+        """Runs carrying all ``tags`` (newest first), optionally only in ``statuses`` or created after a
+        Unix time."""
         flt: dict[str, Any] = {"tags": tag_list(tags)}
         if statuses is not None:
             flt["statuses"] = list(statuses)
+        if created_after is not None:
+            flt["createdAfter"] = created_after
         result = self.execute(RUNS, {"filter": flt, "limit": limit})["runsOrError"]
         if result["__typename"] != "Runs":
             raise DagsterError(f"runsOrError answered {result['__typename']}: {result.get('message')}")

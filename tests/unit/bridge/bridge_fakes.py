@@ -244,7 +244,12 @@ class FakeDagster:
         return self.add_run("QUEUED", tags)
 
     def find_runs(
-        self, tags: Mapping[str, str], *, statuses: Iterable[str] | None = None, limit: int | None = 100
+        self,
+        tags: Mapping[str, str],
+        *,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = 100,
+        created_after: float | None = None,
     ) -> list[RunInfo]:
         self._check()
         wanted = set(statuses) if statuses is not None else None
@@ -253,6 +258,7 @@ class FakeDagster:
             for i in self.order
             if all(self.runs[i].tags.get(k) == v for k, v in tags.items())
             and (wanted is None or self.runs[i].status in wanted)
+            and (created_after is None or (self.runs[i].creation_time or float("inf")) > created_after)
         ]
         return list(reversed(found))[:limit]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from crd_bridge import pools
 from crd_bridge.pools import PoolPolicy
-from kubetask import vocabulary
+from kubetask import objects, vocabulary
 from kubetask.domain import runs as contract
 from tests.unit.bridge.bridge_fakes import NS
 from tests.unit.bridge.test_bridge_tasks import World, run_tags
@@ -17,6 +18,11 @@ class PoolWorld(World):
 
     def __init__(self, min_waiting: int = 3, max_tasks: int = 10) -> None:
         super().__init__(pooling=PoolPolicy(max_tasks=max_tasks, window=0.0, min_waiting=min_waiting))
+        self.r.pools.sleep = self.wait
+
+    def wait(self, seconds: float) -> None:
+        """The bridge's sleep: this world's clock moves on."""
+        self.clock.t += seconds
 
     def tasks(self, *names: str) -> list[dict[str, Any]]:
         return [self.task(n) for n in names]
@@ -160,3 +166,102 @@ def test_a_task_deleted_while_its_pool_launches_leaves_the_others_recorded():
     run_id = w.dagster.order[0]
     assert w.status("a")["dagsterRunId"] == run_id and w.status("c")["dagsterRunId"] == run_id
     assert w.store.get((NS, "a")) is not None  # the Task reconciled stays cached
+
+
+def gathering_world(max_gather: float, arrivals: list[str]) -> PoolWorld:
+    """A PoolWorld whose gathering window is 0.1 s of its clock, one Task of ``arrivals`` applied per window."""
+    w = PoolWorld(max_tasks=10)
+    w.r.pools.policy = PoolPolicy(max_tasks=10, window=0.1, max_gather=max_gather, min_waiting=3)
+    pending = list(arrivals)
+
+    def sleep(seconds: float) -> None:
+        w.clock.t += seconds
+        if pending:
+            w.task(pending.pop(0))
+
+    w.r.pools.sleep = sleep
+    return w
+
+
+def pooled_names(w: PoolWorld) -> list[list[str]]:
+    return [[r["name"] for r in s[1]["ops"]["expand_pool"]["config"]["tasks"]] for s in w.pool_submissions()]
+
+
+def test_a_pool_gathers_while_its_burst_keeps_coming():
+    w = gathering_world(max_gather=1.0, arrivals=["d", "e", "f"])
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    assert pooled_names(w) == [["a", "b", "c", "d", "e", "f"]]  # launched one window after "f"
+
+
+def test_a_pool_stops_gathering_after_max_gather():
+    w = gathering_world(max_gather=0.25, arrivals=[f"late-{i}" for i in range(20)])
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    assert pooled_names(w) == [["a", "b", "c", "late-0", "late-1", "late-2"]]
+
+
+def test_tasks_just_after_a_pool_make_the_next_pool_then_run_alone_once_the_burst_is_over():
+    w = PoolWorld(min_waiting=3)
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    w.tasks("d", "e")  # fewer than min_waiting, but the burst goes on
+    w.reconcile("d")
+    assert pooled_names(w) == [["a", "b", "c"], ["d", "e"]]
+    w.clock.t += w.r.pools.policy.linger
+    w.tasks("f", "g")
+    w.reconcile("f")
+    w.reconcile("g")
+    assert [s[0] for s in w.dagster.submitted[2:]] == [contract.TASK_JOB, contract.TASK_JOB]
+
+
+def test_a_burst_that_goes_on_slowly_makes_pools_of_min_waiting_tasks_not_a_run_each():
+    w = PoolWorld(min_waiting=3)
+    w.tasks("a", "b", "c")
+    w.reconcile("a")
+    later = ["d", "e", "f"]
+
+    def trickle(seconds: float) -> None:  # one Task a second, each decided as it comes
+        before = int(w.clock.t)
+        w.clock.t += seconds
+        if later and int(w.clock.t) > before:
+            w.task(later.pop(0))
+
+    w.r.pools.sleep = trickle
+    w.clock.t += 2 * w.r.pools.policy.max_gather  # the burst slowed down: one Task at a time
+    w.task("x")
+    w.reconcile("x")
+    assert pooled_names(w) == [["a", "b", "c"], ["x", "d", "e"]]
+    assert later == ["f"]  # launched as soon as three waited, before "f" came
+
+
+def test_tasks_that_trickle_in_make_a_pool_once_enough_arrived_within_max_gather():
+    """A burst applied while the API server is busy arrives a Task at a time, each decided at once: the
+    Tasks that arrived within ``max_gather`` seconds count, not only those waiting at that instant."""
+    w = gathering_world(max_gather=1.0, arrivals=["d", "e"])
+    for name in ("a", "b"):
+        w.task(name)
+        w.reconcile(name)
+        w.clock.t += 0.2
+    assert [s[0] for s in w.dagster.submitted] == [contract.TASK_JOB, contract.TASK_JOB]
+    w.task("c")  # the third arrival within a second: a burst, although only "c" waits
+    w.reconcile("c")
+    assert pooled_names(w) == [["c", "d", "e"]]
+
+
+def test_a_pool_looks_for_runs_of_its_own_only_among_runs_created_since_its_oldest_task():
+    w = PoolWorld()
+    w.dagster.add_run("SUCCESS", {vocabulary.TAG_KIND: vocabulary.KIND_TASK, vocabulary.TAG_NAMESPACE: NS})
+    asked: list[float | None] = []
+    find_runs = w.dagster.find_runs
+
+    def recording(tags, **kw):
+        asked.append(kw.get("created_after"))
+        return find_runs(tags, **kw)
+
+    w.dagster.find_runs = recording
+    made = w.tasks("a", "b", "c")
+    w.reconcile("a")
+    oldest = min(objects.created_at(t) for t in made)
+    assert asked == [oldest - pools.CLOCK_SKEW_SECONDS]
+    assert pooled_names(w) == [["a", "b", "c"]]
