@@ -135,8 +135,7 @@ class TaskPools:
         with self._lock:
             seen = self._arrivals.setdefault(group, deque())
             seen.append(now)
-            while seen and now - seen[0] >= self.policy.max_gather:
-                seen.popleft()
+            self._forget_arrivals_before(seen, now - self.policy.max_gather)
 
     def bursting(self, group: Key) -> bool:
         """Whether ``group``'s Tasks come as a burst: a pool gathers them, ``min_waiting`` of them arrived
@@ -151,10 +150,15 @@ class TaskPools:
 
     def surging(self, group: Key) -> bool:
         """Whether ``min_waiting`` Tasks of ``group`` arrived within the last ``max_gather`` seconds."""
-        now = self.clock()
         with self._lock:
-            seen = list(self._arrivals.get(group) or ())
-        return sum(1 for t in seen if now - t < self.policy.max_gather) >= self.policy.min_waiting
+            seen = self._arrivals.get(group) or deque()
+            self._forget_arrivals_before(seen, self.clock() - self.policy.max_gather)
+            return len(seen) >= self.policy.min_waiting
+
+    @staticmethod
+    def _forget_arrivals_before(seen: deque[float], cutoff: float) -> None:
+        while seen and seen[0] <= cutoff:
+            seen.popleft()
 
     def lingering(self, group: Key) -> bool:
         """Whether ``group``'s last pool stopped gathering less than ``linger`` seconds ago."""

@@ -390,7 +390,8 @@ class Reconciler(ReconcileLoop):
             claimed = self.pools.claim(members, pool)
             for t in claimed:
                 self.store.put(t)
-            handed_over = self._hand_over(group)  # the next pool gathers while this one launches
+            self._hand_over(group)  # the next pool gathers while this one launches
+            handed_over = True
             if not claimed:
                 return None
             try:
@@ -417,7 +418,7 @@ class Reconciler(ReconcileLoop):
             if not handed_over:
                 self._hand_over(group, enqueue=not dagster_away)
 
-    def _hand_over(self, group: Key, *, enqueue: bool = True) -> bool:
+    def _hand_over(self, group: Key, *, enqueue: bool = True) -> None:
         """Stop gathering for ``group`` and give what this pool left (it was full, a claim lost a race, or
         they came after it) to the next decision."""
         self.pools.close(group)
@@ -425,7 +426,6 @@ class Reconciler(ReconcileLoop):
             for t in self.waiting(*group):
                 if not pool_of(t):
                     self.enqueue(objects.key_of(t))
-        return True
 
     def _recover_claim(self, task: Obj) -> float | None:
         """A claimed Task without a run: record its pool's run, or drop the claim of a pool never launched."""
