@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +60,7 @@ SOCKET_FLAG = "--socket"
 SOCKET_NAME = "run-worker-zygote.sock"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 _SOCKET_TIMEOUT_SECONDS = 10.0
+CANCEL_WATCH_SECONDS = 60.0  # how long terminate watches an interrupted worker for an exit without a record
 
 # What a run worker imports before its first step; definitions itself is left out because importing
 # it outside a run lists the Batches from the API server.
@@ -234,7 +236,21 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
             )
             return False
         os.kill(pid, signal.SIGINT)  # what Dagster's own cancellation sends; the worker stops its steps
+        threading.Thread(target=self._cancel_once_exited, args=(run_id, pid), daemon=True).start()
         return True
+
+    def _cancel_once_exited(self, run_id: str, pid: int) -> None:
+        """Record the cancellation of a run whose worker exited without doing so: one that had just
+        recorded its end when the interrupt came, which the CANCELING write above then hid (run
+        monitoring would end it only minutes later)."""
+        deadline = time.monotonic() + CANCEL_WATCH_SECONDS
+        while _is_run_worker(pid):
+            if time.monotonic() > deadline:
+                return  # still stopping its steps: it records the cancellation itself
+            time.sleep(0.1)
+        run = self._instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            self._instance.report_run_canceled(run, f"Run worker {pid} exited without recording the cancellation")
 
     @property
     def supports_check_run_worker_health(self) -> bool:
