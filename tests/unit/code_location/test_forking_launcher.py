@@ -186,3 +186,14 @@ def test_terminating_a_run_whose_worker_has_exited_cancels_it_at_once(instance, 
     wait_until(lambda: not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2])
     assert not instance.run_launcher.terminate(run_id)
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
+
+
+def test_an_interrupted_worker_that_exits_without_recording_the_cancellation_gets_it_recorded(instance, tmp_path):
+    """The worker recorded its run's end just as the interrupt came; terminate's CANCELING write hid it."""
+    run_id = launch(instance, launcher_jobs.quick_job, tmp_path / "pid")
+    wait_until(lambda: instance.get_run_by_id(run_id).is_finished)
+    worker = int((tmp_path / "pid").read_text())  # exited by now
+    instance.report_run_canceling(instance.get_run_by_id(run_id))
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELING
+    instance.run_launcher._cancel_once_exited(run_id, worker)
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.CANCELED
